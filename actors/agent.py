@@ -1,0 +1,124 @@
+"""One agent replica: `AgentRuntime` runs tasks through the agent's skills; `AgentActor` is
+its thin Ray shell (an async actor whose `max_concurrency` comes from the spec)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import ray
+
+from actors.models import AgentSpec, ErrorInfo, SkillInfo, Task, TaskResult
+from actors.skills import Skill, build_skills
+from cluster.errors import DafnckError, SpecInvalid, TaskTimeout
+
+log = logging.getLogger(__name__)
+
+
+class AgentRuntime:
+    """Runs tasks for one replica of one agent and counts what it has in flight."""
+
+    def __init__(self, spec: AgentSpec, replica: str, skills: dict[str, Skill]) -> None:
+        self.spec = spec
+        self.replica = replica
+        self.skills = skills
+        self.in_flight = 0
+        self.completed = 0
+        self.failed = 0
+        self.started_at = time.time()
+
+    @classmethod
+    def build(cls, spec: AgentSpec, replica: str) -> AgentRuntime:
+        """Raises: SpecInvalid when the entrypoint does not provide the capabilities."""
+        return cls(spec, replica, build_skills(spec))
+
+    def describe(self) -> dict[str, SkillInfo]:
+        return {cap: s.info for cap, s in self.skills.items()}
+
+    async def run(self, task: Task) -> TaskResult:
+        """Run one task; failures become a failed `TaskResult`, never an exception."""
+        started = time.time()
+        self.in_flight += 1
+        try:
+            output = await asyncio.wait_for(
+                self.skills[task.capability](task.input),
+                timeout=task.timeout_s or self.spec.timeout_s,
+            )
+        except Exception as exc:  # a skill's failure is the task's result, not ours
+            self.failed += 1
+            return self._result(task, started, error=_error_info(exc, task, self.spec))
+        finally:
+            self.in_flight -= 1
+        self.completed += 1
+        return self._result(task, started, output=output)
+
+    def _result(self, task: Task, started: float, *, output: Any = None, error: ErrorInfo | None = None) -> TaskResult:
+        return TaskResult(
+            task_id=task.id,
+            status="failed" if error else "succeeded",
+            output=output,
+            error=error,
+            agent=self.spec.agent_id,
+            replica=self.replica,
+            attempts=task.context.attempt,
+            started_at=started,
+            finished_at=time.time(),
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "replica": self.replica,
+            "agent": self.spec.agent_id,
+            "pid": os.getpid(),
+            "in_flight": self.in_flight,
+            "completed": self.completed,
+            "failed": self.failed,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+
+
+def _error_info(exc: BaseException, task: Task, spec: AgentSpec) -> ErrorInfo:
+    if isinstance(exc, TimeoutError):
+        exc = TaskTimeout(f"task {task.id} timed out after {task.timeout_s or spec.timeout_s}s")
+    if isinstance(exc, DafnckError):
+        return ErrorInfo(**exc.to_dict())
+    log.warning("skill %s raised %s", task.capability, type(exc).__name__, exc_info=exc)
+    return ErrorInfo(type=type(exc).__name__, message=str(exc), retryable=False)
+
+
+@ray.remote(num_cpus=0, concurrency_groups={"control": 4})
+class AgentActor:
+    """Ray shell of one replica: builds the runtime and forwards calls.
+
+    Health and describe run in their own concurrency group, so a replica with every
+    task slot busy still answers the supervisor's probes.
+    """
+
+    def __init__(self, spec: AgentSpec, replica: str) -> None:
+        self._replica = replica
+        self._core: AgentRuntime | None = None
+        self._error: SpecInvalid | None = None
+        try:
+            self._core = AgentRuntime.build(spec, replica)
+        except SpecInvalid as exc:  # reported by describe(), so the supervisor can say why
+            self._error = exc
+
+    async def run(self, task: Task) -> TaskResult:
+        assert self._core is not None, "run() on a replica that failed to start"
+        return await self._core.run(task)
+
+    @ray.method(concurrency_group="control")
+    async def describe(self) -> dict[str, SkillInfo]:
+        if self._core is None:
+            raise self._error or SpecInvalid("agent", ["replica failed to start"])
+        return self._core.describe()
+
+    @ray.method(concurrency_group="control")
+    async def health(self) -> dict[str, Any]:
+        return self._core.health() if self._core else {"replica": self._replica, "error": str(self._error)}
+
+    def __repr__(self) -> str:
+        return f"AgentActor({self._replica})"

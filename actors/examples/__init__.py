@@ -1,0 +1,3 @@
+"""Agents shipped with DafnckMachine as working examples (the README's demo uses them)."""
+
+__all__: list[str] = []

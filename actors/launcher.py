@@ -1,0 +1,76 @@
+"""All Ray calls the supervisor makes to start, find, probe and stop agent replicas.
+
+Replicas are named, detached actors in the `dafnck` namespace, so they outlive a
+supervisor restart and the restarted supervisor adopts them by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.agent import AgentActor
+from actors.models import AgentSpec, SkillInfo
+from cluster.settings import RAY_NAMESPACE
+
+#: A replica that does not answer a health probe in this time is reported unresponsive.
+PROBE_TIMEOUT_S = 10.0
+
+
+class RayLauncher:
+    """Starts `AgentActor` replicas with the spec's resources and concurrency."""
+
+    def start(self, spec: AgentSpec, name: str) -> Any:
+        res = spec.resources
+        return AgentActor.options(  # type: ignore[attr-defined]
+            name=name,
+            namespace=RAY_NAMESPACE,
+            lifetime="detached",
+            max_concurrency=spec.max_concurrency,
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+            memory=res.memory_mb * 1024 * 1024 if res.memory_mb else None,
+            resources=res.custom or None,
+            max_restarts=0,  # the supervisor replaces a dead replica under a new name
+        ).remote(spec, name)
+
+    def stop(self, handle: Any) -> None:
+        ray.kill(handle, no_restart=True)
+
+    def find(self, prefix: str) -> dict[str, Any]:
+        """Live named replicas whose name starts with `prefix`."""
+        found = {}
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry["namespace"] == RAY_NAMESPACE and entry["name"].startswith(prefix):
+                try:
+                    found[entry["name"]] = ray.get_actor(entry["name"], namespace=RAY_NAMESPACE)
+                except ValueError:  # died between the listing and the lookup
+                    continue
+        return found
+
+    async def describe(self, handle: Any) -> dict[str, SkillInfo]:
+        """Wait until the replica is up and return its skills.
+
+        Raises:
+            SpecInvalid: the replica could not build the agent from its spec.
+            ReplicaDied: the replica died while starting.
+        """
+        return dict(await handle.describe.remote())
+
+    async def probe(self, handles: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+        """Health of each replica; None for a dead one. A replica too busy to answer (its
+        event loop blocked) is reported unresponsive, not dead: it is not replaced."""
+
+        async def one(handle: Any) -> dict[str, Any] | None:
+            try:
+                return dict(await asyncio.wait_for(handle.health.remote(), PROBE_TIMEOUT_S))
+            except RayActorError:
+                return None
+            except TimeoutError:
+                return {"unresponsive": True}
+
+        results = await asyncio.gather(*(one(h) for h in handles.values()))
+        return dict(zip(handles, results, strict=True))

