@@ -1,35 +1,50 @@
-"""One local Ray for the whole session and the tenant's system actors on the session Valkey."""
+"""One local Ray for the whole session; each test gets its own tenant (so its own
+supervisor, replicas and Redis keys), removed again when the test ends."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import ray
 
 from actors.client import Client, connect
-from actors.system import find_supervisor
-from cluster.settings import Settings, load_settings
-from cluster.store import connect_store
+from actors.system import supervisor_name
+from cluster.settings import RAY_NAMESPACE, Settings, load_settings
 
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, namespace="dafnck", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, namespace=RAY_NAMESPACE, log_to_driver=False)
     yield
     ray.shutdown()
 
 
-@pytest.fixture
-def client(ray_session: None, valkey_url: str, state_dir) -> Iterator[Client]:  # type: ignore[no-untyped-def]
-    """A connected client on a fresh tenant's state: no agents, a running supervisor."""
-    settings: Settings = load_settings(redis_url=valkey_url, state_dir=str(state_dir), reconcile_interval_s=0.5)
-    store = connect_store(settings)
-    store.redis.flushdb()
-    old = find_supervisor(settings.tenant)
-    if old is not None:
-        ray.kill(old, no_restart=True)
+def kill_tenant(tenant: str) -> None:
+    """Kill the tenant's supervisor and every replica it started."""
     for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] == "dafnck":
-            ray.kill(ray.get_actor(entry["name"], namespace="dafnck"), no_restart=True)
-    yield connect(settings=settings)
+        name = entry["name"]
+        if entry["namespace"] == RAY_NAMESPACE and (
+            name == supervisor_name(tenant) or name.startswith(f"{tenant}/")
+        ):
+            try:
+                ray.kill(ray.get_actor(name, namespace=RAY_NAMESPACE), no_restart=True)
+            except ValueError:
+                pass
+
+
+@pytest.fixture
+def tenant_settings(ray_session: None, valkey_url: str, state_dir: Path) -> Iterator[Settings]:
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    yield load_settings(
+        redis_url=valkey_url, state_dir=str(state_dir), tenant=tenant, reconcile_interval_s=0.5
+    )
+    kill_tenant(tenant)
+
+
+@pytest.fixture
+def client(tenant_settings: Settings) -> Client:
+    """A connected client for a fresh tenant: no agents yet, a running supervisor."""
+    return connect(settings=tenant_settings)
