@@ -55,7 +55,9 @@ class AgentRuntime:
         self.completed += 1
         return self._result(task, started, output=output)
 
-    def _result(self, task: Task, started: float, *, output: Any = None, error: ErrorInfo | None = None) -> TaskResult:
+    def _result(
+        self, task: Task, started: float, *, output: Any = None, error: ErrorInfo | None = None
+    ) -> TaskResult:
         return TaskResult(
             task_id=task.id,
             status="failed" if error else "succeeded",
@@ -89,7 +91,7 @@ def _error_info(exc: BaseException, task: Task, spec: AgentSpec) -> ErrorInfo:
     return ErrorInfo(type=type(exc).__name__, message=str(exc), retryable=False)
 
 
-@ray.remote(num_cpus=0, concurrency_groups={"control": 4})
+@ray.remote(num_cpus=0, concurrency_groups={"control": 4})  # type: ignore[call-overload]
 class AgentActor:
     """Ray shell of one replica: builds the runtime and forwards calls.
 
@@ -118,7 +120,11 @@ class AgentActor:
 
     @ray.method(concurrency_group="control")
     async def health(self) -> dict[str, Any]:
-        return self._core.health() if self._core else {"replica": self._replica, "error": str(self._error)}
+        return (
+            self._core.health()
+            if self._core
+            else {"replica": self._replica, "error": str(self._error)}
+        )
 
     def __repr__(self) -> str:
         return f"AgentActor({self._replica})"

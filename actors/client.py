@@ -22,7 +22,7 @@ from actors.registry import AgentRegistry
 from actors.router import Call, PoolRouter, PoolView
 from actors.system import ensure_supervisor
 from cluster.errors import DafnckError, SpecInvalid
-from cluster.ray_runtime import init_ray
+from cluster.ray_runtime import Missing, init_ray
 from cluster.settings import Settings, load_settings
 from cluster.store import Store, connect_store, resolve_redis_url
 from cluster.yamlfile import parse_models
@@ -53,8 +53,10 @@ class Agents:
         Raises:
             SpecInvalid: naming each file, line and field at fault.
         """
-        specs = load_agent_specs(Path(source)) if isinstance(source, str | Path) else (
-            [source] if isinstance(source, AgentSpec) else list(source)
+        specs = (
+            load_agent_specs(Path(source))
+            if isinstance(source, str | Path)
+            else ([source] if isinstance(source, AgentSpec) else list(source))
         )
         refs = [self._supervisor.create_agent.remote(spec) for spec in specs]
         return [call(ref) for ref in refs]
@@ -102,7 +104,9 @@ class Tasks:
     def result(self, pending: Call) -> TaskResult:
         return self.router.result(pending)
 
-    def run(self, capability: str, input: dict[str, Any] | None = None, **fields: Any) -> TaskResult:
+    def run(
+        self, capability: str, input: dict[str, Any] | None = None, **fields: Any
+    ) -> TaskResult:
         """Run one task and wait for its result (a failed result is returned, not raised).
 
         Raises:
@@ -114,7 +118,9 @@ class Tasks:
 class Client:
     """One tenant's handle on a running DafnckMachine."""
 
-    def __init__(self, settings: Settings, store: Store, supervisor: Any, dashboard_url: str = "") -> None:
+    def __init__(
+        self, settings: Settings, store: Store, supervisor: Any, dashboard_url: str = ""
+    ) -> None:
         self.settings = settings
         self.store = store
         self.supervisor = supervisor
@@ -131,16 +137,20 @@ class Client:
 
 
 def connect(
-    address: str | None = None, settings: Settings | None = None, *, start: bool = True
+    address: str | None = None, settings: Settings | None = None, *, missing: Missing = "start_head"
 ) -> Client:
-    """Connect to (or start) DafnckMachine: Ray, the store and the tenant's supervisor.
+    """Connect to DafnckMachine: Ray, the store and the tenant's supervisor.
+
+    With no cluster running, `missing` says what to do: start this machine's head
+    (`start_head`, the default, as `dafnck up` does), start a Ray private to this process
+    (`local`), or raise (`fail`).
 
     Raises:
         ClusterUnavailable, StoreUnavailable, ConfigError.
     """
     settings = settings or load_settings()
+    dashboard = init_ray(settings, address, missing=missing)
     url = resolve_redis_url(settings)
-    dashboard = init_ray(settings, address, start_if_missing=start)
     store = connect_store(settings, url=url)
     return Client(settings, store, ensure_supervisor(settings, url), dashboard)
 
@@ -152,7 +162,9 @@ def load_agent_specs(path: Path) -> list[AgentSpec]:
     problems = []
     for spec, doc in parsed:
         if spec.agent_id in seen:
-            problems.append(f"{doc.where()}: {spec.agent_id!r} is also defined at {seen[spec.agent_id]}")
+            problems.append(
+                f"{doc.where()}: {spec.agent_id!r} is also defined at {seen[spec.agent_id]}"
+            )
         seen[spec.agent_id] = doc.where()
     if problems:
         raise SpecInvalid(str(path), problems)

@@ -95,7 +95,9 @@ class AgentSpec(Contract):
 
         bad = [c for c in value if not re.match(CAPABILITY, c)]
         if bad:
-            raise ValueError(f"capabilities {bad!r} must be dotted lowercase names like 'code.review'")
+            raise ValueError(
+                f"capabilities {bad!r} must be dotted lowercase names like 'code.review'"
+            )
         if len(set(value)) != len(value):
             raise ValueError("capabilities must not repeat")
         return value

@@ -27,6 +27,7 @@ class AgentRegistry:
     @unavailable_as_error
     def register_agent(self, record: AgentRecord) -> AgentRecord:
         """Insert or replace the record of `name@version`; the first registration time stays."""
+
         def change(old: AgentRecord | None) -> AgentRecord:
             first = old.registered_at if old else record.registered_at
             return record.model_copy(update={"registered_at": first, "updated_at": time.time()})
@@ -44,7 +45,9 @@ class AgentRegistry:
     @unavailable_as_error
     def all(self) -> list[AgentRecord]:
         raw = self.store.redis.hgetall(self._key)
-        return sorted((AgentRecord.model_validate_json(v) for v in raw.values()), key=lambda r: r.agent_id)
+        return sorted(
+            (AgentRecord.model_validate_json(v) for v in raw.values()), key=lambda r: r.agent_id
+        )
 
     def discover_agents(self, criteria: DiscoveryCriteria | None = None) -> list[AgentRecord]:
         criteria = criteria or DiscoveryCriteria()
@@ -57,14 +60,16 @@ class AgentRegistry:
     @unavailable_as_error
     def update_agent_status(self, agent_id: str, status: AgentStatus) -> AgentRecord:
         """Raises: AgentNotFound."""
-        return self._update(agent_id, lambda old: _touch(old, status=AgentStatus(status)))
+        return self._update(
+            agent_id, lambda old: _touch(_existing(old), status=AgentStatus(status))
+        )
 
     @unavailable_as_error
     def set_desired_replicas(self, agent_id: str, replicas: int) -> AgentRecord:
         """Raises: AgentNotFound, SpecInvalid when outside the spec's min..max."""
 
         def change(old: AgentRecord | None) -> AgentRecord:
-            assert old is not None
+            old = _existing(old)
             low, high = old.spec.replicas.min, old.spec.replicas.max
             if not low <= replicas <= high:
                 raise SpecInvalid(
@@ -90,7 +95,7 @@ class AgentRegistry:
         return found
 
     def _ids(self) -> list[str]:
-        return list(self.store.redis.hkeys(self._key))
+        return [str(k) for k in self.store.redis.hkeys(self._key)]
 
     def _update(
         self,
@@ -105,7 +110,7 @@ class AgentRegistry:
         def txn(pipe: redis.client.Pipeline) -> None:
             raw = pipe.hget(self._key, agent_id)
             if raw is None and must_exist:
-                raise AgentNotFound(agent_id, list(pipe.hkeys(self._key)))
+                raise AgentNotFound(agent_id, [str(k) for k in pipe.hkeys(self._key)])
             new = change(AgentRecord.model_validate_json(raw) if raw else None)
             pipe.multi()
             pipe.hset(self._key, agent_id, new.model_dump_json())
@@ -113,6 +118,11 @@ class AgentRegistry:
 
         self.store.redis.transaction(txn, self._key)
         return result[-1]
+
+
+def _existing(record: AgentRecord | None) -> AgentRecord:
+    assert record is not None, "_update(must_exist=True) passes the stored record"
+    return record
 
 
 def _touch(record: AgentRecord, **update: object) -> AgentRecord:

@@ -117,7 +117,9 @@ class PoolRouter:
         key = (pool.agent_id, task.capability)
         validator = self._validators.get(key)
         if validator is None:
-            validator = self._validators[key] = Draft202012Validator(pool.schemas.get(task.capability, {}))
+            validator = self._validators[key] = Draft202012Validator(
+                pool.schemas.get(task.capability, {})
+            )
         errors = sorted(validator.iter_errors(task.input), key=lambda e: list(e.path))
         if errors:
             problems = [f"{'.'.join(map(str, e.path)) or 'input'}: {e.message}" for e in errors]
@@ -142,7 +144,9 @@ class PoolRouter:
         """`result` for callers on an event loop."""
         while True:
             try:
-                outcome: TaskResult | BaseException = await asyncio.wait_for(call.ref, self._wait_s(call))
+                outcome: TaskResult | BaseException = await asyncio.wait_for(
+                    call.ref, self._wait_s(call)
+                )
             except (RayActorError, TimeoutError) as exc:
                 outcome = exc
             retry = self._settle(call, outcome)
@@ -172,9 +176,15 @@ class PoolRouter:
                                 agent=call.pool.agent_id, replica=call.replica,
                                 attempts=task.context.attempt)  # fmt: skip
         attempt = task.context.attempt
-        if result.ok or not (result.error and result.error.retryable) or attempt >= call.pool.retry.max_attempts:
+        if (
+            result.ok
+            or not (result.error and result.error.retryable)
+            or attempt >= call.pool.retry.max_attempts
+        ):
             return result
-        return task.model_copy(update={"context": task.context.model_copy(update={"attempt": attempt + 1})})
+        return task.model_copy(
+            update={"context": task.context.model_copy(update={"attempt": attempt + 1})}
+        )
 
     def _failure(self, call: Call, exc: BaseException) -> DafnckError:
         if isinstance(exc, RayActorError):
@@ -182,4 +192,6 @@ class PoolRouter:
             self._pools.pop((call.task.capability, call.task.agent), None)
             return ReplicaDied(f"replica {call.replica} died while running task {call.task.id}")
         ray.cancel(call.ref)
-        return TaskTimeout(f"task {call.task.id} got no answer from {call.replica} in {self._wait_s(call)}s")
+        return TaskTimeout(
+            f"task {call.task.id} got no answer from {call.replica} in {self._wait_s(call)}s"
+        )

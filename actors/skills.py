@@ -23,7 +23,9 @@ from cluster.errors import InputInvalid, SpecInvalid
 _SKILL_ATTR = "__dafnck_skill__"
 
 
-def skill(capability: str | None = None, *, description: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def skill(
+    capability: str | None = None, *, description: str = ""
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a function or method as the skill serving `capability` (default: the only one)."""
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -148,25 +150,35 @@ def build_skills(spec: AgentSpec) -> dict[str, Skill]:
     return _bind(spec, candidates)
 
 
-def _bind(spec: AgentSpec, candidates: list[tuple[str, Callable[..., Any], dict[str, Any]]]) -> dict[str, Skill]:
+def _bind(
+    spec: AgentSpec, candidates: list[tuple[str, Callable[..., Any], dict[str, Any]]]
+) -> dict[str, Skill]:
     problems: list[str] = []
     skills: dict[str, Skill] = {}
     only = spec.capabilities[0] if len(spec.capabilities) == 1 else None
     for method, fn, meta in candidates:
         capability = meta.get("capability") or only
         if capability is None:
-            problems.append(f"entrypoint: skill {method!r} must name its capability (@skill('x.y'))")
+            problems.append(
+                f"entrypoint: skill {method!r} must name its capability (@skill('x.y'))"
+            )
             continue
         if capability not in spec.capabilities:
-            problems.append(f"entrypoint: skill {method!r} serves {capability!r}, not in capabilities")
+            problems.append(
+                f"entrypoint: skill {method!r} serves {capability!r}, not in capabilities"
+            )
             continue
         try:
             model, model_param = _input_model(fn, method)
         except ValueError as exc:
             problems.append(f"entrypoint: {exc}")
             continue
-        skills[capability] = Skill(capability, method, fn, model, model_param, meta.get("description", ""))
-    missing = [c for c in spec.capabilities if c not in skills and not any(c in p for p in problems)]
+        skills[capability] = Skill(
+            capability, method, fn, model, model_param, meta.get("description", "")
+        )
+    missing = [
+        c for c in spec.capabilities if c not in skills and not any(c in p for p in problems)
+    ]
     problems += [f"capabilities: no skill serves {c!r}" for c in missing]
     if problems:
         raise SpecInvalid(f"agent {spec.agent_id!r}", problems)

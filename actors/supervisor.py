@@ -18,7 +18,15 @@ from typing import Any, Protocol
 
 from packaging.version import Version
 
-from actors.models import AgentRecord, AgentSpec, AgentStatus, DiscoveryCriteria, SkillInfo, Task, TaskResult
+from actors.models import (
+    AgentRecord,
+    AgentSpec,
+    AgentStatus,
+    DiscoveryCriteria,
+    SkillInfo,
+    Task,
+    TaskResult,
+)
 from actors.registry import AgentRegistry
 from actors.router import PoolRouter, PoolView
 from cluster.errors import AgentNotFound, DafnckError, SpecInvalid
@@ -44,7 +52,6 @@ class Pool:
     replicas: dict[str, Any] = field(default_factory=dict)
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
     restarts: int = 0
-    counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
 class Supervisor:
@@ -54,6 +61,8 @@ class Supervisor:
         self.registry = registry
         self.launcher = launcher
         self.pools: dict[str, Pool] = {}
+        #: Replica numbers only grow, so a replacement never reuses a dead replica's name.
+        self._numbers: dict[str, itertools.count[int]] = {}
         self.router = PoolRouter(self.get_pool, ttl_s=0.5)
         self._lock = asyncio.Lock()
 
@@ -72,11 +81,13 @@ class Supervisor:
             pool = self.pools.get(spec.agent_id)
             if pool and pool.record.spec == spec and pool.replicas:
                 if pool.record.status != AgentStatus.ACTIVE:
-                    pool.record = self.registry.update_agent_status(spec.agent_id, AgentStatus.ACTIVE)
+                    pool.record = self.registry.update_agent_status(
+                        spec.agent_id, AgentStatus.ACTIVE
+                    )
                 return pool.record
             if pool:  # same version, new spec: replace the replicas
                 self._stop_all(pool)
-            first_name = self._next_name(spec.agent_id, pool)
+            first_name = self._next_name(spec.agent_id)
             handle = self.launcher.start(spec, first_name)
             try:
                 skills = await self.launcher.describe(handle)
@@ -87,10 +98,7 @@ class Supervisor:
             record = self.registry.register_agent(
                 AgentRecord(spec=spec, skills=skills, desired_replicas=desired)
             )
-            new = Pool(record, {first_name: handle})
-            if pool:
-                new.counter = pool.counter
-            self.pools[spec.agent_id] = new
+            new = self.pools[spec.agent_id] = Pool(record, {first_name: handle})
             await self._reconcile_pool(new)
             return new.record
 
@@ -132,14 +140,18 @@ class Supervisor:
             AgentNotFound: nothing active serves it; the message lists near names.
         """
         name, _, version = (agent or "").partition("@")
-        criteria = DiscoveryCriteria(capability=capability, name=name or None, version=version or None)
+        criteria = DiscoveryCriteria(
+            capability=capability, name=name or None, version=version or None
+        )
         candidates = [
             p for p in self.pools.values()
             if p.record.status == AgentStatus.ACTIVE and criteria.matches(p.record)
         ]  # fmt: skip
         if not candidates:
             known = {c for p in self.pools.values() for c in p.record.spec.capabilities}
-            raise AgentNotFound(f"{capability}" + (f" (agent {agent})" if agent else ""), sorted(known))
+            raise AgentNotFound(
+                f"{capability}" + (f" (agent {agent})" if agent else ""), sorted(known)
+            )
         pool = max(candidates, key=lambda p: (bool(p.replicas), Version(p.record.spec.version)))
         spec = pool.record.spec
         return PoolView(
@@ -165,7 +177,7 @@ class Supervisor:
                 found = self.launcher.find(self._prefix(record.agent_id))
                 pool = Pool(record, found)
                 numbers = [int(n.rsplit("/", 1)[1]) for n in found if n.rsplit("/", 1)[1].isdigit()]
-                pool.counter = itertools.count(max(numbers, default=0) + 1)
+                self._numbers[record.agent_id] = itertools.count(max(numbers, default=0) + 1)
                 self.pools[record.agent_id] = pool
             await asyncio.gather(*(self._reconcile_pool(p) for p in self.pools.values()))
 
@@ -189,14 +201,14 @@ class Supervisor:
         if record.status == AgentStatus.DRAINING:
             want = len(pool.replicas)  # keep serving what they hold; nothing new is routed
         while len(pool.replicas) < want:
-            name = self._next_name(record.agent_id, pool)
+            name = self._next_name(record.agent_id)
             pool.replicas[name] = self.launcher.start(record.spec, name)
         for name in list(pool.replicas)[want:]:
             self.launcher.stop(pool.replicas.pop(name))
             pool.health.pop(name, None)
 
-    def _next_name(self, agent_id: str, pool: Pool | None) -> str:
-        number = next(pool.counter) if pool else 1
+    def _next_name(self, agent_id: str) -> str:
+        number = next(self._numbers.setdefault(agent_id, itertools.count(1)))
         return f"{self._prefix(agent_id)}{number}"
 
     def _stop_all(self, pool: Pool) -> None:
@@ -225,8 +237,14 @@ class Supervisor:
                 "restarts": pool.restarts,
                 "replicas": {n: pool.health.get(n, {}) for n in pool.replicas},
             }
-        healthy = all(p["running"] >= p["desired"] for p in pools.values() if p["status"] == "active")
-        return {"status": "ok" if healthy else "degraded", "store_latency_ms": round(store_ms, 3), "pools": pools}
+        healthy = all(
+            p["running"] >= p["desired"] for p in pools.values() if p["status"] == "active"
+        )
+        return {
+            "status": "ok" if healthy else "degraded",
+            "store_latency_ms": round(store_ms, 3),
+            "pools": pools,
+        }
 
 
 def check_spec(data: Any, source: str) -> AgentSpec:

@@ -127,7 +127,9 @@ class TaskFailed(DafnckError):
 
     status_code = 500
 
-    def __init__(self, message: str, error_type: str = "Exception", retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, error_type: str = "Exception", retryable: bool = False
+    ) -> None:
         super().__init__(message, error_type, retryable)
 
     @property

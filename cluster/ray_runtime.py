@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 import ray
@@ -74,7 +74,6 @@ def start_head(settings: Settings, num_cpus: int | None = None) -> dict[str, Any
     args = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
         "--temp-dir", str(temp_dir),
-        "--node-ip-address", "127.0.0.1",
         "--port", str(free_port()),
         "--dashboard-host", "127.0.0.1",
         "--dashboard-port", str(free_port()),
@@ -83,9 +82,18 @@ def start_head(settings: Settings, num_cpus: int | None = None) -> dict[str, Any
     if num_cpus is not None:
         args += ["--num-cpus", str(num_cpus)]
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=_RAY_START_TIMEOUT_S)
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        # `ray start` in token mode refuses to run without a token: make one if missing.
+        subprocess.run(
+            [*args[:3], "get-auth-token", "--generate"], env=env, capture_output=True, check=False
+        )
+    done = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=_RAY_START_TIMEOUT_S
+    )
     if done.returncode != 0:
-        raise ClusterUnavailable(f"`ray start --head` failed: {done.stderr[-1500:] or done.stdout[-1500:]}")
+        raise ClusterUnavailable(
+            f"`ray start --head` failed: {done.stderr[-1500:] or done.stdout[-1500:]}"
+        )
     address_file = temp_dir / "ray_current_cluster"
     address = address_file.read_text().strip() if address_file.exists() else "auto"
     record = {"address": address, "started_at": time.time()}
@@ -108,24 +116,35 @@ def stop_head(settings: Settings, timeout_s: float = 15.0) -> int:
     return len(procs)
 
 
-def init_ray(settings: Settings, address: str | None = None, *, start_if_missing: bool = True) -> str:
+#: What `init_ray` does when there is no cluster to join.
+Missing = Literal["start_head", "local", "fail"]
+
+
+def init_ray(
+    settings: Settings, address: str | None = None, *, missing: Missing = "start_head"
+) -> str:
     """Connect this process to Ray; returns the dashboard URL (may be empty).
 
-    Joins `address` (or the one found by `address_to_join`); with none, starts this
-    machine's head when `start_if_missing`, else a private local Ray.
+    Joins `address` (or the one found by `address_to_join`). With none: `start_head`
+    starts this machine's head (it outlives the process), `local` starts a private Ray
+    for this process only, `fail` raises.
 
     Raises:
-        ClusterUnavailable: the address cannot be reached.
+        ClusterUnavailable: the address cannot be reached, or nothing runs and `missing="fail"`.
     """
     if ray.is_initialized():
         return _dashboard_url()
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    _token_auth_on()
     target = address_to_join(settings, address)
-    if target is None and start_if_missing:
+    if target is None and missing == "fail":
+        raise ClusterUnavailable(
+            "no DafnckMachine cluster is running here; start one with `dafnck up`"
+        )
+    if target is None and missing == "start_head":
         target = start_head(settings)["address"]
     logging_config = ray.LoggingConfig(encoding="JSON", log_level=settings.log_level)
     try:
-        ray.init(
+        context = ray.init(
             address=target,
             namespace=RAY_NAMESPACE,
             logging_config=logging_config,
@@ -134,10 +153,29 @@ def init_ray(settings: Settings, address: str | None = None, *, start_if_missing
         )
     except (ConnectionError, RuntimeError) as exc:
         raise ClusterUnavailable(f"cannot join the Ray cluster at {target!r}: {exc}") from None
+    global _dashboard
+    _dashboard = context.dashboard_url or ""
     return _dashboard_url()
 
 
+def _token_auth_on() -> None:
+    """Make this driver present Ray's token (`~/.ray/auth_token` or `RAY_AUTH_TOKEN`).
+
+    Ray reads `RAY_AUTH_MODE` once; when it is unset we set it and let Ray's own helper
+    refresh its config, as `ray.init()` does for a new local cluster.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    _enable_token_auth()
+
+
+_dashboard = ""
+
+
 def _dashboard_url() -> str:
-    context = ray.get_runtime_context()
-    url = getattr(context, "dashboard_url", None) or ray.worker.get_dashboard_url()  # type: ignore[attr-defined]
-    return f"http://{url}" if url and not url.startswith("http") else (url or "")
+    """The dashboard URL of the cluster this process joined (Ray gives it without a scheme)."""
+    return (
+        f"http://{_dashboard}" if _dashboard and not _dashboard.startswith("http") else _dashboard
+    )

@@ -95,13 +95,23 @@ def start_server(directory: Path, port: int) -> subprocess.Popen[bytes]:
         "--protected-mode", "yes",
         "--logfile", str(directory / "valkey.log"),
     ]  # fmt: skip
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + _START_TIMEOUT_S
     while not _ping(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            log_tail = (directory / "valkey.log").read_text()[-800:] if (directory / "valkey.log").exists() else ""
+            log_tail = (
+                (directory / "valkey.log").read_text()[-800:]
+                if (directory / "valkey.log").exists()
+                else ""
+            )
             raise StoreUnavailable(f"embedded Valkey did not start on {url}: {log_tail}")
         time.sleep(0.05)
     return proc

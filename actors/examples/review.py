@@ -44,8 +44,8 @@ def list_files(root: str, exclude: list[str] | None = None) -> dict[str, object]
     return {"root": str(base), "files": files}
 
 
-_BRANCHES = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try, ast.With, ast.AsyncWith,
-             ast.ExceptHandler, ast.IfExp, ast.comprehension, ast.Assert, ast.match_case)  # fmt: skip
+_BRANCHES = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.ExceptHandler, ast.IfExp,
+             ast.comprehension, ast.match_case)  # fmt: skip
 
 
 def _complexity(node: ast.AST) -> int:
@@ -82,7 +82,14 @@ class FileAnalyser:
             text = Path(path).read_text(encoding="utf-8", errors="replace")
             tree = ast.parse(text, filename=path)
         except (OSError, SyntaxError, ValueError) as exc:
-            return {"path": path, "lines": 0, "functions": 0, "classes": 0, "todos": 0, "error": str(exc)}
+            return {
+                "path": path,
+                "lines": 0,
+                "functions": 0,
+                "classes": 0,
+                "todos": 0,
+                "error": str(exc),
+            }
         defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
         for node in defs:
             functions.append({
@@ -123,9 +130,15 @@ def merge_report(
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in summary.items()]
     lines += ["", f"## Most complex functions (top {top})", "", "| function | file:line | complexity | lines |",
               "|---|---|---|---|"]  # fmt: skip
-    lines += [f"| `{r['function']}` | {rel(r['path'])}:{r['line']} | {r['complexity']} | {r['lines']} |" for r in worst]
+    lines += [
+        f"| `{r['function']}` | {rel(r['path'])}:{r['line']} | {r['complexity']} | {r['lines']} |"
+        for r in worst
+    ]
     lines += ["", f"## Functions longer than {LONG_FUNCTION_LINES} lines", ""]
-    lines += [f"- `{r['function']}` ({rel(r['path'])}:{r['line']}, {r['lines']} lines)" for r in long.to_pylist()] or ["none"]
+    lines += [
+        f"- `{r['function']}` ({rel(r['path'])}:{r['line']}, {r['lines']} lines)"
+        for r in long.to_pylist()
+    ] or ["none"]
     lines += ["", "## Files with TODO or FIXME", ""]
     lines += [f"- {rel(r['path'])}: {r['todos']}" for r in todo_files.to_pylist()] or ["none"]
     Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,37 @@
+# The README's two commands: `make run` (the demo) and `make test` (the whole suite).
+# Both set up everything they need: a virtualenv with the packages, and for tests the tools.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit integration down clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## The demo: start DafnckMachine on the embedded defaults and review this repository.
+run: $(STAMP)
+	$(BIN)/dafnck up
+	$(BIN)/dafnck demo . --output reports/review.md
+
+## Stop what `make run` started (the Valkey AOF stays under ~/.dafnck).
+down: $(STAMP)
+	$(BIN)/dafnck down
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check cluster workflows actors serve
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Everything CI runs: lint, type check, then unit and integration tests.
+test: lint typecheck
+	$(BIN)/pytest tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache reports test-artifacts

@@ -1,0 +1,295 @@
+"""`dafnck`: the operator's command line (typer + rich).
+
+Errors the platform raises on purpose are printed as one readable message (the file,
+line and field for bad specs) with exit code 2 for bad input and 1 otherwise; never a
+stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cluster.errors import ConfigError, DafnckError, InputInvalid, SpecInvalid
+from cluster.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="dafnck", help="DafnckMachine: AI agents as Ray actors.", no_args_is_help=True
+)
+agents_app = typer.Typer(help="Create, list, scale and remove agents.", no_args_is_help=True)
+task_app = typer.Typer(help="Run tasks on agents.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+app.add_typer(task_app, name="task")
+
+console = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    config: Path | None = None
+    address: str | None = None
+
+    @classmethod
+    def settings(cls) -> Settings:
+        return load_settings(cls.config)
+
+
+@app.callback()
+def _options(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Settings YAML file.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray address to join.", envvar="RAY_ADDRESS")
+    ] = None,
+) -> None:
+    _State.config = config
+    _State.address = address
+
+
+def _client(missing: str = "start_head") -> Any:
+    from actors.client import connect
+
+    return connect(_State.address, _State.settings(), missing=missing)  # type: ignore[arg-type]
+
+
+def _print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    """Arrow tables print as their shape and first rows; anything else as its str()."""
+    if hasattr(value, "to_pylist") and hasattr(value, "num_rows"):
+        return {
+            "arrow_table": {
+                "rows": value.num_rows,
+                "columns": value.column_names,
+                "head": value.slice(0, 5).to_pylist(),
+            }
+        }
+    return str(value)
+
+
+# -- cluster ---------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs the local Ray head offers.")] = None,
+) -> None:
+    """Start (or join) the cluster: Ray head, embedded Valkey, and the system actors."""
+    from actors.system import ensure_supervisor
+    from cluster.ray_runtime import address_to_join, init_ray, start_head
+    from cluster.store import redacted, resolve_redis_url
+
+    settings = _State.settings()
+    with console.status("starting DafnckMachine..."):
+        url = resolve_redis_url(settings)
+        if address_to_join(settings, _State.address) is None:
+            start_head(settings, num_cpus)
+        dashboard = init_ray(settings, _State.address, missing="fail")
+        ensure_supervisor(settings, url)
+    table = Table(show_header=False, box=None)
+    table.add_row("Ray dashboard", dashboard or "(not running)")
+    table.add_row("state store", redacted(url))
+    table.add_row("tenant", settings.tenant)
+    console.print(table)
+    console.print("[green]DafnckMachine is up.[/] Try: dafnck agents apply -f configs/agents/")
+
+
+@app.command()
+def down() -> None:
+    """Stop what `dafnck up` started here: the Ray head and the embedded Valkey (its AOF stays)."""
+    from cluster.ray_runtime import recorded_cluster, stop_head
+    from cluster.valkey import stop_valkey
+
+    settings = _State.settings()
+    stopped = stop_head(settings) if recorded_cluster(settings) else 0
+    valkey = False if settings.redis_url else stop_valkey(settings.state_dir)
+    console.print(
+        f"stopped {stopped} Ray process(es)" + ("; embedded Valkey stopped" if valkey else "")
+    )
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Cluster resources, system actors, and each pool's replicas, health and load."""
+    health = _client("fail").health()
+    if as_json:
+        _print_json(health)
+        return
+    ray_info = health["ray"]
+    res, avail = ray_info["resources"], ray_info["available"]
+    console.print(
+        f"[bold]{health['status']}[/]  nodes {ray_info['nodes']}  "
+        f"CPU {avail.get('CPU', 0):g}/{res.get('CPU', 0):g} free  "
+        f"store {health['store_latency_ms']} ms"
+    )
+    table = Table("agent", "status", "capabilities", "replicas", "in flight", "done", "restarts")
+    for agent_id, pool in health["pools"].items():
+        table.add_row(
+            agent_id, pool["status"], ", ".join(pool["capabilities"]),
+            f"{pool['running']}/{pool['desired']}", str(pool["in_flight"]),
+            str(pool["completed"]), str(pool["restarts"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+# -- agents ----------------------------------------------------------------------------
+
+
+@agents_app.command("apply")
+def agents_apply(
+    file: Annotated[
+        Path, typer.Option("--file", "-f", help="A spec YAML file or a directory of them.")
+    ],
+) -> None:
+    """Create or update agents from YAML; applying the same file again changes nothing."""
+    from actors.client import load_agent_specs
+
+    specs = load_agent_specs(file)  # validate every file before touching the cluster
+    records = _client().agents.apply(specs)
+    for record in records:
+        console.print(
+            f"agent [bold]{record.agent_id}[/] applied ({', '.join(record.spec.capabilities)})"
+        )
+
+
+@agents_app.command("ls")
+def agents_ls(
+    capability: Annotated[str | None, typer.Option(help="Only agents serving this.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List registered agents."""
+    from actors.models import DiscoveryCriteria
+
+    records = _client().agents.ls(DiscoveryCriteria(capability=capability))
+    if as_json:
+        _print_json([r.model_dump(mode="json") for r in records])
+        return
+    table = Table("agent", "status", "capabilities", "replicas", "kind", "entrypoint")
+    for r in records:
+        spec = r.spec
+        replicas = f"{r.desired_replicas} ({spec.replicas.min}..{spec.replicas.max})"
+        table.add_row(
+            r.agent_id,
+            r.status.value,
+            ", ".join(spec.capabilities),
+            replicas,
+            spec.kind,
+            spec.entrypoint,
+        )
+    console.print(table)
+
+
+@agents_app.command("scale")
+def agents_scale(name: str, replicas: int) -> None:
+    """Set the number of replicas of NAME (every version, or NAME@RANGE)."""
+    for record in _client().agents.scale(name, replicas):
+        console.print(f"{record.agent_id} scaled to {record.desired_replicas}")
+
+
+@agents_app.command("rm")
+def agents_rm(name: str) -> None:
+    """Remove NAME (every version, or NAME@RANGE) and stop its replicas."""
+    for agent_id in _client().agents.rm(name):
+        console.print(f"{agent_id} removed")
+
+
+# -- tasks -----------------------------------------------------------------------------
+
+
+@task_app.command("run")
+def task_run(
+    capability: str,
+    input: Annotated[
+        str, typer.Option("--input", "-i", help="Task input as a JSON object.")
+    ] = "{}",
+    agent: Annotated[str | None, typer.Option(help="Only this agent: NAME or NAME@RANGE.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds before the task times out.")
+    ] = None,
+) -> None:
+    """Run one task on whichever agent serves CAPABILITY and print its result."""
+    try:
+        data = json.loads(input)
+    except json.JSONDecodeError as exc:
+        raise InputInvalid("--input", [f"not JSON: {exc.msg} at column {exc.colno}"]) from None
+    if not isinstance(data, dict):
+        raise InputInvalid("--input", [f"must be a JSON object, got {type(data).__name__}"])
+    result = _client().tasks.run(capability, data, agent=agent, timeout_s=timeout)
+    _print_json(result.model_dump())
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+# -- demo and bench --------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    path: Annotated[Path, typer.Argument(help="The directory to review.")] = Path("."),
+    output: Annotated[Path, typer.Option(help="Where to write the Markdown report.")] = Path(
+        "reports/review.md"
+    ),
+    agents: Annotated[Path, typer.Option(help="The demo's agent specs.")] = Path(
+        "configs/agents/review.yaml"
+    ),
+) -> None:
+    """Review a repository with three agents and write a Markdown report."""
+    from cluster.demo import run_review
+
+    summary = run_review(_client(), path, output, agents, console)
+    console.print(f"\n[green]Report written to {summary['report']}[/]")
+
+
+@app.command()
+def bench(
+    suite: Annotated[list[str] | None, typer.Option("--suite", help="Run only this suite.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measure DafnckMachine against raw Ray in one run; ratios are what to compare."""
+    from cluster.bench import SUITES, render_table, run_bench
+
+    unknown = [s for s in suite or [] if s not in SUITES]
+    if unknown:
+        raise ConfigError(f"--suite: unknown suite(s) {unknown}; choose from {sorted(SUITES)}")
+    report = run_bench(_State.settings(), suite or None)
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        console.print(render_table(report))
+
+
+def main() -> None:
+    """Entry point: run the app, turning platform errors into one clear message."""
+    logging.getLogger("ray._private.worker").setLevel(logging.WARNING)  # "Connecting to..." lines
+    try:
+        app()
+    except DafnckError as exc:
+        err.print(
+            "[red]error:[/] "
+            + escape(_problems(exc) if isinstance(exc, SpecInvalid) else exc.message)
+        )
+        sys.exit(2 if isinstance(exc, SpecInvalid | ConfigError) else 1)
+    except Exception as exc:
+        if os.environ.get("DAFNCK_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        err.print(
+            f"[red]unexpected error[/] {type(exc).__name__}: {escape(first)} (DAFNCK_DEBUG=1 shows the traceback)"
+        )
+        sys.exit(1)
+
+
+def _problems(exc: SpecInvalid) -> str:
+    return "\n".join([f"{exc.args[0]} is invalid:"] + [f"  - {p}" for p in exc.problems])
