@@ -102,6 +102,19 @@ class AgentSpec(Contract):
             raise ValueError("capabilities must not repeat")
         return value
 
+    @field_validator("version")
+    @classmethod
+    def _orderable(cls, value: str) -> str:
+        from packaging.version import InvalidVersion
+
+        try:
+            Version(value)
+        except InvalidVersion:
+            raise ValueError(
+                f"version {value!r} cannot be ordered; use -alpha.1, -beta.2, -rc.1 or -dev"
+            ) from None
+        return value
+
     @property
     def agent_id(self) -> str:
         return f"{self.name}@{self.version}"

@@ -30,6 +30,8 @@ from cluster.errors import (
 
 #: How long a caller waits past the task's own timeout before it gives up on the replica.
 _GRACE_S = 5.0
+#: How often a retry looks for a replacement when every replica it knew has died.
+_REPLACEMENT_POLL_S = 0.2
 
 
 @dataclass
@@ -73,6 +75,8 @@ class PoolRouter:
         self._pools: dict[tuple[str, str | None], PoolView] = {}
         self._in_flight: dict[str, int] = {}
         self._validators: dict[tuple[str, str], Draft202012Validator] = {}
+        #: Handles seen dead: the supervisor may list them until its next reconcile.
+        self._dead: set[Any] = set()
 
     # -- sending -------------------------------------------------------------------------
 
@@ -111,7 +115,13 @@ class PoolRouter:
         pool = self._pools.get(key)
         if refresh or pool is None or time.monotonic() - pool.fetched_at > self._ttl_s:
             pool = self._pools[key] = self._source(capability, agent)
+            pool.fetched_at = time.monotonic()
+            pool.replicas = {n: h for n, h in pool.replicas.items() if h not in self._dead}
         return pool
+
+    def _live_pool(self, task: Task, pool: PoolView) -> PoolView:
+        """The pool to retry on: `pool` while it has a live replica, else a fresh view."""
+        return pool if pool.replicas else self._pool(task.capability, task.agent, refresh=True)
 
     def _validate(self, pool: PoolView, task: Task) -> None:
         key = (pool.agent_id, task.capability)
@@ -138,7 +148,13 @@ class PoolRouter:
             if isinstance(retry, TaskResult):
                 return retry
             time.sleep(call.pool.retry.backoff_s)
-            call = self._send(retry, call.pool)
+            pool = call.pool
+            deadline = time.monotonic() + self._wait_s(call)
+            while (
+                not (pool := self._live_pool(retry, pool)).replicas and time.monotonic() < deadline
+            ):
+                time.sleep(_REPLACEMENT_POLL_S)  # the supervisor is starting a replacement
+            call = self._send(retry, pool)
 
     async def result_async(self, call: Call) -> TaskResult:
         """`result` for callers on an event loop."""
@@ -153,7 +169,13 @@ class PoolRouter:
             if isinstance(retry, TaskResult):
                 return retry
             await asyncio.sleep(call.pool.retry.backoff_s)
-            call = self._send(retry, call.pool)
+            pool = call.pool
+            deadline = time.monotonic() + self._wait_s(call)
+            while (
+                not (pool := self._live_pool(retry, pool)).replicas and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(_REPLACEMENT_POLL_S)
+            call = self._send(retry, pool)
 
     def run(self, task: Task) -> TaskResult:
         return self.result(self.submit(task))
@@ -188,6 +210,7 @@ class PoolRouter:
 
     def _failure(self, call: Call, exc: BaseException) -> DafnckError:
         if isinstance(exc, RayActorError):
+            self._dead.add(call.pool.replicas.get(call.replica))
             call.pool.replicas.pop(call.replica, None)
             self._pools.pop((call.task.capability, call.task.agent), None)
             return ReplicaDied(f"replica {call.replica} died while running task {call.task.id}")

@@ -85,8 +85,6 @@ class Supervisor:
                         spec.agent_id, AgentStatus.ACTIVE
                     )
                 return pool.record
-            if pool:  # same version, new spec: replace the replicas
-                self._stop_all(pool)
             first_name = self._next_name(spec.agent_id)
             handle = self.launcher.start(spec, first_name)
             try:
@@ -94,6 +92,8 @@ class Supervisor:
             except DafnckError:
                 self.launcher.stop(handle)
                 raise
+            if pool:  # same version, new spec that loads: replace the old replicas
+                self._stop_all(pool)
             desired = min(max(spec.replicas.min, 1), spec.replicas.max)
             record = self.registry.register_agent(
                 AgentRecord(spec=spec, skills=skills, desired_replicas=desired)
@@ -148,6 +148,13 @@ class Supervisor:
             if p.record.status == AgentStatus.ACTIVE and criteria.matches(p.record)
         ]  # fmt: skip
         if not candidates:
+            matching = [p.record for p in self.pools.values() if criteria.matches(p.record)]
+            if matching:
+                states = ", ".join(f"agent {r.agent_id!r} is {r.status.value}" for r in matching)
+                raise AgentNotFound(capability, [], f"{states}; make it active to route to it")
+            names = sorted({p.record.spec.name for p in self.pools.values()})
+            if name and name not in names:
+                raise AgentNotFound(str(agent), names)
             known = {c for p in self.pools.values() for c in p.record.spec.capabilities}
             raise AgentNotFound(
                 f"{capability}" + (f" (agent {agent})" if agent else ""), sorted(known)

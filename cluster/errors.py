@@ -54,8 +54,8 @@ class AgentNotFound(NotFound):
     The message lists the nearest known names so a typo is easy to fix.
     """
 
-    def __init__(self, wanted: str, known: Sequence[str] = ()) -> None:
-        super().__init__(wanted, tuple(known))
+    def __init__(self, wanted: str, known: Sequence[str] = (), hint: str = "") -> None:
+        super().__init__(wanted, tuple(known), hint)
 
     @property
     def wanted(self) -> str:
@@ -63,6 +63,8 @@ class AgentNotFound(NotFound):
 
     @property
     def message(self) -> str:
+        if len(self.args) > 2 and self.args[2]:
+            return f"no agent serves {self.wanted!r}; {self.args[2]}"
         known: tuple[str, ...] = self.args[1] if len(self.args) > 1 else ()
         near = difflib.get_close_matches(self.wanted, known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""

@@ -83,6 +83,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _origin(loc: tuple[Any, ...], path: str | Path | None, overrides: dict[str, Any]) -> str:
+    field = str(loc[0]) if loc else ""
+    if field in overrides:
+        return ""
+    env = f"DAFNCK_{field.upper()}"
+    if any(name.upper() == env for name in os.environ):
+        return f"{env}: "
+    return f"{path}: " if path else ""
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Build settings; a bad value raises `ConfigError` naming the field and its source.
 
@@ -94,10 +104,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        where = f"{path}: " if path else ""
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+            f"{_origin(e['loc'], path, overrides)}{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            for e in exc.errors()
         )
-        raise ConfigError(f"{where}invalid settings: {problems}") from None
+        raise ConfigError(f"invalid settings: {problems}") from None
     finally:
         Settings.yaml_file = None

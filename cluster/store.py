@@ -37,7 +37,8 @@ class Store:
     """
 
     def __init__(self, client: redis.Redis, url: str, tenant: str) -> None:
-        self.redis = client
+        #: Typed loosely: redis-py's stubs don't know `decode_responses=True` gives str.
+        self.redis: Any = client
         self.url = url
         self.tenant = tenant
         self._prefix = f"dafnck:{tenant}:"

@@ -3,6 +3,8 @@ supervisor, replicas and Redis keys), removed again when the test ends."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +15,19 @@ import ray
 from actors.client import Client, connect
 from actors.system import supervisor_name
 from cluster.settings import RAY_NAMESPACE, Settings, load_settings
+from tests.integration.helpers import REPO_ROOT
 
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, namespace=RAY_NAMESPACE, log_to_driver=False)
+    python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace=RAY_NAMESPACE,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+    )
     yield
     ray.shutdown()
 
@@ -29,10 +39,8 @@ def kill_tenant(tenant: str) -> None:
         if entry["namespace"] == RAY_NAMESPACE and (
             name == supervisor_name(tenant) or name.startswith(f"{tenant}/")
         ):
-            try:
+            with contextlib.suppress(ValueError):  # it died between listing and lookup
                 ray.kill(ray.get_actor(name, namespace=RAY_NAMESPACE), no_restart=True)
-            except ValueError:
-                pass
 
 
 @pytest.fixture

@@ -1,0 +1,213 @@
+"""Every contract and every error survives the trips Ray and Redis put it through:
+`pickle` (Ray between processes) and, for contracts, `model_dump_json`/`model_validate_json`
+(Redis and the API)."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import actors.models as models
+import cluster.errors as errors
+from actors.models import (
+    AgentRecord,
+    AgentSpec,
+    AgentStatus,
+    DiscoveryCriteria,
+    ErrorInfo,
+    Replicas,
+    Resources,
+    RetryPolicy,
+    SkillInfo,
+    Task,
+    TaskContext,
+    TaskResult,
+)
+
+SPEC = AgentSpec(
+    name="reviewer",
+    version="2.1.0",
+    description="reviews code",
+    capabilities=["code.review", "code.lint"],
+    entrypoint="pkg.mod:Reviewer",
+    config={"strict": True, "depth": 3},
+    resources=Resources(num_cpus=0.5, memory_mb=256, custom={"gpu-lite": 1.0}),
+    replicas=Replicas(min=2, max=5),
+    max_concurrency=4,
+    max_queued=7,
+    timeout_s=12.5,
+    retry=RetryPolicy(max_attempts=5, backoff_s=0.2),
+    tags=["blue", "team-a"],
+)
+SKILL = SkillInfo(
+    capability="code.review",
+    method="review",
+    input_schema={
+        "type": "object",
+        "properties": {"path": {"type": "string"}},
+        "required": ["path"],
+    },
+    description="review one file",
+)
+CONTEXT = TaskContext(
+    tenant="acme",
+    traceparent="00-abc-def-01",
+    workflow_id="w",
+    execution_id="e",
+    step_id="s",
+    attempt=2,
+)
+
+CONTRACTS: dict[type[BaseModel], BaseModel] = {
+    Resources: SPEC.resources,
+    Replicas: SPEC.replicas,
+    RetryPolicy: SPEC.retry,
+    AgentSpec: SPEC,
+    SkillInfo: SKILL,
+    AgentRecord: AgentRecord(
+        spec=SPEC,
+        status=AgentStatus.DRAINING,
+        desired_replicas=3,
+        skills={"code.review": SKILL},
+        registered_at=1.5,
+        updated_at=2.5,
+    ),
+    DiscoveryCriteria: DiscoveryCriteria(
+        capability="code.review",
+        name="reviewer",
+        version=">=2,<3",
+        status=AgentStatus.ACTIVE,
+        tags=["blue"],
+    ),
+    TaskContext: CONTEXT,
+    Task: Task(
+        capability="code.review",
+        agent="reviewer@>=2",
+        input={"path": "a.py", "n": [1, 2]},
+        priority=5,
+        timeout_s=3,
+        idempotency_key="k1",
+        context=CONTEXT,
+    ),
+    ErrorInfo: ErrorInfo(type="QueueFull", message="full", retryable=True),
+    TaskResult: TaskResult(
+        task_id="t1",
+        status="failed",
+        output={"partial": [1]},
+        error=ErrorInfo(type="ValueError", message="bad", retryable=False),
+        agent="reviewer@2.1.0",
+        replica="acme/reviewer@2.1.0/1",
+        attempts=2,
+        started_at=10.0,
+        finished_at=10.25,
+    ),
+}
+
+ERRORS: dict[type[errors.DafnckError], errors.DafnckError] = {
+    errors.DafnckError: errors.DafnckError("something went wrong"),
+    errors.ConfigError: errors.ConfigError("dafnck.yaml: invalid settings: tenant: bad"),
+    errors.StoreUnavailable: errors.StoreUnavailable(
+        "Redis at redis://127.0.0.1:1/0 is unreachable"
+    ),
+    errors.NotFound: errors.NotFound("no such execution 'x'"),
+    errors.AgentNotFound: errors.AgentNotFound("code.reveiw", ["code.review", "data.load"]),
+    errors.Conflict: errors.Conflict("execution 'x' already finished"),
+    errors.SpecInvalid: errors.SpecInvalid(
+        "agent 'a@1.0.0'", ["name: bad", "replicas.max: too big"]
+    ),
+    errors.InputInvalid: errors.InputInvalid("input of 'code.review'", ["path: required"]),
+    errors.QueueFull: errors.QueueFull("agent 'a@1.0.0' has 3 tasks in flight"),
+    errors.ReplicaDied: errors.ReplicaDied("replica r died"),
+    errors.TaskTimeout: errors.TaskTimeout("task t timed out after 3s"),
+    errors.TaskFailed: errors.TaskFailed("boom", "KeyError", True),
+    errors.ClusterUnavailable: errors.ClusterUnavailable("cannot join the Ray cluster"),
+}
+
+
+def test_every_contract_and_error_has_a_sample() -> None:
+    """A new contract or error class must be added to the round trip below."""
+    contracts = {
+        obj
+        for _, obj in inspect.getmembers(models, inspect.isclass)
+        if issubclass(obj, BaseModel)
+        and obj.__module__ == models.__name__
+        and obj not in (models.Contract, models.Record)
+    }
+    errors_defined = {
+        obj
+        for _, obj in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(obj, errors.DafnckError) and obj.__module__ == errors.__name__
+    }
+    assert contracts == set(CONTRACTS)
+    assert errors_defined == set(ERRORS)
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [*CONTRACTS.values(), *ERRORS.values()],
+    ids=[*(c.__name__ for c in CONTRACTS), *(e.__name__ for e in ERRORS)],
+)
+def test_round_trip(sample: Any) -> None:
+    copy = pickle.loads(pickle.dumps(sample))
+    assert type(copy) is type(sample)
+    if isinstance(sample, BaseModel):
+        assert copy == sample
+        again = type(sample).model_validate_json(sample.model_dump_json())
+        assert again == sample
+    else:
+        assert copy.message == sample.message
+        assert str(copy) == str(sample)
+        assert copy.retryable == sample.retryable
+        assert copy.to_dict() == sample.to_dict()
+        assert copy.args == sample.args
+
+
+def test_errors_say_whether_retrying_helps() -> None:
+    retryable = {cls.__name__ for cls, err in ERRORS.items() if err.retryable}
+    assert retryable == {
+        "StoreUnavailable",
+        "QueueFull",
+        "ReplicaDied",
+        "TaskTimeout",
+        "TaskFailed",
+        "ClusterUnavailable",
+    }
+    assert (
+        errors.TaskFailed("boom").retryable is False
+    )  # a skill's own error is not retried by default
+
+
+def test_task_failed_reports_the_skills_error_type() -> None:
+    err = pickle.loads(pickle.dumps(errors.TaskFailed("no key 'x'", "KeyError")))
+    assert err.to_dict() == {"type": "KeyError", "message": "no key 'x'", "retryable": False}
+
+
+def test_agent_not_found_lists_nearest_names() -> None:
+    err = errors.AgentNotFound("code.reveiw", ["code.review", "code.reviews", "data.load"])
+    assert err.message.startswith("no agent serves 'code.reveiw'; did you mean ")
+    assert "'code.review'" in err.message
+    assert "data.load" not in err.message
+    assert err.wanted == "code.reveiw"
+
+
+def test_agent_not_found_without_near_names_lists_known_ones() -> None:
+    err = errors.AgentNotFound("zzz", ["data.load", "code.review"])
+    assert err.message == "no agent serves 'zzz'; known: 'code.review', 'data.load'"
+    assert errors.AgentNotFound("zzz").message == "no agent serves 'zzz'; no agents are registered"
+
+
+def test_spec_invalid_lists_every_problem() -> None:
+    err = errors.SpecInvalid(
+        "workflow 'review'", ["step 'b' needs unknown step 'x'", "step 'c': bad"]
+    )
+    assert (
+        err.message
+        == "workflow 'review' is invalid: step 'b' needs unknown step 'x'; step 'c': bad"
+    )
+    assert err.problems == ("step 'b' needs unknown step 'x'", "step 'c': bad")
+    assert err.to_dict()["problems"] == ["step 'b' needs unknown step 'x'", "step 'c': bad"]
+    assert err.status_code == 422

@@ -1,0 +1,105 @@
+"""Execution records: what Redis keeps about one run of a workflow, and its events."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    """Kept in Redis: unknown fields tolerated so a rolling upgrade reads old and new."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ExecutionStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING_APPROVAL = "waiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (
+            ExecutionStatus.SUCCEEDED,
+            ExecutionStatus.FAILED,
+            ExecutionStatus.CANCELLED,
+        )
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING_APPROVAL = "waiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def done(self) -> bool:
+        return self in (
+            StepStatus.SUCCEEDED,
+            StepStatus.FAILED,
+            StepStatus.SKIPPED,
+            StepStatus.CANCELLED,
+        )
+
+
+class StepError(Record):
+    type: str
+    message: str
+    retryable: bool = False
+
+
+class Approval(Record):
+    decision: str  # approved | rejected | timed_out
+    by: str
+    reason: str = ""
+    at: float = Field(default_factory=time.time)
+
+
+class StepState(Record):
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    output: Any = None
+    error: StepError | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: for_each steps: how many items there are and how each ended.
+    items: list[str] | None = None
+    approval: Approval | None = None
+    #: Set while the step runs as another step's fallback, or as a sub-workflow.
+    child_execution: str | None = None
+
+
+class Execution(Record):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    workflow: str
+    version: int
+    status: ExecutionStatus = ExecutionStatus.PENDING
+    inputs: dict[str, Any] = {}
+    outputs: dict[str, Any] | None = None
+    error: StepError | None = None
+    steps: dict[str, StepState] = {}
+    parent: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+
+class Event(Record):
+    """One change of an execution; the stream of these is its history."""
+
+    type: str  # execution.started, step.queued, step.succeeded, ...
+    execution: str
+    step: str | None = None
+    data: dict[str, Any] = {}
+    at: float = Field(default_factory=time.time)
