@@ -114,7 +114,7 @@ async def test_inputs_are_checked_at_execution(store: Store, tmp_path: Path) -> 
 
 
 async def test_when_false_skips_the_step_and_its_dependents(store: Store, tmp_path: Path) -> None:
-    engine, dispatcher, defs = make(store, tmp_path, {"math.double": _double})
+    engine, _dispatcher, defs = make(store, tmp_path, {"math.double": _double})
     defs.define(spec({
         "name": "cond", "inputs": {"go": {"type": "boolean"}},
         "steps": [
@@ -269,7 +269,7 @@ async def test_approval_gate_approve_reject_and_timeout(store: Store, tmp_path: 
     await asyncio.sleep(0.05)
     await engine.decide(rejected.id, "a", False, by="bob", reason="no")
     assert (await engine.wait(rejected.id, 10)).status == ExecutionStatus.FAILED
-    with pytest.raises(Conflict, match="not waiting for approval|not running"):
+    with pytest.raises(Conflict, match=r"not waiting for approval|not running"):
         await engine.decide(rejected.id, "a", True, by="bob")
 
     defs.define(spec({"name": "gate", "steps": [
@@ -288,7 +288,7 @@ async def test_pause_lets_running_steps_finish_and_starts_nothing_new(
         await release.wait()
         return 1
 
-    engine, dispatcher, defs = make(store, tmp_path, {"wait": wait_release, "math.double": _double})
+    engine, _dispatcher, defs = make(store, tmp_path, {"wait": wait_release, "math.double": _double})
     defs.define(spec({"name": "pausable", "steps": [
         {"id": "a", "uses": "wait"},
         {"id": "b", "uses": "math.double", "with": {"x": "${{ steps.a.output }}"}}]}))  # fmt: skip
