@@ -17,7 +17,15 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from actors.models import AgentRecord, AgentSpec, AgentStatus, DiscoveryCriteria, Task, TaskResult
+from actors.models import (
+    AgentRecord,
+    AgentSpec,
+    AgentStatus,
+    DiscoveryCriteria,
+    Task,
+    TaskResult,
+    new_id,
+)
 from actors.registry import AgentRegistry
 from actors.router import Call, PoolRouter, PoolView
 from actors.system import ensure_supervisor
@@ -26,6 +34,10 @@ from cluster.ray_runtime import Missing, init_ray
 from cluster.settings import Settings, load_settings
 from cluster.store import Store, connect_store, resolve_redis_url
 from cluster.yamlfile import parse_models
+from workflows.execution import Event, Execution, ExecutionStatus
+from workflows.loader import load_workflow_specs
+from workflows.spec import WorkflowSpec
+from workflows.store import BlobStore, ExecutionStore
 
 
 def call(ref: Any, timeout_s: float | None = 300) -> Any:
@@ -115,6 +127,80 @@ class Tasks:
         return self.router.run(self.task(capability, input, **fields))
 
 
+class Workflows:
+    """Define and run workflows; control and watch their executions."""
+
+    def __init__(self, supervisor: Any, executions: ExecutionStore) -> None:
+        self._supervisor = supervisor
+        self.executions = executions
+
+    def define(self, source: WorkflowSpec | str | Path) -> list[dict[str, Any]]:
+        """Define workflows from a spec or a YAML file/directory; returns name and version.
+
+        Raises:
+            SpecInvalid: every problem, with file:line for YAML.
+        """
+        specs = (
+            [source]
+            if isinstance(source, WorkflowSpec)
+            else [s for s, _ in load_workflow_specs(source)]
+        )
+        return [call(self._supervisor.define_workflow.remote(spec)) for spec in specs]
+
+    def run(
+        self,
+        name: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        wait: bool = True,
+        timeout_s: float | None = None,
+    ) -> Execution:
+        """Start an execution (and wait for it to end unless `wait=False`).
+
+        Raises:
+            NotFound, InputInvalid.
+        """
+        execution_id = new_id()  # so a retried call after a supervisor restart starts it once
+        execution = call(
+            self._supervisor.execute_workflow.remote(name, inputs, version, execution_id)
+        )
+        return self.wait(execution.id, timeout_s) if wait else execution
+
+    def wait(self, execution_id: str, timeout_s: float | None = None) -> Execution:
+        return call(self._supervisor.wait_execution.remote(execution_id, timeout_s), None)  # type: ignore[no-any-return]
+
+    def status(self, execution_id: str) -> Execution:
+        return call(self._supervisor.get_execution_status.remote(execution_id))  # type: ignore[no-any-return]
+
+    def ls(self, limit: int = 50, status: ExecutionStatus | None = None) -> list[Execution]:
+        return self.executions.list_executions(limit, status)
+
+    def pause(self, execution_id: str) -> Execution:
+        return call(self._supervisor.pause_workflow.remote(execution_id))  # type: ignore[no-any-return]
+
+    def resume(self, execution_id: str) -> Execution:
+        return call(self._supervisor.resume_workflow.remote(execution_id))  # type: ignore[no-any-return]
+
+    def cancel(self, execution_id: str, by: str = "cli", reason: str = "") -> Execution:
+        return call(self._supervisor.cancel_workflow.remote(execution_id, by, reason))  # type: ignore[no-any-return]
+
+    def approve(self, execution_id: str, step: str, by: str, reason: str = "") -> Execution:
+        return call(self._supervisor.decide_step.remote(execution_id, step, True, by, reason))  # type: ignore[no-any-return]
+
+    def reject(self, execution_id: str, step: str, by: str, reason: str = "") -> Execution:
+        return call(self._supervisor.decide_step.remote(execution_id, step, False, by, reason))  # type: ignore[no-any-return]
+
+    def retry(self, execution_id: str) -> Execution:
+        return call(self._supervisor.retry_workflow.remote(execution_id))  # type: ignore[no-any-return]
+
+    def events(
+        self, execution_id: str, after: str = "0-0", block_ms: int | None = None
+    ) -> list[tuple[str, Event]]:
+        """Events after the stream id `after`; with `block_ms`, wait that long for new ones."""
+        return self.executions.events(execution_id, after, block_ms=block_ms)
+
+
 class Client:
     """One tenant's handle on a running DafnckMachine."""
 
@@ -128,6 +214,7 @@ class Client:
         self.registry = AgentRegistry(store)
         self.agents = Agents(supervisor, self.registry)
         self.tasks = Tasks(PoolRouter(self._pool), settings.tenant)
+        self.workflows = Workflows(supervisor, ExecutionStore(store, BlobStore(settings.blobs)))
 
     def _pool(self, capability: str, agent: str | None) -> PoolView:
         return call(self.supervisor.get_pool.remote(capability, agent))  # type: ignore[no-any-return]

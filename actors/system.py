@@ -19,9 +19,13 @@ from actors.models import AgentRecord, AgentSpec, AgentStatus, Task, TaskResult
 from actors.registry import AgentRegistry
 from actors.router import PoolView
 from actors.supervisor import Supervisor
+from actors.workflow_service import WorkflowService
 from cluster.errors import ClusterUnavailable
 from cluster.settings import RAY_NAMESPACE, Settings
 from cluster.store import connect_store
+from workflows.execution import Execution, ExecutionStatus
+from workflows.spec import WorkflowSpec
+from workflows.store import BlobStore, ExecutionStore
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +40,19 @@ class SupervisorActor:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._core = Supervisor(AgentRegistry(connect_store(settings)), RayLauncher())
+        store = connect_store(settings)
+        registry = AgentRegistry(store)
+        self._core = Supervisor(registry, RayLauncher())
+        executions = ExecutionStore(store, BlobStore(settings.blobs))
+        self._workflows = WorkflowService(executions, registry, self._core.router)
         self._ready = asyncio.Event()
         self._loop = asyncio.get_event_loop().create_task(self._run())
 
     async def _run(self) -> None:
         await self._core.restore()
+        recovered = await self._workflows.engine.recover()
+        if recovered:
+            log.info("resumed %d executions", len(recovered))
         self._ready.set()
         while True:
             await asyncio.sleep(self._settings.reconcile_interval_s)
@@ -87,6 +98,70 @@ class SupervisorActor:
             "available": ray.available_resources(),
         }
         return report
+
+    # -- workflows (the seed's WorkflowManager, in Python naming) -------------------------
+
+    async def define_workflow(self, spec: WorkflowSpec) -> dict[str, Any]:
+        await self._ready.wait()
+        return self._workflows.define_workflow(spec)
+
+    async def execute_workflow(
+        self,
+        name: str,
+        inputs: dict[str, Any] | None = None,
+        version: int | None = None,
+        execution_id: str | None = None,
+    ) -> Execution:
+        await self._ready.wait()
+        return await self._workflows.execute_workflow(
+            name, inputs, version=version, execution_id=execution_id
+        )
+
+    async def coordinate_agents(
+        self,
+        spec: WorkflowSpec,
+        inputs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Execution:
+        await self._ready.wait()
+        return await self._workflows.coordinate_agents(spec, inputs, timeout_s)
+
+    async def get_execution_status(self, execution_id: str) -> Execution:
+        await self._ready.wait()
+        return self._workflows.get_execution_status(execution_id)
+
+    async def wait_execution(self, execution_id: str, timeout_s: float | None = None) -> Execution:
+        await self._ready.wait()
+        return await self._workflows.engine.wait(execution_id, timeout_s)
+
+    async def list_executions(
+        self, limit: int = 50, status: ExecutionStatus | None = None
+    ) -> list[Execution]:
+        await self._ready.wait()
+        return self._workflows.list_executions(limit, status)
+
+    async def pause_workflow(self, execution_id: str) -> Execution:
+        await self._ready.wait()
+        return await self._workflows.engine.pause(execution_id)
+
+    async def resume_workflow(self, execution_id: str) -> Execution:
+        await self._ready.wait()
+        return await self._workflows.engine.resume(execution_id)
+
+    async def cancel_workflow(self, execution_id: str, by: str = "", reason: str = "") -> Execution:
+        await self._ready.wait()
+        return await self._workflows.engine.cancel(execution_id, by, reason)
+
+    async def decide_step(
+        self, execution_id: str, step_id: str, approved: bool, by: str, reason: str = ""
+    ) -> Execution:
+        """Approve or reject a step waiting at its approval gate."""
+        await self._ready.wait()
+        return await self._workflows.engine.decide(execution_id, step_id, approved, by, reason)
+
+    async def retry_workflow(self, execution_id: str) -> Execution:
+        await self._ready.wait()
+        return await self._workflows.engine.retry(execution_id)
 
     def __repr__(self) -> str:
         return f"SupervisorActor(tenant={self._settings.tenant})"

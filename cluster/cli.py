@@ -7,10 +7,12 @@ stack trace.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,8 +29,10 @@ app = typer.Typer(
 )
 agents_app = typer.Typer(help="Create, list, scale and remove agents.", no_args_is_help=True)
 task_app = typer.Typer(help="Run tasks on agents.", no_args_is_help=True)
+exec_app = typer.Typer(help="List, inspect and control workflow executions.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 app.add_typer(task_app, name="task")
+app.add_typer(exec_app, name="executions")
 
 console = Console()
 err = Console(stderr=True)
@@ -230,6 +234,163 @@ def task_run(
     _print_json(result.model_dump())
     if not result.ok:
         raise typer.Exit(1)
+
+
+# -- workflows -------------------------------------------------------------------------
+
+
+def _parse_inputs(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
+    """`k=v` pairs; values of non-string inputs are read as JSON (numbers, lists, ...)."""
+    values: dict[str, Any] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            problems.append(f"--input {pair!r}: expected KEY=VALUE")
+            continue
+        kind = declared[key].type if key in declared else "any"
+        try:
+            values[key] = raw if kind == "string" else json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw  # a bare word for an `any` input; the type check names mismatches
+    if problems:
+        raise InputInvalid("--input", problems)
+    return values
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="A workflow YAML file.")],
+    input: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="KEY=VALUE; repeat.")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option(help="Print the execution id and return at once.")
+    ] = False,
+) -> None:
+    """Define the workflow in FILE, run it with a live table of its steps, print its outputs.
+
+    Exit code: 0 succeeded, 1 failed, 2 invalid workflow or inputs, 3 cancelled.
+    """
+    from cluster.progress import EXIT_CODES, watch
+    from workflows.loader import load_workflow_specs
+
+    specs = [spec for spec, _ in load_workflow_specs(file)]
+    client = _client()
+    for spec in specs:
+        client.workflows.define(spec)
+    main_spec = specs[-1]
+    execution = client.workflows.run(
+        main_spec.name, _parse_inputs(input or [], main_spec.inputs), wait=False
+    )
+    if detach:
+        console.print(execution.id)
+        return
+    done = watch(client.workflows, execution, console)
+    if done.outputs is not None:
+        _print_json(done.outputs)
+    if done.error:
+        err.print(f"[red]{done.status.value}:[/] {escape(done.error.message)}")
+    raise typer.Exit(EXIT_CODES.get(done.status.value, 4))
+
+
+@exec_app.command("ls")
+def executions_ls(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List executions, newest first."""
+    executions = _client().workflows.ls(limit)
+    if as_json:
+        _print_json([e.model_dump(mode="json", exclude={"steps"}) for e in executions])
+        return
+    table = Table("execution", "workflow", "version", "status", "started", "error")
+    for e in executions:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created_at))
+        table.add_row(
+            e.id,
+            e.workflow,
+            str(e.version),
+            e.status.value,
+            started,
+            e.error.message[:50] if e.error else "",
+        )
+    console.print(table)
+
+
+@exec_app.command("show")
+def executions_show(execution_id: str) -> None:
+    """One execution: status, inputs, outputs and every step."""
+    _print_json(_client().workflows.status(execution_id).model_dump())
+
+
+@exec_app.command("events")
+def executions_events(
+    execution_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False
+) -> None:
+    """The execution's event history (and, with --follow, new events as they come)."""
+    workflows = _client().workflows
+    cursor = "0-0"
+    while True:
+        for event_id, event in workflows.events(
+            execution_id, cursor, block_ms=1000 if follow else None
+        ):
+            cursor = event_id
+            stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
+            console.print(
+                f"{event_id}  {stamp}  {event.type:<24} {event.step or '':<16} {json.dumps(event.data, default=str)[:120]}",
+                markup=False,
+            )
+        if not follow:
+            return
+
+
+def _control(action: str, execution_id: str, *args: str) -> None:
+    execution = getattr(_client().workflows, action)(execution_id, *args)
+    console.print(f"execution {execution.id}: {execution.status.value}")
+
+
+@exec_app.command("pause")
+def executions_pause(execution_id: str) -> None:
+    """No new step starts; running steps finish."""
+    _control("pause", execution_id)
+
+
+@exec_app.command("resume")
+def executions_resume(execution_id: str) -> None:
+    _control("resume", execution_id)
+
+
+@exec_app.command("cancel")
+def executions_cancel(execution_id: str, reason: Annotated[str, typer.Option()] = "") -> None:
+    """Cancel the execution; running steps are cancelled through Ray."""
+    _control("cancel", execution_id, _who(), reason)
+
+
+@exec_app.command("approve")
+def executions_approve(
+    execution_id: str, step: str, reason: Annotated[str, typer.Option()] = ""
+) -> None:
+    """Approve STEP, waiting at its approval gate."""
+    _control("approve", execution_id, step, _who(), reason)
+
+
+@exec_app.command("reject")
+def executions_reject(
+    execution_id: str, step: str, reason: Annotated[str, typer.Option()] = ""
+) -> None:
+    """Reject STEP, waiting at its approval gate (the step fails)."""
+    _control("reject", execution_id, step, _who(), reason)
+
+
+@exec_app.command("retry")
+def executions_retry(execution_id: str) -> None:
+    """Run a failed or cancelled execution again from the steps that did not succeed."""
+    _control("retry", execution_id)
+
+
+def _who() -> str:
+    return f"cli:{getpass.getuser()}"
 
 
 # -- demo and bench --------------------------------------------------------------------

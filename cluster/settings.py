@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=lambda: Path.home() / ".dafnck")
     #: Every Redis key and every named agent lives under this tenant.
     tenant: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    #: Where Arrow step outputs are kept as Parquet (a path, or an s3:// or gs:// URI);
+    #: empty means `<state_dir>/blobs`.
+    blob_uri: str | None = None
     #: A Ray address to join; empty starts or finds a local cluster.
     ray_address: str | None = None
     redis_connect_timeout_s: float = Field(default=2.0, gt=0)
@@ -44,6 +47,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     yaml_file: ClassVar[Path | None] = None
+
+    @property
+    def blobs(self) -> str:
+        return self.blob_uri or str(self.state_dir / "blobs")
 
     @classmethod
     def settings_customise_sources(

@@ -162,6 +162,7 @@ class WorkflowEngine:
         *,
         version: int | None = None,
         parent: str | None = None,
+        execution_id: str | None = None,
     ) -> Execution:
         """Start an execution of workflow `name` (its latest version unless one is named).
 
@@ -177,12 +178,13 @@ class WorkflowEngine:
             parent=parent,
             status=ExecutionStatus.RUNNING,
         )
+        if execution_id:
+            execution.id = execution_id
         execution.steps = {s.id: StepState() for s in spec.steps}
-        self.store.commit(
-            execution,
-            steps=list(execution.steps),
-            events=[self._event(execution, "execution.started", data={"version": version})],
+        started = self._event(
+            execution, "execution.started", data={"version": version, "parent": parent}
         )
+        self.store.commit(execution, steps=list(execution.steps), events=[started])
         self._start(spec, execution)
         return execution
 

@@ -1,0 +1,155 @@
+"""Workflows inside the supervisor: the seed's WorkflowManager operations over the engine.
+
+`AgentDispatcher` runs a step by routing a task straight to an agent replica (the
+supervisor's own router: step outputs go replica -> supervisor -> next replica as Ray
+objects, never through a driver). `WorkflowService` validates definitions against the
+registry, keeps them versioned, and forwards execution control to the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from actors.models import Task, TaskContext
+from actors.registry import AgentRegistry
+from actors.router import PoolRouter
+from cluster.errors import DafnckError, QueueFull, SpecInvalid
+from workflows.engine import StepOutcome, StepRequest, WorkflowEngine
+from workflows.execution import Execution, ExecutionStatus, StepError
+from workflows.spec import WorkflowSpec
+from workflows.store import ExecutionStore
+from workflows.validate import validate_workflow
+
+#: How long a step waits before trying a full pool again (backpressure, not a failure).
+_QUEUE_FULL_WAIT_S = 0.02
+
+
+class AgentDispatcher:
+    """Runs a workflow step as a task on an agent; waits politely while a pool is full."""
+
+    def __init__(self, router: PoolRouter, registry: AgentRegistry) -> None:
+        self.router = router
+        self.registry = registry
+
+    async def run(self, request: StepRequest) -> StepOutcome:
+        try:
+            task = self._task(request)
+            while True:
+                try:
+                    result = await self.router.run_async(task)
+                    break
+                except QueueFull:
+                    await asyncio.sleep(_QUEUE_FULL_WAIT_S)
+        except DafnckError as exc:
+            return StepOutcome(ok=False, error=StepError(**exc.to_dict()))
+        if result.ok:
+            return StepOutcome(ok=True, output=result.output)
+        error = result.error
+        return StepOutcome(ok=False, error=StepError(**error.model_dump()) if error else None)
+
+    def _task(self, request: StepRequest) -> Task:
+        capability, agent = request.target, None
+        if request.kind == "agent":
+            agent = request.target
+            capabilities = {c for r in self.registry.resolve(agent) for c in r.spec.capabilities}
+            if len(capabilities) != 1:
+                raise SpecInvalid(
+                    f"step {request.step_id!r}",
+                    [f"agent {agent!r} serves {sorted(capabilities)}; use one capability instead"],
+                )
+            capability = capabilities.pop()
+        context = TaskContext(
+            tenant=self.registry.store.tenant,
+            execution_id=request.execution_id,
+            step_id=request.step_id,
+            attempt=request.attempt,
+        )
+        return Task(
+            capability=capability,
+            agent=agent,
+            input=request.input,
+            timeout_s=request.timeout_s,
+            idempotency_key=request.idempotency_key,
+            context=context,
+        )
+
+
+class WorkflowService:
+    """define / execute / pause / resume / status of workflows, for one tenant."""
+
+    def __init__(
+        self, executions: ExecutionStore, registry: AgentRegistry, router: PoolRouter
+    ) -> None:
+        self.executions = executions
+        self.registry = registry
+        self.engine = WorkflowEngine(executions, AgentDispatcher(router, registry), self._load)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one service per supervisor, definitions never change
+    def _parsed(self, name: str, version: int) -> WorkflowSpec:
+        return WorkflowSpec.model_validate_json(self.executions.definition(name, version)[1])
+
+    def _load(self, name: str, version: int | None) -> tuple[int, WorkflowSpec]:
+        version = version or self.executions.definition(name)[0]
+        return version, self._parsed(name, version)
+
+    def define_workflow(self, spec: WorkflowSpec) -> dict[str, Any]:
+        """Validate against the registry and store a new version (unless unchanged).
+
+        Raises:
+            SpecInvalid: every problem at once.
+        """
+        records = self.registry.all()
+        validate_workflow(
+            spec,
+            known_capabilities={c for r in records for c in r.spec.capabilities},
+            known_agents={r.spec.name for r in records},
+            known_workflows=set(self.executions.workflows()) | {spec.name},
+        )
+        version, created = self.executions.define(spec.name, spec.model_dump_json(by_alias=True))
+        return {"name": spec.name, "version": version, "created": created}
+
+    async def execute_workflow(
+        self,
+        name: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        execution_id: str | None = None,
+    ) -> Execution:
+        """Start an execution; the same `execution_id` again returns the first one.
+
+        Raises:
+            NotFound, InputInvalid.
+        """
+        if execution_id:
+            existing = self._existing(execution_id)
+            if existing:
+                return existing
+        return await self.engine.execute(name, inputs, version=version, execution_id=execution_id)
+
+    def _existing(self, execution_id: str) -> Execution | None:
+        try:
+            return self.engine.get(execution_id)
+        except DafnckError:
+            return None
+
+    async def coordinate_agents(
+        self,
+        spec: WorkflowSpec,
+        inputs: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Execution:
+        """Define, run and wait for a workflow in one call (the seed's coordinateAgents)."""
+        self.define_workflow(spec)
+        execution = await self.engine.execute(spec.name, inputs)
+        return await self.engine.wait(execution.id, timeout_s)
+
+    def get_execution_status(self, execution_id: str) -> Execution:
+        return self.engine.get(execution_id)
+
+    def list_executions(
+        self, limit: int = 50, status: ExecutionStatus | None = None
+    ) -> list[Execution]:
+        return self.executions.list_executions(limit, status)
