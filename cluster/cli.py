@@ -396,21 +396,22 @@ def _who() -> str:
 # -- demo and bench --------------------------------------------------------------------
 
 
+_REVIEW_AGENTS = Path("configs/agents/review.yaml")
+_REVIEW_WORKFLOW = Path("configs/workflows/review.yaml")
+
+
 @app.command()
 def demo(
     path: Annotated[Path, typer.Argument(help="The directory to review.")] = Path("."),
-    output: Annotated[Path, typer.Option(help="Where to write the Markdown report.")] = Path(
-        "reports/review.md"
-    ),
-    agents: Annotated[Path, typer.Option(help="The demo's agent specs.")] = Path(
-        "configs/agents/review.yaml"
-    ),
+    output: Annotated[Path, typer.Option(help="The Markdown report.")] = Path("reports/review.md"),
+    agents: Annotated[Path, typer.Option(help="The demo's agent specs.")] = _REVIEW_AGENTS,
+    workflow: Annotated[Path, typer.Option(help="The demo's workflow.")] = _REVIEW_WORKFLOW,
 ) -> None:
-    """Review a repository with three agents and write a Markdown report."""
+    """Review a repository with the review workflow and three agents; write a Markdown report."""
     from cluster.demo import run_review
 
-    summary = run_review(_client(), path, output, agents, console)
-    console.print(f"\n[green]Report written to {summary['report']}[/]")
+    outputs = run_review(_client(), path, output, agents, workflow, console)
+    console.print(f"\n[green]Report written to {outputs['report']}[/]")
 
 
 @app.command()
