@@ -36,19 +36,34 @@ class Store:
     `StoreUnavailable` (retryable, naming the URL) rather than a redis-py exception.
     """
 
-    def __init__(self, client: redis.Redis, url: str, tenant: str) -> None:
+    def __init__(
+        self, client: redis.Redis, url: str, tenant: str, options: dict[str, Any] | None = None
+    ) -> None:
         #: Typed loosely: redis-py's stubs don't know `decode_responses=True` gives str.
         self.redis: Any = client
         self.url = url
         self.tenant = tenant
         self._prefix = f"dafnck:{tenant}:"
+        self._options = options or {}
+        self._async: dict[int, Any] = {}
+
+    def async_redis(self) -> Any:
+        """A redis.asyncio client with the same URL and timeouts, one per event loop."""
+        import asyncio
+
+        import redis.asyncio as aioredis
+
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._async:
+            self._async = {loop: aioredis.Redis.from_url(self.url, **self._options)}
+        return self._async[loop]
 
     def key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
 
     def for_tenant(self, tenant: str) -> Store:
         """The same connection pool seen under another tenant's prefix."""
-        return Store(self.redis, self.url, tenant)
+        return Store(self.redis, self.url, tenant, self._options)
 
     def ping(self) -> None:
         """Raises: StoreUnavailable."""
@@ -91,14 +106,15 @@ def connect_store(settings: Settings, *, url: str | None = None) -> Store:
         StoreUnavailable: nothing answers at the URL within the connect timeout.
     """
     url = url or resolve_redis_url(settings)
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "health_check_interval": 30,
+        "decode_responses": True,
+    }
     client = redis.Redis.from_url(
-        url,
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        socket_timeout=settings.redis_socket_timeout_s,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        decode_responses=True,
+        url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2), **options
     )
-    store = Store(client, url, settings.tenant)
+    store = Store(client, url, settings.tenant, options)
     store.ping()
     return store

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,10 +31,13 @@ from workflows.execution import (
 )
 from workflows.expressions import compile_expr, render
 from workflows.spec import StepSpec, WorkflowSpec
-from workflows.store import ExecutionStore
+from workflows.store import Change, ExecutionStore
 from workflows.validate import effective_needs
 
 log = logging.getLogger(__name__)
+
+#: How soon queued changes are written again after the store refused them.
+_RETRY_FLUSH_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,18 @@ class Run:
     unfinished: dict[str, int] = field(default_factory=dict)
     dependents: dict[str, list[str]] = field(default_factory=dict)
 
+    #: Changes not yet written: flushed together once per turn of the event loop.
+    change: Change | None = None
+    by_id: dict[str, StepSpec] = field(default_factory=dict)
+    #: Top-level steps that have failed (whether that fails the execution is on_error's call).
+    failing: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.by_id = {s.id: s for s in self.spec.steps}
+
+    def step(self, step_id: str) -> StepSpec:
+        return self.by_id[step_id]
+
     def state(self, step_id: str) -> StepState:
         return self.execution.steps.setdefault(step_id, StepState())
 
@@ -122,6 +137,9 @@ class Run:
         for step_id, needs in self.needs.items():
             for need in needs:
                 self.dependents[need].append(step_id)
+        self.failing = {
+            s.id for s in self.spec.steps if self.state(s.id).status == StepStatus.FAILED
+        }
         for step in self.spec.steps:
             if self.state(step.id).status != StepStatus.PENDING or step.id in self.fallbacks:
                 continue
@@ -139,6 +157,22 @@ class Run:
                     self.ready.append(dependent)
 
 
+class _Outputs(Mapping[str, dict[str, Any]]):
+    """`steps.<id>.output` for expressions, read from the live states without copying them."""
+
+    def __init__(self, states: dict[str, StepState]) -> None:
+        self._states = states
+
+    def __getitem__(self, step_id: str) -> dict[str, Any]:
+        return {"output": self._states[step_id].output}
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in self._states if "[" not in k)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 SpecLoader = Callable[[str, int | None], tuple[int, WorkflowSpec]]
 
 
@@ -152,6 +186,10 @@ class WorkflowEngine:
         self.dispatcher = dispatcher
         self._load_spec = load_spec
         self.runs: dict[str, Run] = {}
+        #: Runs with changes queued for the writer, and the future of the next batch.
+        self._dirty: list[Run] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._batch_done: asyncio.Future[None] | None = None
 
     # -- starting and finding executions --------------------------------------------------
 
@@ -248,13 +286,13 @@ class WorkflowEngine:
     async def pause(self, execution_id: str) -> Execution:
         """No new step starts; running ones finish. Raises: Conflict, NotFound."""
         run = self._live(execution_id, ExecutionStatus.RUNNING, ExecutionStatus.WAITING_APPROVAL)
-        self._set_status(run, ExecutionStatus.PAUSED, "execution.paused")
+        await self._set_status(run, ExecutionStatus.PAUSED, "execution.paused")
         return run.execution
 
     async def resume(self, execution_id: str) -> Execution:
         """Raises: Conflict (not paused), NotFound."""
         run = self._live(execution_id, ExecutionStatus.PAUSED)
-        self._set_status(run, ExecutionStatus.RUNNING, "execution.resumed")
+        await self._set_status(run, ExecutionStatus.RUNNING, "execution.resumed")
         run.wake.set()
         return run.execution
 
@@ -341,7 +379,7 @@ class WorkflowEngine:
     def _schedule(self, run: Run) -> None:
         """Start every ready step (a step after a skipped one is skipped too)."""
         while run.ready:
-            step = run.spec.step(run.ready.pop(0))
+            step = run.step(run.ready.pop(0))
             run.unfinished.pop(step.id, None)
             upstream = [run.state(n).status for n in run.needs[step.id]]
             if any(u in (StepStatus.SKIPPED, StepStatus.CANCELLED) for u in upstream):
@@ -384,7 +422,7 @@ class WorkflowEngine:
 
     def _tolerated(self, run: Run, step_id: str) -> bool:
         try:
-            return run.spec.step(step_id).on_error == "continue"
+            return run.step(step_id).on_error == "continue"
         except KeyError:
             return False
 
@@ -409,12 +447,12 @@ class WorkflowEngine:
                 data={"error": error.model_dump() if error else None},
             )
         ]
-        self.store.commit(run.execution, steps=changed, events=events)
+        await self._commit(run, events[0], changed)
         run.wake.set()
 
-    def _set_status(self, run: Run, status: ExecutionStatus, event: str) -> None:
+    async def _set_status(self, run: Run, status: ExecutionStatus, event: str) -> None:
         run.execution.status = status
-        self.store.commit(run.execution, events=[self._event(run.execution, event)])
+        await self._commit(run, self._event(run.execution, event))
 
     # -- one step --------------------------------------------------------------------------
 
@@ -459,7 +497,7 @@ class WorkflowEngine:
                 "step.fallback",
                 data={"fallback": step.fallback, "error": error.model_dump()},
             )
-            fallback = run.spec.step(step.fallback)
+            fallback = run.step(step.fallback)
             await self._step_body(run, fallback)
             state = run.state(fallback.id)
             if state.status == StepStatus.SUCCEEDED:
@@ -492,7 +530,9 @@ class WorkflowEngine:
             data={"prompt": render(gate.prompt, self._context(run))},
         )
         if run.execution.status == ExecutionStatus.RUNNING:
-            self._set_status(run, ExecutionStatus.WAITING_APPROVAL, "execution.waiting_approval")
+            await self._set_status(
+                run, ExecutionStatus.WAITING_APPROVAL, "execution.waiting_approval"
+            )
         future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
         run.gates[step.id] = _Gate(future, deadline)
         try:
@@ -509,7 +549,7 @@ class WorkflowEngine:
             run.gates.pop(step.id, None)
         state.approval = decision
         if run.execution.status == ExecutionStatus.WAITING_APPROVAL and not run.gates:
-            self._set_status(run, ExecutionStatus.RUNNING, "execution.running")
+            await self._set_status(run, ExecutionStatus.RUNNING, "execution.running")
         if decision.decision == "approved":
             self._change(
                 run, step.id, StepStatus.QUEUED, "step.approved", data=decision.model_dump()
@@ -664,8 +704,7 @@ class WorkflowEngine:
     # -- recording ------------------------------------------------------------------------
 
     def _context(self, run: Run) -> dict[str, Any]:
-        steps = {k: {"output": s.output} for k, s in run.execution.steps.items() if "[" not in k}
-        return {"inputs": run.execution.inputs, "steps": steps}
+        return {"inputs": run.execution.inputs, "steps": _Outputs(run.execution.steps)}
 
     def _event(
         self,
@@ -680,12 +719,7 @@ class WorkflowEngine:
         self, run: Run, key: str, status: StepStatus, kind: str, data: dict[str, Any] | None = None
     ) -> None:
         run.state(key).status = status
-        self.store.commit(
-            run.execution,
-            steps=[key],
-            events=[self._event(run.execution, kind, key, data)],
-            meta=False,
-        )
+        self._record(run, key, self._event(run.execution, kind, key, data))
 
     def _step_done(
         self,
@@ -707,15 +741,79 @@ class WorkflowEngine:
         )
         if key in run.dependents:
             run.finished(key)
+            (run.failing.add if status == StepStatus.FAILED else run.failing.discard)(key)
         payload = dict(data or {})
         if error:
             payload["error"] = error.model_dump()
-        self.store.commit(
-            run.execution,
-            steps=[key],
-            events=[self._event(run.execution, kind, key, payload)],
-            meta=False,
-        )
+        self._record(run, key, self._event(run.execution, kind, key, payload))
+
+    def _record(self, run: Run, key: str, event: Event) -> None:
+        """Queue a step's change; the writer writes every queued change together.
+
+        A step may be dispatched a moment before its "started" lands: after a crash it is
+        dispatched again with the same idempotency key, which at-least-once allows.
+        """
+        self._queue(run).steps.add(key)
+        run.change.events.append(event)  # type: ignore[union-attr]
+        self._kick()
+
+    async def _commit(self, run: Run, event: Event, steps: Iterable[str] = ()) -> None:
+        """Queue an execution-level change and wait until it (and all before it) is written."""
+        change = self._queue(run)
+        change.steps.update(steps)
+        change.events.append(event)
+        change.meta = True
+        done = self._next_batch()
+        self._kick()
+        await asyncio.shield(done)
+
+    def _next_batch(self) -> asyncio.Future[None]:
+        """The future resolved when the changes queued now are written."""
+        if self._batch_done is None:
+            self._batch_done = asyncio.get_running_loop().create_future()
+        return self._batch_done
+
+    def _queue(self, run: Run) -> Change:
+        if run.change is None:
+            run.change = Change(run.execution)
+            self._dirty.append(run)
+        return run.change
+
+    def _kick(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        """Write queued changes, one transaction per batch, in order, until none are left.
+
+        The event loop keeps running while Redis syncs its AOF. If the store is down the
+        batch stays queued and is tried again: an outage delays the record, loses nothing.
+        """
+        while self._dirty:
+            runs, self._dirty = self._dirty, []
+            done, self._batch_done = self._next_batch(), None
+            changes = [run.change for run in runs if run.change is not None]
+            for run in runs:
+                run.change = None
+            try:
+                await self.store.commit_many_async(changes)
+            except DafnckError:
+                log.warning("store unavailable; %d execution changes wait", len(changes))
+                self._requeue(runs, changes)
+                self._batch_done = done
+                await asyncio.sleep(_RETRY_FLUSH_S)
+                continue
+            done.set_result(None)
+
+    def _requeue(self, runs: list[Run], changes: list[Change]) -> None:
+        for run, change in zip(runs, changes, strict=False):
+            if run.change is not None:  # newer changes arrived meanwhile: keep both, in order
+                change.steps |= run.change.steps
+                change.events += run.change.events
+                change.meta = change.meta or run.change.meta
+                self._dirty.remove(run)
+            run.change = change
+        self._dirty = runs + self._dirty
 
 
 __all__ = ["Dispatcher", "StepFailed", "StepOutcome", "StepRequest", "WorkflowEngine"]

@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import redis
 
-from cluster.errors import NotFound
-from cluster.store import Store, unavailable_as_error
+from cluster.errors import NotFound, StoreUnavailable
+from cluster.store import Store, redacted, unavailable_as_error
 from workflows.execution import Event, Execution, ExecutionStatus, StepState
 
 #: Events kept per execution stream (approximately: Redis trims lazily).
@@ -65,6 +67,16 @@ class BlobStore:
         if isinstance(value, list):
             return [self.decode(v) for v in value]
         return value
+
+
+@dataclass
+class Change:
+    """What one commit writes for one execution: its meta, some steps, and events."""
+
+    execution: Execution
+    steps: set[str] = field(default_factory=set)
+    events: list[Event] = field(default_factory=list)
+    meta: bool = False
 
 
 class ExecutionStore:
@@ -129,7 +141,6 @@ class ExecutionStore:
         data["output"] = self.blobs.encode(state.output, f"{execution_id}/{step_id}")
         return json.dumps(data, default=str)
 
-    @unavailable_as_error
     def commit(
         self,
         execution: Execution,
@@ -139,10 +150,39 @@ class ExecutionStore:
         meta: bool = True,
     ) -> None:
         """Write the execution's meta, the named steps and the events in one transaction."""
+        self.commit_many([Change(execution, set(steps), list(events), meta)])
+
+    @unavailable_as_error
+    def commit_many(self, changes: Iterable[Change]) -> None:
+        """Several changes, possibly of several executions, in one MULTI/EXEC."""
         pipe = self.store.redis.pipeline(transaction=True)
+        for change in changes:
+            self._stage(pipe, change)
+        pipe.execute()
+
+    async def commit_many_async(self, changes: Iterable[Change]) -> None:
+        """`commit_many` without blocking the event loop while Redis syncs its AOF.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+        """
+        pipe = self.store.async_redis().pipeline(transaction=True)
+        for change in changes:
+            self._stage(pipe, change)
+        try:
+            await pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"Redis at {redacted(self.store.url)} is unreachable: {exc}"
+            ) from None
+
+    def _stage(self, pipe: Any, change: Change) -> None:
+        execution = change.execution
         key = self._key(execution.id)
-        fields = {f"step:{s}": self.encode_step(execution.id, s, execution.steps[s]) for s in steps}
-        if meta:
+        fields = {
+            f"step:{s}": self.encode_step(execution.id, s, execution.steps[s]) for s in change.steps
+        }
+        if change.meta:
             execution.updated_at = time.time()
             fields["meta"] = execution.model_dump_json(exclude={"steps"})
             active = self.store.key("execs", "active")
@@ -150,14 +190,11 @@ class ExecutionStore:
             pipe.zadd(self.store.key("execs"), {execution.id: execution.created_at}, nx=True)
         if fields:
             pipe.hset(key, mapping=fields)
-        for event in events:
+        stream = self.events_key(execution.id)
+        for event in change.events:
             pipe.xadd(
-                self.events_key(execution.id),
-                {"event": event.model_dump_json()},
-                maxlen=MAX_EVENTS,
-                approximate=True,
+                stream, {"event": event.model_dump_json()}, maxlen=MAX_EVENTS, approximate=True
             )
-        pipe.execute()
 
     @unavailable_as_error
     def load(self, execution_id: str) -> Execution:
@@ -166,11 +203,11 @@ class ExecutionStore:
         if "meta" not in raw:
             raise NotFound(f"execution {execution_id!r} does not exist")
         execution = Execution.model_validate_json(raw["meta"])
-        for field, value in raw.items():
-            if field.startswith("step:"):
+        for name, value in raw.items():
+            if name.startswith("step:"):
                 state = StepState.model_validate_json(value)
                 state.output = self.blobs.decode(state.output)
-                execution.steps[field[5:]] = state
+                execution.steps[name[5:]] = state
         return execution
 
     @unavailable_as_error
