@@ -72,11 +72,15 @@ class StepFailed(DafnckError):
     """A step ended in failure; carries the error that the step's record keeps."""
 
     def __init__(self, error: StepError) -> None:
-        super().__init__(error.message, error)
+        super().__init__(error)
 
     @property
     def error(self) -> StepError:
-        return self.args[1]  # type: ignore[no-any-return]
+        return self.args[0]  # type: ignore[no-any-return]
+
+    @property
+    def message(self) -> str:
+        return self.error.message
 
 
 def _error(exc: BaseException) -> StepError:

@@ -211,3 +211,76 @@ def test_spec_invalid_lists_every_problem() -> None:
     assert err.problems == ("step 'b' needs unknown step 'x'", "step 'c': bad")
     assert err.to_dict()["problems"] == ["step 'b' needs unknown step 'x'", "step 'c': bad"]
     assert err.status_code == 422
+
+
+# -- workflows: specs people write, records Redis keeps, and their errors -------------------
+
+import workflows.execution as execution_records  # noqa: E402
+import workflows.spec as workflow_spec  # noqa: E402
+from workflows.engine import StepFailed  # noqa: E402
+from workflows.expressions import ExpressionError  # noqa: E402
+
+WORKFLOW = workflow_spec.WorkflowSpec.model_validate({
+    "name": "review",
+    "inputs": {"root": {"type": "string"}, "top": {"type": "integer", "default": 3}},
+    "outputs": {"report": "${{ steps.merge.output }}"},
+    "steps": [
+        {"id": "ls", "uses": "repo.list", "with": {"root": "${{ inputs.root }}"},
+         "retry": {"attempts": 3, "on": ["QueueFull"]}, "timeout_s": 5},
+        {"id": "each", "uses": "agent:analyser@>=1,<2", "with": {"p": "${{ item }}"},
+         "for_each": {"items": "steps.ls.output", "as": "item", "join": 2}, "on_error": "continue"},
+        {"id": "merge", "uses": "workflow:merge", "needs": ["each"], "when": "inputs.top > 0",
+         "approval": {"prompt": "ok?", "timeout_s": 60, "on_timeout": "fail"},
+         "on_error": {"fallback": "ls"}},
+    ],
+})  # fmt: skip
+STEP_ERROR = execution_records.StepError(type="TaskTimeout", message="late", retryable=True)
+STATE = execution_records.StepState(
+    status=execution_records.StepStatus.SUCCEEDED, attempts=2, output={"n": [1]}, error=STEP_ERROR,
+    started_at=1.0, finished_at=2.0, items=["each[0]"],
+    approval=execution_records.Approval(decision="approved", by="ann", reason="ok", at=3.0),
+)  # fmt: skip
+WORKFLOW_CONTRACTS: dict[type[BaseModel], BaseModel] = {
+    workflow_spec.WorkflowSpec: WORKFLOW,
+    workflow_spec.StepSpec: WORKFLOW.steps[2],
+    workflow_spec.InputSpec: WORKFLOW.inputs["top"],
+    workflow_spec.ForEach: WORKFLOW.steps[1].for_each,  # type: ignore[dict-item]
+    workflow_spec.StepRetry: WORKFLOW.steps[0].retry,
+    workflow_spec.Fallback: workflow_spec.Fallback(fallback="ls"),
+    workflow_spec.Approval: WORKFLOW.steps[2].approval,  # type: ignore[dict-item]
+    execution_records.StepError: STEP_ERROR,
+    execution_records.Approval: STATE.approval,  # type: ignore[dict-item]
+    execution_records.StepState: STATE,
+    execution_records.Execution: execution_records.Execution(
+        id="e1",
+        workflow="review",
+        version=2,
+        status=execution_records.ExecutionStatus.PAUSED,
+        inputs={"root": "."},
+        outputs={"report": "r.md"},
+        steps={"ls": STATE},
+        parent="p1",
+        created_at=1.0,
+        updated_at=2.0,
+    ),  # fmt: skip
+    execution_records.Event: execution_records.Event(
+        type="step.succeeded", execution="e1", step="ls", data={"a": 1}, at=4.0
+    ),
+}
+WORKFLOW_ERRORS = [ExpressionError("bad expression", "1 +", 1, 3), StepFailed(STEP_ERROR)]
+
+
+def test_every_workflow_contract_has_a_sample() -> None:
+    defined = {
+        obj
+        for module in (workflow_spec, execution_records)
+        for _, obj in inspect.getmembers(module, inspect.isclass)
+        if issubclass(obj, BaseModel) and obj.__module__ == module.__name__
+        and obj not in (workflow_spec.Contract, execution_records.Record)
+    }  # fmt: skip
+    assert defined == set(WORKFLOW_CONTRACTS)
+
+
+@pytest.mark.parametrize("sample", [*WORKFLOW_CONTRACTS.values(), *WORKFLOW_ERRORS], ids=repr)
+def test_workflow_round_trip(sample: Any) -> None:
+    test_round_trip(sample)
