@@ -262,7 +262,7 @@ WORKFLOW_CONTRACTS: dict[type[BaseModel], BaseModel] = {
         parent="p1",
         created_at=1.0,
         updated_at=2.0,
-    ),  # fmt: skip
+    ),
     execution_records.Event: execution_records.Event(
         type="step.succeeded", execution="e1", step="ls", data={"a": 1}, at=4.0
     ),
