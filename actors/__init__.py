@@ -1,22 +1,48 @@
 """The live cluster parts: agent replicas, the supervisor, the registry, and the client."""
 
-from actors.client import Client, connect
-from actors.models import (
-    AgentRecord,
-    AgentSpec,
-    AgentStatus,
-    DiscoveryCriteria,
-    Replicas,
-    Resources,
-    RetryPolicy,
-    Task,
-    TaskContext,
-    TaskResult,
-)
-from actors.registry import AgentRegistry
-from actors.router import PoolRouter
-from actors.skills import skill
-from actors.supervisor import Supervisor
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors.client import Client, connect
+    from actors.models import (
+        AgentRecord,
+        AgentSpec,
+        AgentStatus,
+        DiscoveryCriteria,
+        Replicas,
+        Resources,
+        RetryPolicy,
+        Task,
+        TaskContext,
+        TaskResult,
+    )
+    from actors.registry import AgentRegistry
+    from actors.router import PoolRouter
+    from actors.skills import skill
+    from actors.supervisor import Supervisor
+
+#: Public name -> the module that defines it, imported on first use.
+_HOME = {
+    "AgentRecord": "actors.models",
+    "AgentRegistry": "actors.registry",
+    "AgentSpec": "actors.models",
+    "AgentStatus": "actors.models",
+    "Client": "actors.client",
+    "DiscoveryCriteria": "actors.models",
+    "PoolRouter": "actors.router",
+    "Replicas": "actors.models",
+    "Resources": "actors.models",
+    "RetryPolicy": "actors.models",
+    "Supervisor": "actors.supervisor",
+    "Task": "actors.models",
+    "TaskContext": "actors.models",
+    "TaskResult": "actors.models",
+    "connect": "actors.client",
+    "skill": "actors.skills",
+}
 
 __all__ = [
     "AgentRecord",
@@ -36,3 +62,11 @@ __all__ = [
     "connect",
     "skill",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value

@@ -95,7 +95,7 @@ class PoolRouter:
             pool = self._pool(task.capability, task.agent, refresh=True)
         name = self._pick(pool)
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
-        return Call(task, pool, name, pool.replicas[name].run.remote(task))
+        return Call(task, pool, name, pool.replicas[name].run.remote(task.model_dump()))
 
     def _pick(self, pool: PoolView) -> str:
         names = list(pool.replicas)
@@ -141,7 +141,9 @@ class PoolRouter:
         """Wait for the call, retrying on another replica when one dies."""
         while True:
             try:
-                outcome: TaskResult | BaseException = ray.get(call.ref, timeout=self._wait_s(call))
+                outcome: TaskResult | BaseException = TaskResult.model_validate(
+                    ray.get(call.ref, timeout=self._wait_s(call))
+                )
             except (RayActorError, GetTimeoutError) as exc:
                 outcome = exc
             retry = self._settle(call, outcome)
@@ -160,9 +162,8 @@ class PoolRouter:
         """`result` for callers on an event loop."""
         while True:
             try:
-                outcome: TaskResult | BaseException = await asyncio.wait_for(
-                    call.ref, self._wait_s(call)
-                )
+                async with asyncio.timeout(self._wait_s(call)):
+                    outcome: TaskResult | BaseException = TaskResult.model_validate(await call.ref)
             except (RayActorError, TimeoutError) as exc:
                 outcome = exc
             retry = self._settle(call, outcome)

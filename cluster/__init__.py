@@ -4,23 +4,52 @@ The operator entry points (`cluster.cli`, `cluster.bench`) sit on top of every p
 are not imported here.
 """
 
-from cluster.errors import (
-    AgentNotFound,
-    ClusterUnavailable,
-    ConfigError,
-    Conflict,
-    DafnckError,
-    InputInvalid,
-    NotFound,
-    QueueFull,
-    ReplicaDied,
-    SpecInvalid,
-    StoreUnavailable,
-    TaskFailed,
-    TaskTimeout,
-)
-from cluster.settings import RAY_NAMESPACE, Settings, load_settings
-from cluster.store import Store, connect_store, resolve_redis_url
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cluster.errors import (
+        AgentNotFound,
+        ClusterUnavailable,
+        ConfigError,
+        Conflict,
+        DafnckError,
+        InputInvalid,
+        NotFound,
+        QueueFull,
+        ReplicaDied,
+        SpecInvalid,
+        StoreUnavailable,
+        TaskFailed,
+        TaskTimeout,
+    )
+    from cluster.settings import RAY_NAMESPACE, Settings, load_settings
+    from cluster.store import Store, connect_store, resolve_redis_url
+
+#: Public name -> the module that defines it, imported on first use.
+_HOME = {
+    "RAY_NAMESPACE": "cluster.settings",
+    "AgentNotFound": "cluster.errors",
+    "ClusterUnavailable": "cluster.errors",
+    "ConfigError": "cluster.errors",
+    "Conflict": "cluster.errors",
+    "DafnckError": "cluster.errors",
+    "InputInvalid": "cluster.errors",
+    "NotFound": "cluster.errors",
+    "QueueFull": "cluster.errors",
+    "ReplicaDied": "cluster.errors",
+    "Settings": "cluster.settings",
+    "SpecInvalid": "cluster.errors",
+    "Store": "cluster.store",
+    "StoreUnavailable": "cluster.errors",
+    "TaskFailed": "cluster.errors",
+    "TaskTimeout": "cluster.errors",
+    "connect_store": "cluster.store",
+    "load_settings": "cluster.settings",
+    "resolve_redis_url": "cluster.store",
+}
 
 __all__ = [
     "RAY_NAMESPACE",
@@ -43,3 +72,11 @@ __all__ = [
     "load_settings",
     "resolve_redis_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value

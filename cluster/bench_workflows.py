@@ -16,6 +16,7 @@ import ray
 from actors.client import Client
 from actors.models import AgentSpec
 from actors.system import supervisor_name
+from cluster.bench import result
 from cluster.settings import RAY_NAMESPACE
 from workflows.execution import ExecutionStatus
 from workflows.spec import WorkflowSpec
@@ -23,7 +24,7 @@ from workflows.spec import WorkflowSpec
 CAPABILITY = "bench.step"
 
 
-@ray.remote(num_cpus=0)
+@ray.remote
 def _raw_step(n: int = 0, *_needs: Any) -> int:
     return n + 1
 
@@ -32,16 +33,11 @@ def _agent() -> AgentSpec:
     return AgentSpec(
         name="bench-step",
         capabilities=[CAPABILITY],
-        entrypoint="cluster.bench_workflows:step",
+        entrypoint="actors.examples.bench_agents:step",
         replicas={"min": 2, "max": 2},
         max_concurrency=256,
         max_queued=10_000,
     )
-
-
-async def step(n: int = 0) -> int:
-    """The bench agent's skill: add one (so a chain's output proves every step ran)."""
-    return n + 1
 
 
 def chain_spec(length: int, name: str = "bench-chain", seconds: float = 0.0) -> WorkflowSpec:
@@ -131,19 +127,8 @@ def run_workflows_suite(client: Client, quick: bool) -> list[dict[str, Any]]:
     overhead_ms = (engine_chain - raw_chain) / size * 1000
     recovery = _recovery(client, 40 if quick else 200)
     return [
-        _result(f"dag_fanout_{size}", engine_fan, "s", raw_fan),
-        _result(f"dag_chain_{size}", engine_chain, "s", raw_chain),
-        _result("chain_step_overhead_ms", overhead_ms, "ms", None),
-        _result("recovery_s", recovery, "s", None),
+        result("workflows", f"dag_fanout_{size}", engine_fan, "s", raw_fan),
+        result("workflows", f"dag_chain_{size}", engine_chain, "s", raw_chain),
+        result("workflows", "chain_step_overhead_ms", overhead_ms, "ms", None),
+        result("workflows", "recovery_s", recovery, "s", None),
     ]
-
-
-def _result(name: str, value: float, unit: str, baseline: float | None) -> dict[str, Any]:
-    return {
-        "suite": "workflows",
-        "name": name,
-        "value": round(value, 4),
-        "unit": unit,
-        "baseline": round(baseline, 4) if baseline is not None else None,
-        "ratio": round(value / baseline, 3) if baseline else None,
-    }

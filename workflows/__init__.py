@@ -4,21 +4,68 @@ Nothing here knows Ray or agents: the engine asks a `Dispatcher` to run a step, 
 supervisor supplies one.
 """
 
-from workflows.engine import Dispatcher, StepOutcome, StepRequest, WorkflowEngine
-from workflows.execution import Event, Execution, ExecutionStatus, StepState, StepStatus
-from workflows.expressions import (
-    Expr,
-    ExpressionError,
-    compile_expr,
-    parse_template,
-    render,
-    template_references,
-    template_strings,
-)
-from workflows.loader import load_workflow_specs
-from workflows.spec import Approval, Fallback, ForEach, InputSpec, StepRetry, StepSpec, WorkflowSpec
-from workflows.store import BlobStore, ExecutionStore
-from workflows.validate import effective_needs, topological_order, validate_workflow
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workflows.engine import Dispatcher, StepOutcome, StepRequest, WorkflowEngine
+    from workflows.execution import Event, Execution, ExecutionStatus, StepState, StepStatus
+    from workflows.expressions import (
+        Expr,
+        ExpressionError,
+        compile_expr,
+        parse_template,
+        render,
+        template_references,
+        template_strings,
+    )
+    from workflows.loader import load_workflow_specs
+    from workflows.spec import (
+        Approval,
+        Fallback,
+        ForEach,
+        InputSpec,
+        StepRetry,
+        StepSpec,
+        WorkflowSpec,
+    )
+    from workflows.store import BlobStore, ExecutionStore
+    from workflows.validate import effective_needs, topological_order, validate_workflow
+
+#: Public name -> the module that defines it, imported on first use.
+_HOME = {
+    "Approval": "workflows.spec",
+    "BlobStore": "workflows.store",
+    "Dispatcher": "workflows.engine",
+    "Event": "workflows.execution",
+    "Execution": "workflows.execution",
+    "ExecutionStatus": "workflows.execution",
+    "ExecutionStore": "workflows.store",
+    "Expr": "workflows.expressions",
+    "ExpressionError": "workflows.expressions",
+    "Fallback": "workflows.spec",
+    "ForEach": "workflows.spec",
+    "InputSpec": "workflows.spec",
+    "StepOutcome": "workflows.engine",
+    "StepRequest": "workflows.engine",
+    "StepRetry": "workflows.spec",
+    "StepSpec": "workflows.spec",
+    "StepState": "workflows.execution",
+    "StepStatus": "workflows.execution",
+    "WorkflowEngine": "workflows.engine",
+    "WorkflowSpec": "workflows.spec",
+    "compile_expr": "workflows.expressions",
+    "effective_needs": "workflows.validate",
+    "load_workflow_specs": "workflows.loader",
+    "parse_template": "workflows.expressions",
+    "render": "workflows.expressions",
+    "template_references": "workflows.expressions",
+    "template_strings": "workflows.expressions",
+    "topological_order": "workflows.validate",
+    "validate_workflow": "workflows.validate",
+}
 
 __all__ = [
     "Approval",
@@ -51,3 +98,11 @@ __all__ = [
     "topological_order",
     "validate_workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
