@@ -275,8 +275,17 @@ def run(
     from cluster.progress import EXIT_CODES, watch
     from workflows.loader import load_workflow_specs
 
-    specs = [spec for spec, _ in load_workflow_specs(file)]
     client = _client()
+    records = client.registry.all()
+    specs = [  # validated here too, so every problem names its file and line
+        spec
+        for spec, _ in load_workflow_specs(
+            file,
+            known_capabilities={c for r in records for c in r.spec.capabilities},
+            known_agents={r.spec.name for r in records},
+            known_workflows=set(client.workflows.executions.workflows()),
+        )
+    ]
     for spec in specs:
         client.workflows.define(spec)
     main_spec = specs[-1]
