@@ -7,13 +7,17 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 from actors.models import AgentSpec, ErrorInfo, SkillInfo, Task, TaskResult
-from actors.skills import Skill, build_skills
+from actors.skills import Skill, build_skills, load_agent
+from actors.state import ReplicaState
 from cluster.errors import DafnckError, SpecInvalid, TaskTimeout
+from cluster.settings import Settings
+from cluster.store import connect_store
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,16 @@ def _error_info(exc: BaseException, task: Task, spec: AgentSpec) -> ErrorInfo:
     return ErrorInfo(type=type(exc).__name__, message=str(exc), retryable=False)
 
 
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """Who a replica is: its actor name, its slot in the pool, and how to reach the store."""
+
+    name: str
+    slot: int = 0
+    #: With settings (and so a store), a replica can keep durable state and take messages.
+    settings: Settings | None = None
+
+
 @ray.remote(num_cpus=0, concurrency_groups={"control": 4})  # type: ignore[call-overload]
 class AgentActor:
     """Ray shell of one replica: builds the runtime and forwards calls.
@@ -97,20 +111,31 @@ class AgentActor:
     task slot busy still answers the supervisor's probes.
     """
 
-    def __init__(self, spec: AgentSpec, replica: str) -> None:
-        self._replica = replica
+    def __init__(self, spec: AgentSpec, config: ReplicaConfig) -> None:
+        self._replica = config.name
+        self._config = config
         self._core: AgentRuntime | None = None
         self._error: SpecInvalid | None = None
+        self._state: ReplicaState | None = None
         try:
-            self._core = AgentRuntime.build(spec, replica)
+            self._impl = load_agent(spec)
+            self._core = AgentRuntime(spec, config.name, self._impl.skills)
         except SpecInvalid as exc:  # reported by describe(), so the supervisor can say why
             self._error = exc
+            return
+        if self._impl.stateful and config.settings is not None:
+            self._state = ReplicaState(connect_store(config.settings), spec.agent_id, config.slot)
+            saved = self._state.load()
+            if saved is not None:
+                self._impl.instance.set_state(saved)
 
     async def run(self, task: dict[str, Any]) -> dict[str, Any]:
         """Run one task. Plain dicts cross the wire: Ray serializes them several times
         faster than pydantic models (measured: ~190 us of CPU per call on each side)."""
         assert self._core is not None, "run() on a replica that failed to start"
         result = await self._core.run(Task.model_validate(task))
+        if self._state is not None:
+            await self._state.save(self._impl.instance.get_state())
         return result.model_dump()
 
     @ray.method(concurrency_group="control")

@@ -12,9 +12,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from actors.agent import AgentActor
+from actors.agent import AgentActor, ReplicaConfig
 from actors.models import AgentSpec, SkillInfo
-from cluster.settings import RAY_NAMESPACE
+from cluster.settings import RAY_NAMESPACE, Settings
 
 #: A replica that does not answer a health probe in this time is reported unresponsive.
 PROBE_TIMEOUT_S = 10.0
@@ -23,7 +23,10 @@ PROBE_TIMEOUT_S = 10.0
 class RayLauncher:
     """Starts `AgentActor` replicas with the spec's resources and concurrency."""
 
-    def start(self, spec: AgentSpec, name: str) -> Any:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+
+    def start(self, spec: AgentSpec, name: str, slot: int = 0) -> Any:
         res = spec.resources
         return AgentActor.options(  # type: ignore[attr-defined]
             name=name,
@@ -35,7 +38,7 @@ class RayLauncher:
             memory=res.memory_mb * 1024 * 1024 if res.memory_mb else None,
             resources=res.custom or None,
             max_restarts=0,  # the supervisor replaces a dead replica under a new name
-        ).remote(spec, name)
+        ).remote(spec, ReplicaConfig(name, slot, self._settings))
 
     def stop(self, handle: Any) -> None:
         ray.kill(handle, no_restart=True)

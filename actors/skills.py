@@ -21,6 +21,7 @@ from actors.models import AgentSpec, SkillInfo
 from cluster.errors import InputInvalid, SpecInvalid
 
 _SKILL_ATTR = "__dafnck_skill__"
+_HANDLER_ATTR = "__dafnck_handler__"
 
 
 def skill(
@@ -122,14 +123,46 @@ def load_entrypoint(entrypoint: str) -> Any:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
 
 
+def handler(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark the method that receives the agent's messages (inbox and subscribed topics)."""
+    setattr(fn, _HANDLER_ATTR, True)
+    return fn
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """What a replica runs: the skills, the class instance (if any), its message handler."""
+
+    skills: dict[str, Skill]
+    instance: Any = None
+    handler: Callable[..., Any] | None = None
+
+    @property
+    def stateful(self) -> bool:
+        """The class keeps durable state: it defines `get_state()` and `set_state(state)`."""
+        return callable(getattr(self.instance, "get_state", None)) and callable(
+            getattr(self.instance, "set_state", None)
+        )
+
+
 def build_skills(spec: AgentSpec) -> dict[str, Skill]:
     """Instantiate the spec's entrypoint and bind each capability to a skill.
+
+    Raises:
+        SpecInvalid: see `load_agent`.
+    """
+    return load_agent(spec).skills
+
+
+def load_agent(spec: AgentSpec) -> Implementation:
+    """Instantiate the spec's entrypoint: its skills, instance and message handler.
 
     Raises:
         SpecInvalid: the entrypoint cannot be loaded or its skills don't match the
             spec's capabilities; every problem is listed.
     """
     what = f"agent {spec.agent_id!r}"
+    instance = on_message = None
     try:
         target = load_entrypoint(spec.entrypoint)
         if inspect.isclass(target):
@@ -139,6 +172,10 @@ def build_skills(spec: AgentSpec) -> dict[str, Skill]:
                 for name, member in inspect.getmembers(target)
                 if hasattr(member, _SKILL_ATTR)
             ]
+            handlers = [
+                n for n, m in inspect.getmembers(target) if getattr(m, _HANDLER_ATTR, False)
+            ]
+            on_message = getattr(instance, handlers[0]) if handlers else None
         elif callable(target):
             candidates = [(target.__name__, target, getattr(target, _SKILL_ATTR, {}))]
         else:
@@ -147,7 +184,7 @@ def build_skills(spec: AgentSpec) -> dict[str, Skill]:
         raise
     except Exception as exc:
         raise SpecInvalid(what, [f"entrypoint: {exc}"]) from None
-    return _bind(spec, candidates)
+    return Implementation(_bind(spec, candidates), instance, on_message)
 
 
 def _bind(

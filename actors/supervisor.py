@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class Launcher(Protocol):
     """How the supervisor starts and watches replicas (Ray in production, fakes in tests)."""
 
-    def start(self, spec: AgentSpec, name: str) -> Any: ...
+    def start(self, spec: AgentSpec, name: str, slot: int = 0) -> Any: ...
     def stop(self, handle: Any) -> None: ...
     def find(self, prefix: str) -> dict[str, Any]: ...
     async def describe(self, handle: Any) -> dict[str, SkillInfo]: ...
@@ -51,6 +51,13 @@ class Pool:
     record: AgentRecord
     replicas: dict[str, Any] = field(default_factory=dict)
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Replica name -> its slot; a replacement takes the lowest free slot (and its state).
+    slots: dict[str, int] = field(default_factory=dict)
+
+    def free_slot(self) -> int:
+        taken = set(self.slots.values())
+        return next(i for i in range(len(taken) + 1) if i not in taken)
+
     restarts: int = 0
 
 
@@ -98,7 +105,9 @@ class Supervisor:
             record = self.registry.register_agent(
                 AgentRecord(spec=spec, skills=skills, desired_replicas=desired)
             )
-            new = self.pools[spec.agent_id] = Pool(record, {first_name: handle})
+            new = self.pools[spec.agent_id] = Pool(
+                record, {first_name: handle}, slots={first_name: 0}
+            )
             await self._reconcile_pool(new)
             return new.record
 
@@ -200,19 +209,23 @@ class Supervisor:
                 log.warning("replica %s is dead; replacing it", name)
                 pool.replicas.pop(name, None)
                 pool.health.pop(name, None)
+                pool.slots.pop(name, None)
                 pool.restarts += 1
             else:
                 pool.health[name] = report
+                pool.slots.setdefault(name, int(report.get("slot", pool.free_slot())))
         record = pool.record
         want = record.desired_replicas if record.status == AgentStatus.ACTIVE else 0
         if record.status == AgentStatus.DRAINING:
             want = len(pool.replicas)  # keep serving what they hold; nothing new is routed
         while len(pool.replicas) < want:
-            name = self._next_name(record.agent_id)
-            pool.replicas[name] = self.launcher.start(record.spec, name)
+            name, slot = self._next_name(record.agent_id), pool.free_slot()
+            pool.replicas[name] = self.launcher.start(record.spec, name, slot)
+            pool.slots[name] = slot
         for name in list(pool.replicas)[want:]:
             self.launcher.stop(pool.replicas.pop(name))
             pool.health.pop(name, None)
+            pool.slots.pop(name, None)
 
     def _next_name(self, agent_id: str) -> str:
         number = next(self._numbers.setdefault(agent_id, itertools.count(1)))
@@ -223,6 +236,7 @@ class Supervisor:
             self.launcher.stop(handle)
         pool.replicas.clear()
         pool.health.clear()
+        pool.slots.clear()
 
     # -- health ----------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ class SupervisorActor:
         self._settings = settings
         store = connect_store(settings)
         registry = AgentRegistry(store)
-        self._core = Supervisor(registry, RayLauncher())
+        self._core = Supervisor(registry, RayLauncher(settings))
         executions = ExecutionStore(store, BlobStore(settings.blobs))
         self._workflows = WorkflowService(executions, registry, self._core.router)
         self._ready = asyncio.Event()

@@ -23,6 +23,7 @@ class FakeReplica:
     name: str
     alive: bool = True
     completed: int = 0
+    slot: int = 0
 
 
 @dataclass
@@ -33,10 +34,10 @@ class FakeLauncher:
     started: list[FakeReplica] = field(default_factory=list)
     stopped: list[FakeReplica] = field(default_factory=list)
 
-    def start(self, spec: AgentSpec, name: str) -> FakeReplica:
+    def start(self, spec: AgentSpec, name: str, slot: int = 0) -> FakeReplica:
         if name in self.live:
             raise NameTaken(f"the actor name {name!r} is already taken")
-        replica = FakeReplica(spec, name)
+        replica = FakeReplica(spec, name, slot=slot)
         self.live[name] = replica
         self.started.append(replica)
         return replica
@@ -60,6 +61,8 @@ class FakeLauncher:
 
     async def probe(self, handles: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
         return {
-            name: {"replica": name, "in_flight": 0, "completed": h.completed} if h.alive else None
+            name: {"replica": name, "in_flight": 0, "completed": h.completed, "slot": h.slot}
+            if h.alive
+            else None
             for name, h in handles.items()
         }
