@@ -1,0 +1,397 @@
+"""CacheManager: an in-process TTL cache (L1) in front of Redis (L2), coherent across processes.
+
+Values are JSON by default (`dumps`/`loads` are pluggable; never pickle: L2 is shared).
+L2 keys live under `store.key(namespace, key)`; every write and invalidation is
+published on `store.key(namespace + "-invalidate")`, and every started manager of the
+tenant drops its matching L1 copies. After the listener loses and regains Redis it
+clears its whole L1, since it may have missed messages meanwhile.
+
+Returned values are the cached objects themselves (that is what keeps an L1 hit in
+microseconds): treat them as read-only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, MutableMapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+from cachetools import TTLCache
+
+from cluster.errors import ConfigError, StoreUnavailable
+from cluster.store import Store, redacted, unavailable_as_error
+
+log = logging.getLogger(__name__)
+
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+_POLL_S = 0.2
+_RETRY_MIN_S = 0.05
+_RETRY_MAX_S = 1.0
+_SCAN_COUNT = 500
+_now = time.monotonic
+
+#: An L1 entry: (monotonic expiry, value).
+Entry = tuple[float, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LevelStats:
+    """Counters of one cache level since the manager was built; size None if unknown."""
+
+    hits: int
+    misses: int
+    size: int | None
+    errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Hits, misses, errors and sizes of L1 (this process) and L2 (Redis, whole namespace)."""
+
+    l1: LevelStats
+    l2: LevelStats
+
+    def as_dict(self) -> dict[str, dict[str, int | None]]:
+        return asdict(self)
+
+
+class _NoL1(dict[str, Entry]):
+    """The L1 of a manager built with l1_maxsize=0: forgets everything it is given."""
+
+    def __setitem__(self, key: str, value: Entry) -> None:
+        return None
+
+    def expire(self) -> None:
+        return None
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The part of a glob pattern before its first wildcard."""
+    match = re.search(r"[*?\[]", pattern)
+    return pattern if match is None else pattern[: match.start()]
+
+
+def _redis_literal(text: str) -> str:
+    """`text` escaped so that a Redis MATCH pattern matches it literally."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+class CacheManager:
+    """A tenant's two-level cache; L1 copies are dropped wherever any manager changes a key."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        l1_maxsize: int = 1024,
+        l1_ttl_s: float = 60.0,
+        default_ttl_s: float | None = None,
+        namespace: str = "cache",
+        dumps: Callable[[Any], str] = json.dumps,
+        loads: Callable[[str], Any] = json.loads,
+        subscribe_timeout_s: float = 5.0,
+    ) -> None:
+        """Raises: ConfigError: a size or TTL is out of range (every problem is listed)."""
+        problems = [
+            f"{name} must be {rule}, got {value!r}"
+            for name, value, ok, rule in (
+                ("l1_maxsize", l1_maxsize, l1_maxsize >= 0, ">= 0 (0 disables L1)"),
+                ("l1_ttl_s", l1_ttl_s, l1_ttl_s > 0, "> 0"),
+                ("default_ttl_s", default_ttl_s, default_ttl_s is None or default_ttl_s > 0,
+                 "> 0 or None (no expiry)"),
+                ("namespace", namespace, bool(namespace), "a non-empty string"),
+            )
+            if not ok
+        ]  # fmt: skip
+        if problems:
+            raise ConfigError("cache settings are invalid: " + "; ".join(problems))
+        self.store = store
+        self._prefix = store.key(namespace, "")
+        self._channel = store.key(f"{namespace}-invalidate")
+        self._l1: MutableMapping[str, Entry] = (
+            TTLCache(l1_maxsize, l1_ttl_s, timer=_now) if l1_maxsize else _NoL1()
+        )
+        self._l1_ttl_s = l1_ttl_s
+        self._default_ttl_s = default_ttl_s
+        self._dumps, self._loads = dumps, loads
+        self._subscribe_timeout_s = subscribe_timeout_s
+        self._origin = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        #: Bumped on every change seen; an L2 read only fills L1 if none came in between.
+        self._epoch = 0
+        self._l1_hits = self._l1_misses = 0
+        self._l2_hits = self._l2_misses = self._l2_errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value under `key` from L1, else from L2 (filling L1), else `default`.
+
+        Raises:
+            Nothing on a store outage: the L1 copy (if any) is served and a miss is
+            counted in `get_stats().l2.errors`.
+        """
+        with self._lock:
+            try:
+                expires, value = self._l1[key]
+            except KeyError:
+                pass
+            else:
+                if expires > _now():
+                    self._l1_hits += 1
+                    return value
+            self._l1_misses += 1
+            epoch = self._epoch
+        return self._get_l2(key, epoch, default)
+
+    def _get_l2(self, key: str, epoch: int, default: Any) -> Any:
+        name = self._prefix + key
+        try:
+            raw, pttl_ms = (
+                self.store.redis.pipeline(transaction=False).get(name).pttl(name).execute()
+            )
+        except _UNREACHABLE as exc:
+            with self._lock:
+                self._l2_errors += 1
+            log.warning("cache L2 unreachable, serving a miss for %r: %s", key, exc)
+            return default
+        if raw is None:
+            with self._lock:
+                self._l2_misses += 1
+            return default
+        value = self._loads(raw)
+        with self._lock:
+            self._l2_hits += 1
+            # -2: the key expired between GET and PTTL; -1: it never expires.
+            if self._epoch == epoch and pttl_ms != -2:
+                ttl_s = self._l1_ttl_s if pttl_ms < 0 else min(self._l1_ttl_s, pttl_ms / 1000)
+                self._l1[key] = (_now() + ttl_s, value)
+        return value
+
+    # -- writing ------------------------------------------------------------------------
+
+    @unavailable_as_error
+    def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
+        """Cache `value` in L1 and L2 for `ttl_s` (default: the manager's); other L1s drop theirs.
+
+        Raises:
+            ConfigError: `ttl_s` is not positive.
+            TypeError: `dumps` cannot serialize the value (nothing is written).
+            StoreUnavailable: Redis cannot be reached; this L1's copy is dropped too.
+        """
+        ttl_s = self._default_ttl_s if ttl_s is None else ttl_s
+        if ttl_s is not None and ttl_s <= 0:
+            raise ConfigError(f"cache ttl_s must be > 0 or None, got {ttl_s!r} for key {key!r}")
+        raw = self._dumps(value)
+        # L1 keeps what L2 holds, so every process reads back the same shape (tuples -> lists).
+        stored = self._loads(raw)
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.set(self._prefix + key, raw, px=None if ttl_s is None else max(1, round(ttl_s * 1000)))
+        pipe.publish(self._channel, json.dumps({"o": self._origin, "k": key}))
+        try:
+            pipe.execute()
+        except _UNREACHABLE:
+            self._drop_l1_key(key)
+            raise
+        l1_ttl_s = self._l1_ttl_s if ttl_s is None else min(self._l1_ttl_s, ttl_s)
+        with self._lock:
+            self._epoch += 1
+            self._l1[key] = (_now() + l1_ttl_s, stored)
+
+    @unavailable_as_error
+    def invalidate(self, pattern: str) -> int:
+        """Drop keys matching the glob `pattern` (fnmatch syntax) from L2 and every L1; count L2's.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached; this L1 is cleaned anyway, other
+                processes' L1 copies live until their TTL.
+        """
+        try:
+            removed = self._unlink_l2(pattern)
+        finally:
+            self._drop_l1_pattern(pattern)
+        self.store.redis.publish(self._channel, json.dumps({"o": self._origin, "p": pattern}))
+        return removed
+
+    def _unlink_l2(self, pattern: str) -> int:
+        client = self.store.redis
+        literal = _literal_prefix(pattern)
+        if literal == pattern:
+            return int(client.unlink(self._prefix + pattern))
+        matches = re.compile(fnmatch.translate(pattern)).match
+        start = len(self._prefix)
+        removed, batch = 0, []
+        # Redis narrows by the literal prefix; fnmatch decides, exactly as in every L1.
+        for name in client.scan_iter(
+            match=_redis_literal(self._prefix + literal) + "*", count=_SCAN_COUNT
+        ):
+            if matches(name[start:]):
+                batch.append(name)
+            if len(batch) >= _SCAN_COUNT:
+                removed += int(client.unlink(*batch))
+                batch.clear()
+        if batch:
+            removed += int(client.unlink(*batch))
+        return removed
+
+    def _drop_l1_key(self, key: str) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._l1.pop(key, None)
+
+    def _drop_l1_pattern(self, pattern: str) -> None:
+        matches = re.compile(fnmatch.translate(pattern)).match
+        with self._lock:
+            self._epoch += 1
+            for key in [key for key in self._l1 if matches(key)]:
+                self._l1.pop(key, None)
+
+    def _drop_l1_all(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._l1.clear()
+
+    # -- stats --------------------------------------------------------------------------
+
+    def get_stats(self) -> CacheStats:
+        """Counters since construction and current sizes; L2's size is None while Redis is down.
+
+        L2's size counts the namespace's keys with SCAN, so it costs O(keys): not for hot paths.
+
+        Raises:
+            Nothing on a store outage (see above).
+        """
+        with self._lock:
+            self._l1.expire()  # type: ignore[attr-defined]
+            l1 = LevelStats(self._l1_hits, self._l1_misses, len(self._l1))
+            l2_counts = (self._l2_hits, self._l2_misses, self._l2_errors)
+        try:
+            match = _redis_literal(self._prefix) + "*"
+            size: int | None = sum(
+                1 for _ in self.store.redis.scan_iter(match=match, count=_SCAN_COUNT)
+            )
+        except _UNREACHABLE:
+            size = None
+        return CacheStats(l1, LevelStats(l2_counts[0], l2_counts[1], size, l2_counts[2]))
+
+    # -- the invalidation listener ------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True while the background listener thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> CacheManager:
+        """Subscribe to the tenant's invalidations and listen in a daemon thread.
+
+        Returns once subscribed, so changes made anywhere afterwards reach this L1.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached or did not confirm the subscription.
+        """
+        if self.running:
+            return self
+        self._stop.clear()
+        pubsub = self._subscribe()
+        self._thread = threading.Thread(
+            target=self._listen, args=(pubsub,), name=f"dafnck-cache-{self._channel}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the listener thread (its L1 no longer hears of changes); the store stays open."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def __enter__(self) -> CacheManager:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _subscribe(self) -> Any:
+        pubsub = self.store.redis.pubsub()
+        try:
+            pubsub.subscribe(self._channel)
+            deadline = _now() + self._subscribe_timeout_s
+            while _now() < deadline:
+                message = pubsub.get_message(timeout=_POLL_S)
+                if message is not None and message["type"] == "subscribe":
+                    return pubsub
+        except _UNREACHABLE as exc:
+            pubsub.close()
+            raise StoreUnavailable(
+                f"Redis at {redacted(self.store.url)} is unreachable: {exc}"
+            ) from None
+        pubsub.close()
+        raise StoreUnavailable(
+            f"Redis at {redacted(self.store.url)} did not confirm the subscription to "
+            f"{self._channel!r} within {self._subscribe_timeout_s}s"
+        )
+
+    def _listen(self, pubsub: Any) -> None:
+        delay_s = _RETRY_MIN_S
+        while not self._stop.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self._subscribe()
+                    self._drop_l1_all()  # messages sent while we were away are lost
+                    log.info("cache listener resubscribed to %s", self._channel)
+                    delay_s = _RETRY_MIN_S
+                message = pubsub.get_message(timeout=_POLL_S)
+            except Exception as exc:  # the listener must outlive every error
+                if delay_s == _RETRY_MIN_S:
+                    log.warning("cache listener lost %s, retrying: %s", self._channel, exc)
+                if pubsub is not None:
+                    _close_quietly(pubsub)
+                    pubsub = None
+                self._stop.wait(delay_s)
+                delay_s = min(delay_s * 2, _RETRY_MAX_S)
+                continue
+            if message is not None:
+                self._on_message(message)
+        if pubsub is not None:
+            _close_quietly(pubsub)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message["type"] == "subscribe":
+            # redis-py reconnected and resubscribed by itself: we may have missed changes.
+            self._drop_l1_all()
+            return
+        if message["type"] != "message":
+            return
+        try:
+            body = json.loads(message["data"])
+            origin, key, pattern = body["o"], body.get("k"), body.get("p")
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring malformed cache invalidation %r", message["data"])
+            return
+        if origin == self._origin:
+            return
+        if isinstance(key, str):
+            self._drop_l1_key(key)
+        elif isinstance(pattern, str):
+            self._drop_l1_pattern(pattern)
+
+
+def _close_quietly(pubsub: Any) -> None:
+    try:
+        pubsub.close()
+    except Exception as exc:  # closing a dead connection may fail in many ways
+        log.debug("closing cache pubsub failed: %s", exc)
+
+
+__all__ = ["CacheManager", "CacheStats", "LevelStats"]
