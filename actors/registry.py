@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-
-import redis
+from typing import Any
 
 from actors.models import AgentRecord, AgentStatus, DiscoveryCriteria, SkillInfo
 from cluster.errors import AgentNotFound, SpecInvalid
@@ -107,7 +106,7 @@ class AgentRegistry:
         """Read, change and write one record in a WATCH/MULTI transaction."""
         result: list[AgentRecord] = []
 
-        def txn(pipe: redis.client.Pipeline) -> None:
+        def txn(pipe: Any) -> None:
             raw = pipe.hget(self._key, agent_id)
             if raw is None and must_exist:
                 raise AgentNotFound(agent_id, [str(k) for k in pipe.hkeys(self._key)])

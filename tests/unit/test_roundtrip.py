@@ -19,6 +19,7 @@ from actors.models import (
     AgentStatus,
     DiscoveryCriteria,
     ErrorInfo,
+    Messaging,
     Replicas,
     Resources,
     RetryPolicy,
@@ -66,6 +67,7 @@ CONTRACTS: dict[type[BaseModel], BaseModel] = {
     Resources: SPEC.resources,
     Replicas: SPEC.replicas,
     RetryPolicy: SPEC.retry,
+    Messaging: Messaging(topics=["news"], claim_idle_s=2.5, max_deliveries=3),
     AgentSpec: SPEC,
     SkillInfo: SKILL,
     AgentRecord: AgentRecord(
@@ -248,6 +250,9 @@ WORKFLOW_CONTRACTS: dict[type[BaseModel], BaseModel] = {
     workflow_spec.StepRetry: WORKFLOW.steps[0].retry,
     workflow_spec.Fallback: workflow_spec.Fallback(fallback="ls"),
     workflow_spec.Approval: WORKFLOW.steps[2].approval,  # type: ignore[dict-item]
+    workflow_spec.Trigger: workflow_spec.Trigger(
+        topic="repo.changed", inputs={"p": "${{ message.payload.p }}"}
+    ),
     execution_records.StepError: STEP_ERROR,
     execution_records.Approval: STATE.approval,  # type: ignore[dict-item]
     execution_records.StepState: STATE,
