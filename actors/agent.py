@@ -93,6 +93,24 @@ def _error_info(exc: BaseException, task: Task, spec: AgentSpec) -> ErrorInfo:
     return ErrorInfo(type=type(exc).__name__, message=str(exc), retryable=False)
 
 
+def _inbox(store: Any, spec: AgentSpec, replica: str, impl: Any, state: ReplicaState | None) -> Any:
+    from actors.hub import CommunicationHub
+    from actors.inbox import InboxWorker
+    from actors.registry import AgentRegistry
+
+    return InboxWorker(
+        CommunicationHub(store, AgentRegistry(store)),
+        spec.name,
+        replica,
+        impl.handler,
+        state=state,
+        get_state=impl.instance.get_state if state else None,
+        topics=spec.messaging.topics,
+        claim_idle_ms=int(spec.messaging.claim_idle_s * 1000),
+        max_deliveries=spec.messaging.max_deliveries,
+    )
+
+
 @dataclass(frozen=True)
 class ReplicaConfig:
     """Who a replica is: its actor name, its slot in the pool, and how to reach the store."""
@@ -123,11 +141,17 @@ class AgentActor:
         except SpecInvalid as exc:  # reported by describe(), so the supervisor can say why
             self._error = exc
             return
-        if self._impl.stateful and config.settings is not None:
-            self._state = ReplicaState(connect_store(config.settings), spec.agent_id, config.slot)
+        if config.settings is None or not (self._impl.stateful or self._impl.handler):
+            return
+        store = connect_store(config.settings)
+        if self._impl.stateful:
+            self._state = ReplicaState(store, spec.agent_id, config.slot)
             saved = self._state.load()
             if saved is not None:
                 self._impl.instance.set_state(saved)
+        if self._impl.handler:
+            self._inbox = _inbox(store, spec, config.name, self._impl, self._state)
+            self._inbox_task = asyncio.get_event_loop().create_task(self._inbox.run())
 
     async def run(self, task: dict[str, Any]) -> dict[str, Any]:
         """Run one task. Plain dicts cross the wire: Ray serializes them several times

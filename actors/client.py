@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
+from actors.hub import CommunicationHub
 from actors.models import (
     AgentRecord,
     AgentSpec,
@@ -29,6 +30,7 @@ from actors.models import (
 from actors.registry import AgentRegistry
 from actors.router import Call, PoolRouter, PoolView
 from actors.system import ensure_supervisor
+from cluster.data import DataManager
 from cluster.errors import DafnckError, SpecInvalid
 from cluster.ray_runtime import Missing, init_ray
 from cluster.settings import Settings, load_settings
@@ -215,6 +217,10 @@ class Client:
         self.agents = Agents(supervisor, self.registry)
         self.tasks = Tasks(PoolRouter(self._pool), settings.tenant)
         self.workflows = Workflows(supervisor, ExecutionStore(store, BlobStore(settings.blobs)))
+        #: Messages (async API): send, broadcast, publish, channels, history.
+        self.hub = CommunicationHub(store, self.registry)
+        #: Data objects and backups of this tenant's state.
+        self.data = DataManager.from_settings(store, settings)
 
     def _pool(self, capability: str, agent: str | None) -> PoolView:
         return call(self.supervisor.get_pool.remote(capability, agent))  # type: ignore[no-any-return]

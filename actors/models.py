@@ -67,6 +67,17 @@ class RetryPolicy(Contract):
     backoff_s: float = Field(default=0.1, ge=0)
 
 
+class Messaging(Contract):
+    """How the agent's pool takes messages (when its class has a `@handler`)."""
+
+    #: Topics the pool consumes besides its inbox.
+    topics: list[str] = []
+    #: A message unacknowledged this long (its replica died mid-handler) goes to another replica.
+    claim_idle_s: float = Field(default=30, gt=0)
+    #: After this many deliveries a message goes to the dead-letter stream.
+    max_deliveries: int = Field(default=5, ge=1, le=1000)
+
+
 class AgentSpec(Contract):
     """One agent: a pool of replicas of the same code, serving its capabilities."""
 
@@ -86,6 +97,7 @@ class AgentSpec(Contract):
     max_queued: int = Field(default=100, ge=0, le=100_000)
     timeout_s: float = Field(default=300, gt=0)
     retry: RetryPolicy = RetryPolicy()
+    messaging: Messaging = Messaging()
     tags: list[str] = []
 
     @field_validator("capabilities")

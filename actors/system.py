@@ -14,11 +14,13 @@ from typing import Any
 
 import ray
 
+from actors.hub import CommunicationHub
 from actors.launcher import RayLauncher
 from actors.models import AgentRecord, AgentSpec, AgentStatus, Task, TaskResult
 from actors.registry import AgentRegistry
 from actors.router import PoolView
 from actors.supervisor import Supervisor
+from actors.triggers import TriggerRunner
 from actors.workflow_service import WorkflowService
 from cluster.errors import ClusterUnavailable
 from cluster.settings import RAY_NAMESPACE, Settings
@@ -45,6 +47,10 @@ class SupervisorActor:
         self._core = Supervisor(registry, RayLauncher(settings))
         executions = ExecutionStore(store, BlobStore(settings.blobs))
         self._workflows = WorkflowService(executions, registry, self._core.router)
+        hub = CommunicationHub(store, registry)
+        self._triggers = TriggerRunner(
+            self._workflows, hub, consumer=supervisor_name(settings.tenant)
+        )
         self._ready = asyncio.Event()
         self._loop = asyncio.get_event_loop().create_task(self._run())
 
@@ -58,6 +64,7 @@ class SupervisorActor:
             await asyncio.sleep(self._settings.reconcile_interval_s)
             try:
                 await self._core.reconcile()
+                await self._triggers.tick()
             except Exception:  # the loop must outlive a store outage
                 log.exception("reconcile failed; trying again")
 

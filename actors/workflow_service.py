@@ -84,15 +84,20 @@ class WorkflowService:
     ) -> None:
         self.executions = executions
         self.registry = registry
-        self.engine = WorkflowEngine(executions, AgentDispatcher(router, registry), self._load)
+        self.engine = WorkflowEngine(executions, AgentDispatcher(router, registry), self.load)
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one service per supervisor, definitions never change
     def _parsed(self, name: str, version: int) -> WorkflowSpec:
         return WorkflowSpec.model_validate_json(self.executions.definition(name, version)[1])
 
-    def _load(self, name: str, version: int | None) -> tuple[int, WorkflowSpec]:
+    def load(self, name: str, version: int | None = None) -> tuple[int, WorkflowSpec]:
         version = version or self.executions.definition(name)[0]
         return version, self._parsed(name, version)
+
+    def triggered(self) -> list[WorkflowSpec]:
+        """The latest version of every workflow that has triggers."""
+        specs = [self.load(name)[1] for name in self.executions.workflows()]
+        return [spec for spec in specs if spec.triggers]
 
     def define_workflow(self, spec: WorkflowSpec) -> dict[str, Any]:
         """Validate against the registry and store a new version (unless unchanged).

@@ -55,6 +55,8 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "dag_fanout_1000": ("ratio", "<=", 3.0),
     "chain_step_overhead_ms": ("value", "<=", 5.0),
     "recovery_s": ("value", "<=", 10.0),
+    "hub_throughput": ("ratio", ">=", 0.5),
+    "cache_l1_hit_us": ("value", "<=", 5.0),
 }
 
 
@@ -373,7 +375,15 @@ def workflows_suite(client: Client, quick: bool) -> list[Result]:
     return run_workflows_suite(client, quick)
 
 
-SUITES: dict[str, Suite] = {"tasks": tasks_suite, "workflows": workflows_suite}
+def hub_suite(client: Client, quick: bool) -> list[Result]:
+    """Hub send+deliver throughput against raw redis-py streams; cache hit latency."""
+    from cluster.cache_bench import measure_cache
+    from cluster.hub_bench import measure_hub
+
+    return measure_hub(client.store, quick) + measure_cache(client.store, quick)
+
+
+SUITES: dict[str, Suite] = {"tasks": tasks_suite, "workflows": workflows_suite, "hub": hub_suite}
 
 
 # -- the table -----------------------------------------------------------------------------

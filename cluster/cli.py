@@ -405,6 +405,45 @@ def _who() -> str:
 # -- demo and bench --------------------------------------------------------------------
 
 
+# -- backups ---------------------------------------------------------------------------
+
+
+@app.command()
+def backup(
+    label: Annotated[str | None, typer.Option(help="A note kept with the backup.")] = None,
+    prefix: Annotated[
+        list[str] | None, typer.Option(help="Only keys under this prefix; repeat.")
+    ] = None,
+) -> None:
+    """Snapshot this tenant's state (registry, workflows, executions, messages, data) to Parquet."""
+    from cluster.data_models import BackupCriteria
+
+    result = _client().data.backup(BackupCriteria(label=label, prefixes=prefix or []))
+    info = result.info
+    console.print(
+        f"backup {info.backup_id}: {info.counts.keys} keys in {result.duration_s:.2f}s -> {info.uri}"
+    )
+
+
+@app.command()
+def backups() -> None:
+    """List this tenant's backups."""
+    table = Table("backup", "created", "keys", "label", "where")
+    for info in _client().data.list_backups():
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
+        table.add_row(info.backup_id, created, str(info.counts.keys), info.label or "", info.uri)
+    console.print(table)
+
+
+@app.command()
+def restore(backup_id: str) -> None:
+    """Restore a backup into this tenant's (empty) state and check it against its manifest."""
+    result = _client().data.restore(backup_id)
+    console.print(
+        f"restored {result.keys} keys from {backup_id}; checksum {result.checksum[:16]} matches"
+    )
+
+
 _REVIEW_AGENTS = Path("configs/agents/review.yaml")
 _REVIEW_WORKFLOW = Path("configs/workflows/review.yaml")
 

@@ -146,6 +146,43 @@ class TaskFailed(DafnckError):
         return {"type": self.error_type, "message": self.message, "retryable": self.retryable}
 
 
+class Unauthorized(DafnckError):
+    """The credential is missing, malformed, unknown, revoked or expired; the message says which
+    (and never contains a secret, a password or a one-time code)."""
+
+    status_code = 401
+
+
+class Forbidden(DafnckError):
+    """Authenticated, but not allowed: the role does not grant the action, or the caller is
+    not a participant of the channel."""
+
+    status_code = 403
+
+    @classmethod
+    def for_role(cls, role: str, action: str) -> Forbidden:
+        return cls(
+            f"role {role!r} is not allowed to {action!r}; use a credential whose role grants it"
+        )
+
+
+class RateLimited(DafnckError):
+    """Too many requests for a key, a tenant or a login; `retry_after_s` says when to retry."""
+
+    retryable = True
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s)
+
+    @property
+    def retry_after_s(self) -> float:
+        return float(self.args[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "retry_after_s": self.retry_after_s}
+
+
 class ClusterUnavailable(DafnckError):
     """No Ray cluster or system actor could be reached."""
 
@@ -159,12 +196,15 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "DafnckError",
+    "Forbidden",
     "InputInvalid",
     "NotFound",
     "QueueFull",
+    "RateLimited",
     "ReplicaDied",
     "SpecInvalid",
     "StoreUnavailable",
     "TaskFailed",
     "TaskTimeout",
+    "Unauthorized",
 ]

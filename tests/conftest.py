@@ -66,7 +66,9 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str |
 
 
 @pytest.fixture(scope="session", params=["valkey", "redis"])
-def any_store_url(request: pytest.FixtureRequest, valkey_url: str, redis_server_url: str | None) -> str:
+def any_store_url(
+    request: pytest.FixtureRequest, valkey_url: str, redis_server_url: str | None
+) -> str:
     """Each store test runs against Valkey and, where present, a real redis-server."""
     if request.param == "redis":
         if redis_server_url is None:

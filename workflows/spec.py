@@ -243,6 +243,29 @@ def _check_range(text: str) -> None:
         raise ValueError(f"version range {text!r} is not like '>=1.2,<2' or '1.2.3'") from None
 
 
+class Trigger(Contract):
+    """Start the workflow on each message published to `topic`, or on each `cron` tick.
+
+    `inputs` are templates over `message` (its `payload`, `sender`, `id`, ...) or `tick`
+    (the tick's time, ISO 8601).
+    """
+
+    topic: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+    cron: str | None = None
+    inputs: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Trigger:
+        if (self.topic is None) == (self.cron is None):
+            raise ValueError("a trigger has either a topic or a cron schedule")
+        if self.cron is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"cron {self.cron!r} is not a valid schedule like '*/5 * * * *'")
+        return self
+
+
 class WorkflowSpec(Contract):
     """A named DAG of steps with typed inputs and outputs computed from its steps."""
 
@@ -252,6 +275,7 @@ class WorkflowSpec(Contract):
     #: Each a `${{ EXPR }}` template over `inputs` and `steps.<id>.output`.
     outputs: dict[str, str] = {}
     steps: list[StepSpec] = Field(min_length=1)
+    triggers: list[Trigger] = []
 
     @field_validator("inputs")
     @classmethod
@@ -321,6 +345,7 @@ __all__ = [
     "StepKind",
     "StepRetry",
     "StepSpec",
+    "Trigger",
     "WorkflowSpec",
     "type_matches",
 ]

@@ -127,6 +127,9 @@ ERRORS: dict[type[errors.DafnckError], errors.DafnckError] = {
     errors.TaskTimeout: errors.TaskTimeout("task t timed out after 3s"),
     errors.TaskFailed: errors.TaskFailed("boom", "KeyError", True),
     errors.ClusterUnavailable: errors.ClusterUnavailable("cannot join the Ray cluster"),
+    errors.Unauthorized: errors.Unauthorized("the token expired"),
+    errors.Forbidden: errors.Forbidden.for_role("viewer", "agents:write"),
+    errors.RateLimited: errors.RateLimited("100 requests per second for key k1", 0.25),
 }
 
 
@@ -177,6 +180,7 @@ def test_errors_say_whether_retrying_helps() -> None:
         "TaskTimeout",
         "TaskFailed",
         "ClusterUnavailable",
+        "RateLimited",
     }
     assert (
         errors.TaskFailed("boom").retryable is False

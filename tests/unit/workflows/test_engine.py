@@ -288,7 +288,9 @@ async def test_pause_lets_running_steps_finish_and_starts_nothing_new(
         await release.wait()
         return 1
 
-    engine, _dispatcher, defs = make(store, tmp_path, {"wait": wait_release, "math.double": _double})
+    engine, _dispatcher, defs = make(
+        store, tmp_path, {"wait": wait_release, "math.double": _double}
+    )
     defs.define(spec({"name": "pausable", "steps": [
         {"id": "a", "uses": "wait"},
         {"id": "b", "uses": "math.double", "with": {"x": "${{ steps.a.output }}"}}]}))  # fmt: skip

@@ -1,0 +1,186 @@
+"""Security for the API, as a library: who is calling, may they, how often, and the audit.
+
+The API builds one `Security` per process and, per request: `principal =
+security.authenticate(credential)` (an API key `dk_...` or a bearer JWT), then
+`security.check_rate(principal)`, then `security.authorize(...)` for reads or `with
+security.audited(...)` around a mutating call. The tenant always comes from the principal
+(`store.for_tenant(principal.tenant)`), never from the request.
+
+Parts: `ApiKeys` (cluster.auth_keys), `Users` (cluster.auth_users), `TokenService` and
+`JwtKeyring` (cluster.auth_tokens), `RateLimits` (cluster.auth_limits), `AuditLog`
+(cluster.auth_audit); errors in cluster.auth_errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from cluster.auth_audit import AuditLog
+from cluster.auth_keys import KEY_PREFIX, ApiKeys
+from cluster.auth_limits import RateLimits
+from cluster.auth_tokens import JwtKeyring, TokenService
+from cluster.auth_users import Users
+from cluster.data import KeyRing
+from cluster.errors import DafnckError, Forbidden, InputInvalid, RateLimited, Unauthorized
+from cluster.security_models import (
+    PERMISSIONS,
+    Action,
+    ClientCredentialsGrant,
+    PasswordGrant,
+    Principal,
+    SecurityConfig,
+    TokenGrant,
+    TokenResponse,
+)
+from cluster.settings import Settings
+from cluster.store import Store
+
+log = logging.getLogger(__name__)
+
+_GRANT: TypeAdapter[PasswordGrant | ClientCredentialsGrant] = TypeAdapter(TokenGrant)
+
+
+def is_allowed(principal: Principal, action: Action | str) -> bool:
+    """Whether the principal's role grants the action; an unknown action is never granted."""
+    return action in PERMISSIONS[principal.role]
+
+
+def authorize(principal: Principal, action: Action | str) -> None:
+    """Raises: Forbidden (naming the role and the action) unless the role grants the action."""
+    if not is_allowed(principal, action):
+        raise Forbidden.for_role(principal.role.value, str(action))
+
+
+class Security:
+    """Keys, users, tokens, limits and audit over one store, for every tenant."""
+
+    def __init__(
+        self,
+        keys: ApiKeys,
+        users: Users,
+        tokens: TokenService,
+        limits: RateLimits,
+        audit: AuditLog,
+    ) -> None:
+        self.keys, self.users, self.tokens = keys, users, tokens
+        self.limits, self.audit = limits, audit
+        self.config = tokens.config
+
+    @classmethod
+    def from_settings(
+        cls, store: Store, settings: Settings, config: SecurityConfig | None = None
+    ) -> Security:
+        """JWT keys from `$DAFNCK_JWT_SECRET` or `<state_dir>/jwt_keys.json`; TOTP secrets
+        encrypted with the data key (`$DAFNCK_DATA_KEY` or `<state_dir>/data.key`).
+
+        Raises: ConfigError (unusable JWT keys).
+        """
+        config = config or SecurityConfig()
+        return cls(
+            ApiKeys(store),
+            Users(store, KeyRing(settings.state_dir / "data.key"), config),
+            TokenService(JwtKeyring.load(settings.state_dir), config),
+            RateLimits(store, config),
+            AuditLog(store, config.audit_max_entries),
+        )
+
+    def authenticate(self, credential: str) -> Principal:
+        """The principal behind an API key or a bearer token (the part after "Bearer ").
+
+        A token an API key minted stops working as soon as the key is revoked.
+
+        Raises: Unauthorized (the message says why, never echoing the credential),
+        StoreUnavailable.
+        """
+        if not credential:
+            raise Unauthorized("no credential: send an API key or a bearer token")
+        if credential.startswith(KEY_PREFIX):
+            return self.keys.authenticate_api_key(credential)
+        principal = self.tokens.verify_token(credential)
+        if principal.key_id is not None and not self.keys.is_active(principal.key_id):
+            raise Unauthorized(f"API key {principal.key_id!r} behind this token has been revoked")
+        return principal
+
+    def token_endpoint(
+        self, grant: PasswordGrant | ClientCredentialsGrant | Mapping[str, Any]
+    ) -> TokenResponse:
+        """OAuth2 token endpoint: `password` (+ `totp_code`) or `client_credentials` grants.
+
+        Raises: InputInvalid (malformed grant, naming fields, never values), Unauthorized,
+        RateLimited (login locked), StoreUnavailable.
+        """
+        if not isinstance(grant, PasswordGrant | ClientCredentialsGrant):
+            try:
+                grant = _GRANT.validate_python(grant)
+            except ValidationError as exc:
+                problems = [
+                    f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+                ]
+                raise InputInvalid("token request", problems) from None
+        if isinstance(grant, PasswordGrant):
+            principal = self.users.login(
+                grant.tenant, grant.username, grant.password.get_secret_value(), grant.totp_code
+            )
+        else:
+            principal = self.keys.authenticate_api_key(grant.client_secret.get_secret_value())
+            if grant.client_id is not None and grant.client_id != principal.key_id:
+                raise Unauthorized("client_id does not name the key given as client_secret")
+        ttl_s = min(grant.expires_in or self.config.token_ttl_s, self.config.max_token_ttl_s)
+        token = self.tokens.issue_token(principal, ttl_s)
+        return TokenResponse(access_token=token, expires_in=ttl_s)
+
+    def check_rate(self, principal: Principal) -> None:
+        """Raises: RateLimited (retry_after_s set), StoreUnavailable."""
+        self.limits.check_rate(principal)
+
+    def authorize(
+        self, principal: Principal, action: Action | str, *, obj: str = "", request_id: str = ""
+    ) -> None:
+        """`authorize`, recording a denial in the principal's tenant's audit stream.
+
+        Raises: Forbidden, StoreUnavailable.
+        """
+        try:
+            authorize(principal, action)
+        except Forbidden as exc:
+            self.audit.record(
+                principal, principal.tenant, str(action), obj, request_id, "denied", exc.message
+            )
+            raise
+
+    @contextlib.contextmanager
+    def audited(
+        self, principal: Principal, action: Action | str, *, obj: str = "", request_id: str = ""
+    ) -> Iterator[None]:
+        """Authorize, run the block, and record one entry: "ok", "denied" or "failed".
+
+        Raises: Forbidden, whatever the block raises, StoreUnavailable.
+        """
+        self.authorize(principal, action, obj=obj, request_id=request_id)
+        try:
+            yield
+        except BaseException as exc:
+            detail = exc.message if isinstance(exc, DafnckError) else type(exc).__name__
+            self.audit.record(
+                principal, principal.tenant, str(action), obj, request_id, "failed", detail
+            )
+            raise
+        self.audit.record(principal, principal.tenant, str(action), obj, request_id, "ok")
+
+
+__all__ = [
+    "AuditLog",
+    "Forbidden",
+    "JwtKeyring",
+    "RateLimited",
+    "Security",
+    "TokenService",
+    "Unauthorized",
+    "authorize",
+    "is_allowed",
+]

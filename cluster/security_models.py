@@ -1,0 +1,245 @@
+"""Contracts of security: roles and their permissions, principals, API keys, users, tokens, audit.
+
+Inputs (`SecurityConfig`, the token grants) refuse unknown fields; records kept in Redis
+(`ApiKeyRecord`, `UserRecord`, `AuditEntry`) tolerate them so a rolling upgrade reads both.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+import limits
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+TENANT = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+USERNAME = r"^[a-z0-9][a-z0-9_.@-]{0,63}$"
+KEY_ID = r"^[0-9a-f]{16}$"
+
+
+class Contract(BaseModel):
+    """What people write: frozen, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Record(BaseModel):
+    """What Redis keeps: unknown fields tolerated."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+    AGENT = "agent"
+
+
+class Action(StrEnum):
+    AGENTS_READ = "agents:read"
+    AGENTS_WRITE = "agents:write"
+    TASKS_READ = "tasks:read"
+    TASKS_RUN = "tasks:run"
+    WORKFLOWS_READ = "workflows:read"
+    WORKFLOWS_WRITE = "workflows:write"
+    EXECUTIONS_READ = "executions:read"
+    EXECUTIONS_CONTROL = "executions:control"
+    EXECUTIONS_APPROVE = "executions:approve"
+    MESSAGES_READ = "messages:read"
+    MESSAGES_SEND = "messages:send"
+    DATA_READ = "data:read"
+    DATA_WRITE = "data:write"
+    BACKUPS_MANAGE = "backups:manage"
+    USERS_MANAGE = "users:manage"
+    KEYS_MANAGE = "keys:manage"
+    AUDIT_READ = "audit:read"
+
+
+_READS = frozenset(a for a in Action if a.endswith(":read") and a is not Action.AUDIT_READ)
+_CREDENTIALS = frozenset({Action.USERS_MANAGE, Action.KEYS_MANAGE, Action.AUDIT_READ})
+
+#: What each role may do. Admins do everything; operators run the platform but cannot
+#: mint credentials or read the audit; viewers read; agents (machine identities) run tasks,
+#: exchange messages and use data, but define and approve nothing.
+PERMISSIONS: dict[Role, frozenset[Action]] = {
+    Role.ADMIN: frozenset(Action),
+    Role.OPERATOR: frozenset(Action) - _CREDENTIALS,
+    Role.VIEWER: _READS,
+    Role.AGENT: frozenset(
+        {
+            Action.AGENTS_READ,
+            Action.TASKS_READ,
+            Action.TASKS_RUN,
+            Action.MESSAGES_READ,
+            Action.MESSAGES_SEND,
+            Action.DATA_READ,
+            Action.DATA_WRITE,
+        }
+    ),
+}
+
+#: How the principal proved who it is; "token" is a verified JWT, whatever minted it.
+PrincipalKind = Literal["user", "api_key", "token"]
+
+
+class Principal(Record):
+    """Who is calling: the subject, the tenant the credential belongs to, and its role."""
+
+    subject: str = Field(min_length=1, max_length=200)
+    tenant: str = Field(pattern=TENANT)
+    role: Role
+    kind: PrincipalKind
+    #: The API key behind the call (directly or through a token it minted), else None.
+    key_id: str | None = Field(default=None, pattern=KEY_ID)
+
+
+class ApiKeyInfo(Record):
+    """An API key as listed: never its secret nor its hash."""
+
+    key_id: str = Field(pattern=KEY_ID)
+    tenant: str = Field(pattern=TENANT)
+    role: Role
+    name: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+class ApiKeyRecord(ApiKeyInfo):
+    """An API key as Redis keeps it: the SHA-256 of the secret, hex."""
+
+    secret_sha256: str
+
+
+class UserInfo(Record):
+    """A user as listed: never a password hash or a TOTP secret."""
+
+    username: str = Field(pattern=USERNAME)
+    tenant: str = Field(pattern=TENANT)
+    role: Role
+    created_at: float
+    #: "none", "pending" (secret issued, no code used yet) or "active".
+    totp: Literal["none", "pending", "active"] = "none"
+
+
+class UserRecord(UserInfo):
+    """A user as Redis keeps it: an argon2 hash, and the TOTP secret encrypted (Fernet)."""
+
+    password_hash: str
+    totp_secret_enc: str | None = None
+
+
+class TotpEnrolment(Record):
+    """What an authenticator app needs (the otpauth:// URI, as a QR code); shown once."""
+
+    secret: str
+    provisioning_uri: str
+
+
+class PasswordGrant(Contract):
+    """OAuth2 resource-owner password grant, with the TOTP code as an extension field."""
+
+    grant_type: Literal["password"]
+    tenant: str = Field(default="default", pattern=TENANT)
+    username: str = Field(min_length=1, max_length=64)
+    password: SecretStr
+    totp_code: str | None = Field(default=None, max_length=10)
+    #: Requested lifetime; capped by `SecurityConfig.max_token_ttl_s`.
+    expires_in: int | None = Field(default=None, gt=0)
+
+
+class ClientCredentialsGrant(Contract):
+    """OAuth2 client-credentials grant: the API key is the client secret."""
+
+    grant_type: Literal["client_credentials"]
+    #: The key id; optional, but when given it must match the secret's.
+    client_id: str | None = None
+    client_secret: SecretStr
+    expires_in: int | None = Field(default=None, gt=0)
+
+
+TokenGrant = Annotated[PasswordGrant | ClientCredentialsGrant, Field(discriminator="grant_type")]
+
+
+class TokenResponse(Contract):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the OAuth2 token type)
+    expires_in: int
+
+
+AuditOutcome = Literal["ok", "denied", "failed"]
+
+
+class AuditEntry(Record):
+    """One audited call: who, in which tenant, did what to which object, and how it ended."""
+
+    id: str
+    ts: float
+    tenant: str
+    subject: str
+    kind: str
+    role: str
+    key_id: str = ""
+    action: str
+    object: str = ""
+    request_id: str = ""
+    outcome: AuditOutcome
+    detail: str = ""
+
+
+class AuditPage(Record):
+    entries: list[AuditEntry]
+    #: Pass back as `cursor` for the next page; None when this page is the last.
+    next_cursor: str | None = None
+
+
+class SecurityConfig(Contract):
+    """Issuer, audience, lifetimes, lockout and rate limits (limits' notation: "100/second")."""
+
+    issuer: str = "dafnck"
+    audience: str = "dafnck-api"
+    token_ttl_s: int = Field(default=900, gt=0)
+    max_token_ttl_s: int = Field(default=3600, gt=0)
+    leeway_s: float = Field(default=5.0, ge=0, le=60)
+    min_password_length: int = Field(default=12, ge=8)
+    max_login_failures: int = Field(default=5, gt=0)
+    lockout_s: int = Field(default=900, gt=0)
+    rate_per_key: str = "100/second"
+    rate_per_tenant: str = "1000/second"
+    rate_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
+    totp_issuer: str = "DafnckMachine"
+    #: Approximate cap of each tenant's audit stream (XADD MAXLEN ~).
+    audit_max_entries: int = Field(default=1_000_000, gt=0)
+
+    @field_validator("rate_per_key", "rate_per_tenant")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        try:
+            limits.parse(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a rate like '100/second' or '10 per minute'"
+            ) from None
+        return value
+
+
+__all__ = [
+    "PERMISSIONS",
+    "Action",
+    "ApiKeyInfo",
+    "ApiKeyRecord",
+    "AuditEntry",
+    "AuditOutcome",
+    "AuditPage",
+    "ClientCredentialsGrant",
+    "PasswordGrant",
+    "Principal",
+    "PrincipalKind",
+    "Role",
+    "SecurityConfig",
+    "TokenGrant",
+    "TokenResponse",
+    "TotpEnrolment",
+    "UserInfo",
+    "UserRecord",
+]

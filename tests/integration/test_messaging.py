@@ -1,0 +1,116 @@
+"""Agents take messages on Ray: at least once, in order, from their inbox and topics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray
+import redis
+
+from actors.client import Client
+from actors.hub import CommunicationHub
+from actors.messages import Message
+from actors.models import AgentSpec
+from tests.integration.helpers import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def listener(client: Client, replicas: int = 1, **messaging: Any) -> AgentSpec:
+    return AgentSpec(
+        name="listener",
+        capabilities=["listen.pid"],
+        entrypoint="tests.fixtures.agents:Listener",
+        config={"redis_url": client.store.url, "key": client.store.key("seen")},
+        replicas={"min": replicas, "max": 4},
+        messaging=messaging,
+    )
+
+
+@pytest.fixture
+def hub(client: Client) -> Iterator[CommunicationHub]:
+    yield CommunicationHub(client.store, client.registry)
+
+
+def send(hub: CommunicationHub, *messages: Message, to: str = "listener") -> None:
+    async def go() -> None:
+        for message in messages:
+            await hub.send_message(message, to)
+
+    asyncio.run(go())
+
+
+def seen(client: Client, suffix: str = "") -> list[str]:
+    raw: Any = redis.Redis.from_url(client.store.url, decode_responses=True)
+    return list(raw.lrange(client.store.key("seen") + suffix, 0, -1))
+
+
+def test_messages_are_handled_in_order(client: Client, hub: CommunicationHub) -> None:
+    client.agents.apply(listener(client))
+    messages = [Message(sender="test", payload={"n": i}) for i in range(20)]
+    send(hub, *messages)
+    wait_until(lambda: len(seen(client)) == 20, 30, "20 messages handled")
+    assert seen(client) == [m.id for m in messages]
+
+
+def test_a_replica_killed_mid_handler_hands_its_message_to_another(
+    client: Client, hub: CommunicationHub
+) -> None:
+    client.agents.apply(listener(client, replicas=2, claim_idle_s=1.0))
+    slow = Message(sender="test", payload={"seconds": 3})
+    send(hub, slow)
+    started = wait_until(lambda: seen(client, ":started"), 30, "the handler to start")
+    pid = int(started[0].rsplit(":", 1)[1])
+    replicas = client.health()["pools"]["listener@1.0.0"]["replicas"]
+    (victim,) = [name for name, report in replicas.items() if report.get("pid") == pid]
+    ray.kill(ray.get_actor(victim, namespace="dafnck"), no_restart=True)
+    wait_until(lambda: seen(client) == [slow.id], 30, "the message handled by another replica")
+    time.sleep(4.5)  # longer than the claim timeout and the handler: nothing more happens
+    assert len(seen(client, ":started")) == 2  # delivered twice (at least once) ...
+    assert seen(client) == [slow.id]  # ... completed and acknowledged once
+
+
+def test_topic_subscribers_receive_published_messages(
+    client: Client, hub: CommunicationHub
+) -> None:
+    client.agents.apply(listener(client, topics=["news"]))
+    client.tasks.run("listen.pid")  # the replica is up and has subscribed
+    wait_until(lambda: "news" in asyncio.run(hub.topics_of("listener")), 10, "the subscription")
+    note = Message(sender="test", payload={"headline": "hello"})
+    asyncio.run(hub.publish("news", note))
+    wait_until(lambda: seen(client) == [note.id], 30, "the topic message handled")
+
+
+def test_a_topic_trigger_fires_once_per_message_across_a_supervisor_restart(
+    client: Client, hub: CommunicationHub
+) -> None:
+    from actors.system import supervisor_name
+    from workflows.spec import WorkflowSpec
+
+    client.agents.apply(
+        AgentSpec(
+            name="stepper", capabilities=["test.step"], entrypoint="tests.fixtures.agents:step"
+        )
+    )
+    client.workflows.define(WorkflowSpec.model_validate({
+        "name": "on-news", "inputs": {"n": {"type": "integer"}},
+        "steps": [{"id": "a", "uses": "test.step", "with": {"value": "${{ inputs.n }}"}}],
+        "triggers": [{"topic": "news", "inputs": {"n": "${{ message.payload.n }}"}}],
+    }))  # fmt: skip
+    time.sleep(2.5)  # the supervisor's next tick creates the trigger's consumer group
+    asyncio.run(hub.publish("news", Message(sender="test", payload={"n": 1})))
+    wait_until(lambda: len(client.workflows.ls()) == 1, 20, "the first triggered execution")
+    ray.kill(
+        ray.get_actor(supervisor_name(client.settings.tenant), namespace="dafnck"), no_restart=False
+    )
+    asyncio.run(hub.publish("news", Message(sender="test", payload={"n": 2})))
+    wait_until(lambda: len(client.workflows.ls()) == 2, 30, "the second triggered execution")
+    time.sleep(3)
+    executions = client.workflows.ls()
+    assert sorted(e.inputs["n"] for e in executions) == [1, 2]
+    for execution in executions:
+        assert client.workflows.wait(execution.id, 30).outputs is not None

@@ -1,0 +1,165 @@
+"""Users on a real Valkey: argon2 hashes, TOTP required for admins (enrolment, replay),
+one answer for every wrong part of a login, and a lockout after repeated failures."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyotp
+import pytest
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from cluster.auth_users import BAD_LOGIN, Users
+from cluster.data import KEY_ENV, KeyRing
+from cluster.errors import Conflict, InputInvalid, NotFound, RateLimited, Unauthorized
+from cluster.security_models import Role, SecurityConfig
+from cluster.store import Store
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def users(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Users]:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    # Real argon2id, with cheap parameters so the lockout tests stay fast.
+    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+    yield Users(store, KeyRing(tmp_path / "data.key"), SecurityConfig(max_login_failures=5), cheap)
+
+
+def everything_in_redis(store: Store) -> str:
+    parts = []
+    for key in store.redis.scan_iter("*"):
+        kind = store.redis.type(key)
+        value = store.redis.hgetall(key) if kind == "hash" else store.redis.get(key)
+        parts.append(f"{key}={value}")
+    return "\n".join(parts)
+
+
+def accepted(totp: pyotp.TOTP) -> set[str]:
+    """The codes a login accepts now: this time step and one either side."""
+    return {totp.at(time.time() + drift) for drift in (-30, 0, 30)}
+
+
+def wrong_code(totp: pyotp.TOTP) -> str:
+    return next(c for c in ("000000", "111111", "222222", "333333") if c not in accepted(totp))
+
+
+def refused(users: Users, *args: str | None) -> str:
+    with pytest.raises(Unauthorized) as err:
+        users.login(*args)  # type: ignore[arg-type]
+    return str(err.value)
+
+
+def test_a_user_logs_in_with_the_password_kept_only_as_argon2(users: Users, store: Store) -> None:
+    users.create_user("acme", "bob", PASSWORD, "operator")
+    principal = users.login("acme", "bob", PASSWORD)
+    assert (principal.subject, principal.tenant, principal.role, principal.kind) == (
+        "bob", "acme", Role.OPERATOR, "user",
+    )  # fmt: skip
+    raw = everything_in_redis(store)
+    assert PASSWORD not in raw and "$argon2id$" in raw
+
+
+def test_by_default_passwords_get_pwdlibs_recommended_argon2id(
+    store: Store, tmp_path: Path
+) -> None:
+    users = Users(store, KeyRing(tmp_path / "data.key"))
+    users.create_user("acme", "bob", PASSWORD, Role.VIEWER)
+    assert "$argon2id$v=19$m=65536,t=3,p=4$" in everything_in_redis(store)
+    assert users.login("acme", "bob", PASSWORD).subject == "bob"
+
+
+def test_every_wrong_part_gets_the_same_answer(users: Users) -> None:
+    users.create_user("acme", "bob", PASSWORD, Role.VIEWER)
+    users.create_user("acme", "carol", PASSWORD, Role.VIEWER)
+    secret = users.enable_totp("acme", "carol").secret
+    answers = {
+        refused(users, "acme", "bob", "wrong password!!"),
+        refused(users, "acme", "nobody", PASSWORD),
+        refused(users, "other", "bob", PASSWORD),
+        refused(users, "acme", "carol", PASSWORD),  # code missing
+        refused(users, "acme", "carol", PASSWORD, wrong_code(pyotp.TOTP(secret))),
+        refused(users, "acme", "BAD NAME", PASSWORD),
+    }
+    assert answers == {BAD_LOGIN}
+
+
+def test_an_admin_cannot_log_in_before_enrolling_totp(users: Users, store: Store) -> None:
+    users.create_user("acme", "root", PASSWORD, Role.ADMIN)
+    assert users.get_user("acme", "root").totp == "none"
+    refused(users, "acme", "root", PASSWORD)
+    refused(users, "acme", "root", PASSWORD, "123456")
+    enrolment = users.enable_totp("acme", "root")
+    assert enrolment.provisioning_uri.startswith("otpauth://totp/DafnckMachine:root%40acme?")
+    assert f"secret={enrolment.secret}" in enrolment.provisioning_uri
+    assert enrolment.secret not in everything_in_redis(store)  # kept encrypted
+    assert users.get_user("acme", "root").totp == "pending"
+    refused(users, "acme", "root", PASSWORD)  # no code
+    principal = users.login("acme", "root", PASSWORD, pyotp.TOTP(enrolment.secret).now())
+    assert principal.role is Role.ADMIN
+    assert users.get_user("acme", "root").totp == "active"
+
+
+def test_a_one_time_code_works_once(users: Users) -> None:
+    users.create_user("acme", "root", PASSWORD, Role.ADMIN)
+    totp = pyotp.TOTP(users.enable_totp("acme", "root").secret)
+    code = totp.now()
+    users.login("acme", "root", PASSWORD, code)
+    refused(users, "acme", "root", PASSWORD, code)
+    # The neighbouring step (clock drift) is accepted once too.
+    users.login("acme", "root", PASSWORD, totp.at(time.time() + 30))
+
+
+def test_a_new_totp_secret_replaces_the_old_one(users: Users) -> None:
+    users.create_user("acme", "root", PASSWORD, Role.ADMIN)
+    old = pyotp.TOTP(users.enable_totp("acme", "root").secret)
+    new = pyotp.TOTP(users.enable_totp("acme", "root").secret)
+    if old.now() not in accepted(new):  # else the two secrets agree by chance (p ~ 3e-6)
+        refused(users, "acme", "root", PASSWORD, old.now())
+    users.login("acme", "root", PASSWORD, new.now())
+    assert users.get_user("acme", "root").totp == "active"
+
+
+def test_repeated_failures_lock_the_name_even_for_the_right_password(users: Users) -> None:
+    users.create_user("acme", "bob", PASSWORD, Role.VIEWER)
+    for _ in range(5):
+        refused(users, "acme", "bob", "guess guess guess")
+    with pytest.raises(RateLimited, match=r"too many failed logins for 'bob'") as err:
+        users.login("acme", "bob", PASSWORD)
+    assert 0 < err.value.retry_after_s <= 900
+    assert pickle.loads(pickle.dumps(err.value)).retry_after_s == err.value.retry_after_s
+    users.create_user("other", "bob", PASSWORD, Role.VIEWER)
+    assert users.login("other", "bob", PASSWORD).tenant == "other"  # per tenant
+
+
+def test_unknown_names_lock_too_so_locking_reveals_nothing(users: Users) -> None:
+    for _ in range(5):
+        refused(users, "acme", "ghost", PASSWORD)
+    with pytest.raises(RateLimited):
+        users.login("acme", "ghost", PASSWORD)
+
+
+def test_a_success_resets_the_failure_count(users: Users) -> None:
+    users.create_user("acme", "bob", PASSWORD, Role.VIEWER)
+    for _ in range(4):
+        refused(users, "acme", "bob", "guess guess guess")
+    users.login("acme", "bob", PASSWORD)
+    for _ in range(4):
+        refused(users, "acme", "bob", "guess guess guess")
+    users.login("acme", "bob", PASSWORD)
+
+
+def test_bad_accounts_are_refused_with_every_problem(users: Users) -> None:
+    with pytest.raises(InputInvalid) as err:
+        users.create_user("acme", "Bad Name", "short", "root")
+    problems = " | ".join(err.value.problems)
+    assert "at least 12 characters" in problems and "username" in problems and "role" in problems
+    users.create_user("acme", "bob", PASSWORD, Role.VIEWER)
+    with pytest.raises(Conflict, match=r"user 'bob' already exists in tenant 'acme'"):
+        users.create_user("acme", "bob", PASSWORD, Role.ADMIN)
+    with pytest.raises(NotFound, match=r"user 'zed' not found"):
+        users.enable_totp("acme", "zed")
