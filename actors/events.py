@@ -11,6 +11,7 @@ import asyncio
 import fnmatch
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from actors.messages import DomainEvent, Subscription
 from cluster.errors import StoreUnavailable
@@ -57,6 +58,18 @@ class EventBus:
         pipe.sadd(self.store.key("events", "types"), event.type)
         entry_id, _ = await pipe.execute()
         return str(entry_id)
+
+    def stage(self, pipe: Any, event: DomainEvent) -> None:
+        """Add `publish`'s commands to a pipeline, so an event lands with the change it tells of."""
+        pipe.xadd(self.stream_key(event.type), event.to_fields(), maxlen=self.retention)
+        pipe.sadd(self.store.key("events", "types"), event.type)
+
+    def mirror_execution_event(self, pipe: Any, event: Any) -> None:
+        """`ExecutionStore`'s mirror: every execution and step event also goes on the bus."""
+        self.stage(pipe, DomainEvent(
+            type=event.type, subject=event.step or event.execution, at=event.at,
+            data={"execution": event.execution, **event.data}, tenant=self.store.tenant,
+        ))  # fmt: skip
 
     async def subscribe(self, pattern: str, handler: EventHandler) -> Subscription:
         """Call `handler` for each event of the type (or glob, e.g. `step.*`) from now on.

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from packaging.version import Version
 
+from actors.messages import DomainEvent
 from actors.models import (
     AgentRecord,
     AgentSpec,
@@ -32,6 +33,12 @@ from actors.router import PoolRouter, PoolView
 from cluster.errors import AgentNotFound, DafnckError, SpecInvalid
 
 log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    """Where agent events go (the event bus); optional, so tests need not have one."""
+
+    async def publish(self, event: DomainEvent) -> str: ...
 
 
 class Launcher(Protocol):
@@ -64,9 +71,12 @@ class Pool:
 class Supervisor:
     """Orchestrates agent pools for one tenant."""
 
-    def __init__(self, registry: AgentRegistry, launcher: Launcher) -> None:
+    def __init__(
+        self, registry: AgentRegistry, launcher: Launcher, events: EventSink | None = None
+    ) -> None:
         self.registry = registry
         self.launcher = launcher
+        self.events = events
         self.pools: dict[str, Pool] = {}
         #: Replica numbers only grow, so a replacement never reuses a dead replica's name.
         self._numbers: dict[str, itertools.count[int]] = {}
@@ -109,6 +119,7 @@ class Supervisor:
                 record, {first_name: handle}, slots={first_name: 0}
             )
             await self._reconcile_pool(new)
+            await self._tell("agent.created", spec.agent_id, capabilities=spec.capabilities)
             return new.record
 
     async def remove_agent(self, agent_id: str) -> None:
@@ -118,6 +129,7 @@ class Supervisor:
             pool = self.pools.pop(agent_id, None)
             if pool:
                 self._stop_all(pool)
+            await self._tell("agent.removed", agent_id)
 
     async def scale_agents(self, agent_id: str, replicas: int) -> AgentRecord:
         """Set the pool's desired size within the spec's min..max and start or stop replicas.
@@ -130,6 +142,7 @@ class Supervisor:
             pool = self.pools.setdefault(agent_id, Pool(record))
             pool.record = record
             await self._reconcile_pool(pool)
+            await self._tell("agent.scaled", agent_id, replicas=replicas)
             return record
 
     async def update_agent_status(self, agent_id: str, status: AgentStatus) -> AgentRecord:
@@ -138,6 +151,7 @@ class Supervisor:
             pool = self.pools.setdefault(agent_id, Pool(record))
             pool.record = record
             await self._reconcile_pool(pool)
+            await self._tell("agent.status_changed", agent_id, status=AgentStatus(status).value)
             return record
 
     # -- routing ---------------------------------------------------------------------
@@ -226,6 +240,14 @@ class Supervisor:
             self.launcher.stop(pool.replicas.pop(name))
             pool.health.pop(name, None)
             pool.slots.pop(name, None)
+
+    async def _tell(self, kind: str, agent_id: str, **data: Any) -> None:
+        if self.events is None:
+            return
+        try:
+            await self.events.publish(DomainEvent(type=kind, subject=agent_id, data=data))
+        except DafnckError as exc:  # the change happened; a lost notification must not undo it
+            log.warning("could not publish %s for %s: %s", kind, agent_id, exc)
 
     def _next_name(self, agent_id: str) -> str:
         number = next(self._numbers.setdefault(agent_id, itertools.count(1)))

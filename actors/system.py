@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from actors.events import EventBus
 from actors.hub import CommunicationHub
 from actors.launcher import RayLauncher
 from actors.models import AgentRecord, AgentSpec, AgentStatus, Task, TaskResult
@@ -44,8 +45,11 @@ class SupervisorActor:
         self._settings = settings
         store = connect_store(settings)
         registry = AgentRegistry(store)
-        self._core = Supervisor(registry, RayLauncher(settings))
-        executions = ExecutionStore(store, BlobStore(settings.blobs))
+        events = EventBus(store)
+        self._core = Supervisor(registry, RayLauncher(settings), events)
+        executions = ExecutionStore(
+            store, BlobStore(settings.blobs), mirror=events.mirror_execution_event
+        )
         self._workflows = WorkflowService(executions, registry, self._core.router)
         hub = CommunicationHub(store, registry)
         self._triggers = TriggerRunner(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,10 @@ class BlobStore:
         return value
 
 
+#: Adds commands for one event to a pipeline (sync or asyncio) about to be executed.
+Mirror = Callable[[Any, Event], None]
+
+
 @dataclass
 class Change:
     """What one commit writes for one execution: its meta, some steps, and events."""
@@ -82,9 +86,11 @@ class Change:
 class ExecutionStore:
     """Definitions and executions of one tenant."""
 
-    def __init__(self, store: Store, blobs: BlobStore) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, mirror: Mirror | None = None) -> None:
         self.store = store
         self.blobs = blobs
+        #: Stages each event into the same transaction elsewhere too (the event bus).
+        self.mirror = mirror
 
     # -- definitions -------------------------------------------------------------
 
@@ -195,6 +201,8 @@ class ExecutionStore:
             pipe.xadd(
                 stream, {"event": event.model_dump_json()}, maxlen=MAX_EVENTS, approximate=True
             )
+            if self.mirror is not None:
+                self.mirror(pipe, event)
 
     @unavailable_as_error
     def load(self, execution_id: str) -> Execution:

@@ -114,3 +114,44 @@ def test_a_topic_trigger_fires_once_per_message_across_a_supervisor_restart(
     assert sorted(e.inputs["n"] for e in executions) == [1, 2]
     for execution in executions:
         assert client.workflows.wait(execution.id, 30).outputs is not None
+
+
+def test_the_event_bus_carries_agent_execution_and_step_events(client: Client) -> None:
+    from actors.events import EventBus
+    from actors.messages import DomainEvent
+    from workflows.spec import WorkflowSpec
+
+    async def scenario() -> list[DomainEvent]:
+        bus = EventBus(client.store)
+        got: list[DomainEvent] = []
+
+        async def collect(event: DomainEvent) -> None:
+            got.append(event)
+
+        subs = [await bus.subscribe(p, collect) for p in ("agent.*", "execution.*", "step.*")]
+        await asyncio.to_thread(
+            client.agents.apply,
+            AgentSpec(
+                name="stepper", capabilities=["test.step"], entrypoint="tests.fixtures.agents:step"
+            ),
+        )
+        await asyncio.to_thread(client.workflows.define, WorkflowSpec.model_validate(
+            {"name": "one", "steps": [{"id": "a", "uses": "test.step"}]}))  # fmt: skip
+        done = await asyncio.to_thread(client.workflows.run, "one", None, timeout_s=30)
+        deadline = time.monotonic() + 10
+        while not any(e.type == "execution.succeeded" for e in got) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for sub in subs:
+            await bus.unsubscribe(sub)
+        await bus.close()
+        assert done.outputs == {}
+        return got
+
+    kinds = {e.type for e in asyncio.run(scenario())}
+    assert {
+        "agent.created",
+        "execution.started",
+        "step.started",
+        "step.succeeded",
+        "execution.succeeded",
+    } <= kinds
