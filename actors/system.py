@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import ray
@@ -103,6 +104,15 @@ class SupervisorActor:
     async def monitor_health(self) -> dict[str, Any]:
         await self._ready.wait()
         report = self._core.monitor_health()
+        context = ray.get_runtime_context()
+        report["system"] = {
+            supervisor_name(self._settings.tenant): {
+                "pid": os.getpid(),
+                "node": context.get_node_id(),
+                "restarted": context.was_current_actor_reconstructed,
+                "executions_running": len(self._workflows.engine.runs),
+            }
+        }
         report["ray"] = {
             "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
             "resources": ray.cluster_resources(),

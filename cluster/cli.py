@@ -138,6 +138,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         f"CPU {avail.get('CPU', 0):g}/{res.get('CPU', 0):g} free  "
         f"store {health['store_latency_ms']} ms"
     )
+    for name, actor in health.get("system", {}).items():
+        restarted = " (restarted)" if actor["restarted"] else ""
+        console.print(
+            f"{name}: pid {actor['pid']}{restarted}, {actor['executions_running']} executions running"
+        )
     table = Table("agent", "status", "capabilities", "replicas", "in flight", "done", "restarts")
     for agent_id, pool in health["pools"].items():
         table.add_row(

@@ -386,3 +386,87 @@ async def test_sub_workflow_and_version_pinning(store: Store, tmp_path: Path) ->
                              "steps": [{"id": "sub", "uses": "math.double", "with": {"x": 0}}]})) == 2  # fmt: skip
     pinned = await engine.wait((await engine.execute("parent", version=1)).id, 10)
     assert pinned.version == 1 and pinned.outputs == {"y": 10}
+
+
+def _crash(engine: WorkflowEngine, execution_id: str) -> None:
+    """The supervisor dies: its tasks vanish and nothing more is written."""
+    run = engine.runs.pop(execution_id)
+    for task in [*run.tasks.values(), run.loop_task]:
+        if task is not None:
+            task.cancel()
+
+
+async def test_recovery_from_a_gate_keeps_the_gate_and_its_deadline(
+    store: Store, tmp_path: Path
+) -> None:
+    engine, _, defs = make(store, tmp_path, {"math.double": _double})
+    defs.define(spec({"name": "gate", "outputs": {"r": "${{ steps.a.output }}"}, "steps": [
+        {"id": "a", "uses": "math.double", "with": {"x": 4}, "approval": {"prompt": "ok?"}}]}))  # fmt: skip
+    execution = await engine.execute("gate")
+    await asyncio.sleep(0.1)
+    _crash(engine, execution.id)
+    fresh, dispatcher, _ = make(store, tmp_path, {"math.double": _double})
+    await fresh.recover()
+    await asyncio.sleep(0.1)
+    assert fresh.get(execution.id).status == ExecutionStatus.WAITING_APPROVAL
+    assert not dispatcher.requests
+    await fresh.decide(execution.id, "a", True, by="ann")
+    done = await fresh.wait(execution.id, 10)
+    assert done.status == ExecutionStatus.SUCCEEDED and done.outputs == {"r": 8}
+
+
+async def test_recovery_of_a_paused_execution_stays_paused_until_resumed(
+    store: Store, tmp_path: Path
+) -> None:
+    engine, _, defs = make(store, tmp_path, {"math.double": _double})
+    defs.define(spec({"name": "two", "steps": [
+        {"id": "a", "uses": "math.double", "with": {"x": 1}},
+        {"id": "b", "uses": "math.double", "with": {"x": "${{ steps.a.output }}"}}]}))  # fmt: skip
+    execution = await engine.execute("two")
+    await engine.pause(execution.id)
+    await asyncio.sleep(0.1)
+    _crash(engine, execution.id)
+    fresh, _dispatcher, _ = make(store, tmp_path, {"math.double": _double})
+    await fresh.recover()
+    await asyncio.sleep(0.1)
+    state = fresh.get(execution.id)
+    assert state.status == ExecutionStatus.PAUSED and state.steps["b"].status == StepStatus.PENDING
+    await fresh.resume(execution.id)
+    assert (await fresh.wait(execution.id, 10)).status == ExecutionStatus.SUCCEEDED
+
+
+async def test_recovery_mid_fan_out_runs_only_the_unfinished_items(
+    store: Store, tmp_path: Path
+) -> None:
+    slow_from = 5
+    release = asyncio.Event()
+
+    async def item(data: dict[str, Any]) -> Any:
+        if data["x"] >= slow_from:
+            await release.wait()
+        return data["x"] * 10
+
+    engine, _first, defs = make(store, tmp_path, {"item": item})
+    defs.define(spec({"name": "fan", "outputs": {"all": "${{ steps.each.output }}"}, "steps": [
+        {"id": "each", "uses": "item", "with": {"x": "${{ item }}"},
+         "for_each": {"items": "[0, 1, 2, 3, 4, 5, 6, 7]", "max_parallel": 8}}]}))  # fmt: skip
+    execution = await engine.execute("fan")
+    await asyncio.sleep(0.2)  # items 0-4 are done, 5-7 wait
+    _crash(engine, execution.id)
+    release.set()
+    fresh, second, _ = make(store, tmp_path, {"item": item})
+    await fresh.recover()
+    done = await fresh.wait(execution.id, 10)
+    assert done.outputs == {"all": [x * 10 for x in range(8)]}
+    assert sorted(r.step_id for r in second.requests) == ["each[5]", "each[6]", "each[7]"]
+
+
+async def test_recovery_of_a_finished_execution_does_nothing(store: Store, tmp_path: Path) -> None:
+    engine, _, defs = make(store, tmp_path, {"math.double": _double})
+    defs.define(
+        spec({"name": "one", "steps": [{"id": "a", "uses": "math.double", "with": {"x": 1}}]})
+    )
+    done = await engine.wait((await engine.execute("one")).id, 10)
+    fresh, dispatcher, _ = make(store, tmp_path, {"math.double": _double})
+    assert await fresh.recover() == [] and not dispatcher.requests
+    assert fresh.get(done.id).status == ExecutionStatus.SUCCEEDED
