@@ -1,0 +1,78 @@
+"""Executions survive `dafnck down` and `dafnck up`: the embedded Valkey keeps its AOF, and
+the new supervisor resumes what was running (here, a step waiting at its approval gate).
+
+Runs the real CLI in subprocesses against its own Ray head and Valkey (its own state
+directory), separate from the test session's Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
+
+REPO = Path(__file__).resolve().parents[2]
+DAFNCK = str(Path(sys.executable).parent / "dafnck")
+
+
+@pytest.fixture
+def cli() -> Iterator[tuple[dict[str, str], Path]]:
+    state = Path(tempfile.mkdtemp(prefix="dkup"))  # short: Ray's socket paths live under it
+    env = {**os.environ, "DAFNCK_STATE_DIR": str(state)}
+    env.pop("RAY_ADDRESS", None)
+    yield env, state
+    subprocess.run([DAFNCK, "down"], env=env, cwd=REPO, capture_output=True, timeout=120)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def dafnck(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [DAFNCK, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, f"dafnck {' '.join(args)} failed: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def status_of(env: dict[str, str], execution_id: str) -> str:
+    return str(json.loads(dafnck(env, "executions", "show", execution_id))["status"])
+
+
+def wait_for(env: dict[str, str], execution_id: str, wanted: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    status = ""
+    while time.monotonic() < deadline:
+        status = status_of(env, execution_id)
+        if status == wanted:
+            return
+        time.sleep(1)
+    raise AssertionError(f"execution {execution_id} is {status}, not {wanted}")
+
+
+def test_an_execution_waiting_for_approval_survives_down_and_up(
+    cli: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, _ = cli
+    dafnck(env, "up", "--num-cpus", "2")
+    dafnck(env, "agents", "apply", "-f", "configs/agents/review.yaml")
+    report = tmp_path / "approved.md"
+    execution_id = dafnck(
+        env, "run", "configs/workflows/approval-demo.yaml", "--detach",
+        "--input", f"root={REPO / 'cluster'}", "--input", f"output={report}",
+    ).strip().splitlines()[-1]  # fmt: skip
+    wait_for(env, execution_id, "waiting_approval")
+
+    dafnck(env, "down")
+    dafnck(env, "up", "--num-cpus", "2")
+    assert status_of(env, execution_id) == "waiting_approval"
+    dafnck(env, "executions", "approve", execution_id, "report", "--reason", "after a restart")
+    wait_for(env, execution_id, "succeeded")
+    assert report.read_text().startswith("# Code review of")
