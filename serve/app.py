@@ -1,0 +1,62 @@
+"""The FastAPI application behind the Serve ingress: routers, errors, limits and CORS.
+
+Routers are plain `APIRouter`s in `serve/api_*.py`; each depends on `serve.deps` for the
+caller and the tenant's services.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from cluster.settings import Settings
+from serve import errors
+from serve.deps import Services
+
+#: Modules with a `router`, in the order their routes appear in the OpenAPI document.
+ROUTER_MODULES = ["serve.api_health"]
+#: Bodies larger than this are refused with 413 before they are read whole.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def build_app(
+    settings: Settings,
+    *,
+    cors_origins: list[str] | None = None,
+    trusted_hosts: list[str] | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="DafnckMachine", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json"
+    )
+    app.state.settings = settings
+    app.state.services = None  # connected lazily, on the first request that needs them
+    errors.install(app)
+    app.add_middleware(
+        CORSMiddleware, allow_origins=cors_origins or [], allow_methods=["*"], allow_headers=["*"]
+    )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts or ["*"])
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            body = errors.error_body(
+                "PayloadTooLarge", f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}"
+            )
+            return JSONResponse(body, status_code=413)
+        return await call_next(request)
+
+    for name in ROUTER_MODULES:
+        app.include_router(importlib.import_module(name).router)
+    return app
+
+
+def connect_services(app: FastAPI) -> Services:
+    """The replica's services, connected on first use (the store, security, tenant clients)."""
+    if app.state.services is None:
+        app.state.services = Services(app.state.settings)
+    return app.state.services  # type: ignore[no-any-return]

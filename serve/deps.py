@@ -1,0 +1,113 @@
+"""What every route depends on: the platform's services, and who is calling.
+
+One `Services` per API replica holds the store connection and the `Security` object, and
+builds a `Client` per tenant on first use (its registry, supervisor, workflows, hub and
+data). The tenant always comes from the caller's credential, never from the request, so
+another tenant's ids simply are not found (404).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, Request
+
+from actors.client import Client
+from actors.system import ensure_supervisor
+from cluster.errors import Unauthorized
+from cluster.security import Security
+from cluster.security_models import Action, Principal
+from cluster.settings import Settings
+from cluster.store import Store, connect_store, resolve_redis_url
+
+
+class Services:
+    """The API replica's connections, and one `Client` per tenant."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis_url = resolve_redis_url(settings)
+        self.store: Store = connect_store(settings, url=self.redis_url)
+        self.security = Security.from_settings(self.store, settings)
+        self._clients: dict[str, Client] = {}
+
+    def client(self, tenant: str) -> Client:
+        """The tenant's client (its supervisor is started if it does not run yet)."""
+        client = self._clients.get(tenant)
+        if client is None:
+            settings = self.settings.model_copy(
+                update={"tenant": tenant, "redis_url": self.redis_url}
+            )
+            store = self.store.for_tenant(tenant)
+            supervisor = ensure_supervisor(settings, self.redis_url)
+            client = self._clients[tenant] = Client(settings, store, supervisor)
+        return client
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One authenticated request: who, for which tenant, under which request id."""
+
+    principal: Principal
+    request_id: str
+    services: Services
+
+    @property
+    def tenant(self) -> str:
+        return self.principal.tenant
+
+    @property
+    def client(self) -> Client:
+        return self.services.client(self.tenant)
+
+    def audited(self, action: Action, obj: str = "") -> Any:
+        """`with caller.audited(...):` around a mutating call: one audit entry, allowed or not."""
+        return self.services.security.audited(
+            self.principal, action, obj=obj, request_id=self.request_id
+        )
+
+
+def services(request: Request) -> Services:
+    from serve.app import connect_services
+
+    return connect_services(request.app)
+
+
+def request_id(request: Request) -> str:
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+def credential(request: Request) -> str:
+    """The bearer token (JWT or API key) or `X-API-Key`. Raises: Unauthorized."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    key = request.headers.get("x-api-key", "").strip()
+    if key:
+        return key
+    # Browsers can't set headers on a WebSocket or an EventSource: allow a query parameter.
+    token = request.query_params.get("access_token", "").strip()
+    if token:
+        return token
+    raise Unauthorized("no credential: send 'Authorization: Bearer <token or API key>'")
+
+
+def caller(request: Request, svc: Services = Depends(services)) -> Caller:  # noqa: B008
+    """Authenticate and rate-limit the request. Raises: Unauthorized, RateLimited."""
+    principal = svc.security.authenticate(credential(request))
+    svc.security.check_rate(principal)
+    return Caller(principal, request_id(request), svc)
+
+
+def allowed(action: Action) -> Callable[..., Awaitable[Caller]]:
+    """A dependency: the caller, who must hold `action` (denials are audited). Raises: Forbidden."""
+
+    async def check(who: Caller = Depends(caller)) -> Caller:  # noqa: B008
+        who.services.security.authorize(who.principal, action, request_id=who.request_id)
+        return who
+
+    return check
