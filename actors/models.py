@@ -11,14 +11,14 @@ from typing import Annotated, Any, Literal
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PlainValidator,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+
+from cluster.contracts import Contract, Record
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
 NAME = r"^[a-z][a-z0-9-]{0,62}$"
@@ -27,18 +27,6 @@ CAPABILITY = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$"
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
-
-class Contract(BaseModel):
-    """What people write: frozen, unknown fields refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Record(BaseModel):
-    """What Redis keeps: unknown fields tolerated so a rolling upgrade can read old and new."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class Resources(Contract):

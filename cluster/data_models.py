@@ -12,13 +12,14 @@ from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     field_serializer,
     field_validator,
     model_validator,
 )
+
+from cluster.contracts import Contract, Record
 
 #: A queryable metadata value. bool first so `True` never becomes 1.
 Scalar = bool | int | float | str
@@ -29,18 +30,6 @@ KIND = r"^[a-z][a-z0-9_.-]{0,63}$"
 BACKUP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 #: The JSON form of an Arrow table inside a `DataObject` (base64 of the Arrow IPC stream).
 ARROW_IPC = "$arrow_ipc"
-
-
-class Contract(BaseModel):
-    """What people write: frozen, unknown fields refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Record(BaseModel):
-    """What Redis or a manifest keeps: unknown fields tolerated."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class DataMetadata(Contract):

@@ -10,23 +10,13 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 import limits
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
+
+from cluster.contracts import Contract, Record
 
 TENANT = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 USERNAME = r"^[a-z0-9][a-z0-9_.@-]{0,63}$"
 KEY_ID = r"^[0-9a-f]{16}$"
-
-
-class Contract(BaseModel):
-    """What people write: frozen, unknown fields refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Record(BaseModel):
-    """What Redis keeps: unknown fields tolerated."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class Role(StrEnum):
