@@ -18,7 +18,13 @@ from serve import errors
 from serve.deps import Services
 
 #: Modules with a `router`, in the order their routes appear in the OpenAPI document.
-ROUTER_MODULES = ["serve.api_health"]
+ROUTER_MODULES = [
+    "serve.api_health",
+    "serve.api_auth",
+    "serve.api_agents",
+    "serve.api_tasks",
+    "serve.api_metrics",
+]
 #: Bodies larger than this are refused with 413 before they are read whole.
 MAX_BODY_BYTES = 1024 * 1024
 
