@@ -34,6 +34,15 @@ app.add_typer(agents_app, name="agents")
 app.add_typer(task_app, name="task")
 app.add_typer(exec_app, name="executions")
 
+
+def _auth_commands() -> None:
+    from cluster.cli_auth import auth_app
+
+    app.add_typer(auth_app, name="auth", help="API keys and users (written straight to the store).")
+
+
+_auth_commands()
+
 console = Console()
 err = Console(stderr=True)
 
@@ -102,12 +111,24 @@ def up(
             start_head(settings, num_cpus)
         dashboard = init_ray(settings, _State.address, missing="fail")
         ensure_supervisor(settings, url)
+        api = _start_api(settings, url)
     table = Table(show_header=False, box=None)
     table.add_row("Ray dashboard", dashboard or "(not running)")
+    table.add_row("HTTP API", f"{api}/docs" if api else "(off: api_port is 0)")
     table.add_row("state store", redacted(url))
     table.add_row("tenant", settings.tenant)
     console.print(table)
     console.print("[green]DafnckMachine is up.[/] Try: dafnck agents apply -f configs/agents/")
+
+
+def _start_api(settings: Settings, redis_url: str) -> str:
+    if not settings.api_port:
+        return ""
+    from serve.deployment import start_api
+
+    return start_api(
+        settings.model_copy(update={"redis_url": redis_url}), settings.api_host, settings.api_port
+    )
 
 
 @app.command()

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     #: How often the supervisor checks replicas and replaces dead ones.
     reconcile_interval_s: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
+    #: Where `dafnck up` serves the HTTP API (Ray Serve); port 0 leaves the API off.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
 
     yaml_file: ClassVar[Path | None] = None
 

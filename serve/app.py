@@ -24,6 +24,11 @@ ROUTER_MODULES = [
     "serve.api_agents",
     "serve.api_tasks",
     "serve.api_metrics",
+    "serve.api_workflows",
+    "serve.api_executions",
+    "serve.api_streams",
+    "serve.api_messages",
+    "serve.api_data",
 ]
 #: Bodies larger than this are refused with 413 before they are read whole.
 MAX_BODY_BYTES = 1024 * 1024
@@ -58,6 +63,10 @@ def build_app(
 
     for name in ROUTER_MODULES:
         app.include_router(importlib.import_module(name).router)
+    from serve import api_metrics, idempotency
+
+    idempotency.install(app, MAX_BODY_BYTES)
+    api_metrics.install(app)  # added last, so outermost: 401s and replays count too
     return app
 
 

@@ -16,6 +16,31 @@ from cluster.settings import Settings, load_settings
 from cluster.store import Store, connect_store
 from cluster.valkey import free_port, start_server
 
+#: The repository root: Ray workers import test agents as `tests.fixtures.agents` from it.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """The one local Ray of the test session (integration and e2e tests share it)."""
+    import ray
+
+    from cluster.settings import RAY_NAMESPACE
+
+    if ray.is_initialized():
+        yield
+        return
+    python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace=RAY_NAMESPACE,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+    )
+    yield
+    ray.shutdown()
+
 
 @pytest.fixture(scope="session")
 def state_dir() -> Iterator[Path]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.valkey import free_port
+
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +29,7 @@ DAFNCK = str(Path(sys.executable).parent / "dafnck")
 @pytest.fixture
 def cli() -> Iterator[tuple[dict[str, str], Path]]:
     state = Path(tempfile.mkdtemp(prefix="dkup"))  # short: Ray's socket paths live under it
-    env = {**os.environ, "DAFNCK_STATE_DIR": str(state)}
+    env = {**os.environ, "DAFNCK_STATE_DIR": str(state), "DAFNCK_API_PORT": str(free_port())}
     env.pop("RAY_ADDRESS", None)
     yield env, state
     subprocess.run([DAFNCK, "down"], env=env, cwd=REPO, capture_output=True, timeout=120)

@@ -4,7 +4,6 @@ supervisor, replicas and Redis keys), removed again when the test ends."""
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,21 +14,6 @@ import ray
 from actors.client import Client, connect
 from actors.system import supervisor_name
 from cluster.settings import RAY_NAMESPACE, Settings, load_settings
-from tests.integration.helpers import REPO_ROOT
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        namespace=RAY_NAMESPACE,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
-    )
-    yield
-    ray.shutdown()
 
 
 def kill_tenant(tenant: str) -> None:

@@ -1,0 +1,218 @@
+"""Executions: start one (202 and its id), list, get, control, approve or reject a gated
+step, and page through its event log.
+
+Control calls go to the tenant's supervisor; a call that does not apply to the execution's
+state (pausing a finished one, approving a step not at its gate) answers 409. Another
+tenant's execution id is simply not found (404): each tenant has its own store and supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from cluster.security_models import Action
+from serve.deps import Caller, allowed
+from workflows.execution import Execution, ExecutionStatus
+from workflows.spec import NAME
+
+router = APIRouter(prefix="/v1/executions", tags=["executions"])
+
+#: A Redis stream id, the cursor of event pages and streams.
+STREAM_ID = r"^\d+-\d+$"
+#: How often `?wait=true` looks at the execution's state.
+WAIT_POLL_S = 0.1
+
+ExecutionId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class ExecutionRequest(BaseModel):
+    """Start an execution of a workflow (its latest version unless `version` is given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(pattern=NAME)
+    inputs: dict[str, Any] = {}
+    version: int | None = Field(default=None, ge=1)
+
+
+class DecisionRequest(BaseModel):
+    """Why a step is approved or rejected, or an execution cancelled; kept in its record."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=2000)
+
+
+def execution_json(execution: Execution) -> dict[str, Any]:
+    return execution.model_dump(mode="json")
+
+
+@router.post("", status_code=202)
+async def start_execution(
+    request: ExecutionRequest,
+    response: Response,
+    wait: bool = Query(default=False, description="Wait for the execution to end"),
+    timeout_s: float = Query(default=60.0, gt=0, le=3600),
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
+) -> dict[str, Any]:
+    """Start the workflow; 202 with the execution (200 once ended, with `?wait=true`).
+
+    Raises: NotFound (no such workflow or version), InputInvalid (inputs of the wrong type).
+    """
+    workflows = caller.client.workflows
+    with caller.audited(Action.EXECUTIONS_CONTROL, obj=request.workflow):
+        execution = await asyncio.to_thread(
+            workflows.run, request.workflow, request.inputs, version=request.version, wait=False
+        )
+    response.headers["Location"] = f"/v1/executions/{execution.id}"
+    if wait:
+        execution = await _wait(caller, execution.id, timeout_s)
+        if execution.status.terminal:
+            response.status_code = 200
+    return execution_json(execution)
+
+
+async def _wait(caller: Caller, execution_id: str, timeout_s: float) -> Execution:
+    """The execution once it ended, or as it is when `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        execution = await asyncio.to_thread(caller.client.workflows.status, execution_id)
+        if execution.status.terminal or time.monotonic() >= deadline:
+            return execution
+        await asyncio.sleep(WAIT_POLL_S)
+
+
+@router.get("")
+async def list_executions(
+    status: ExecutionStatus | None = None,
+    limit: int = Query(default=50, ge=1, le=1000),
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
+) -> dict[str, Any]:
+    """The newest executions first (without their per-step state)."""
+    found = await asyncio.to_thread(caller.client.workflows.ls, limit, status)
+    return {"executions": [execution_json(e) for e in found]}
+
+
+@router.get("/{execution_id}")
+async def get_execution(
+    execution_id: str = ExecutionId,
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
+) -> dict[str, Any]:
+    """The execution with every step's state. Raises: NotFound."""
+    return execution_json(await asyncio.to_thread(caller.client.workflows.status, execution_id))
+
+
+@router.post("/{execution_id}/pause")
+async def pause_execution(
+    execution_id: str = ExecutionId,
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
+) -> dict[str, Any]:
+    """No new step starts; running ones finish. Raises: NotFound, Conflict (not running)."""
+    with caller.audited(Action.EXECUTIONS_CONTROL, obj=execution_id):
+        done = await asyncio.to_thread(caller.client.workflows.pause, execution_id)
+    return execution_json(done)
+
+
+@router.post("/{execution_id}/resume")
+async def resume_execution(
+    execution_id: str = ExecutionId,
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
+) -> dict[str, Any]:
+    """Raises: NotFound, Conflict (not paused)."""
+    with caller.audited(Action.EXECUTIONS_CONTROL, obj=execution_id):
+        done = await asyncio.to_thread(caller.client.workflows.resume, execution_id)
+    return execution_json(done)
+
+
+@router.post("/{execution_id}/cancel")
+async def cancel_execution(
+    execution_id: str = ExecutionId,
+    body: DecisionRequest | None = Body(default=None),  # noqa: B008
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
+) -> dict[str, Any]:
+    """Cancel running steps and end the execution. Raises: NotFound, Conflict (ended)."""
+    reason = body.reason if body else ""
+    with caller.audited(Action.EXECUTIONS_CONTROL, obj=execution_id):
+        done = await asyncio.to_thread(
+            caller.client.workflows.cancel, execution_id, caller.principal.subject, reason
+        )
+    return execution_json(done)
+
+
+@router.post("/{execution_id}/retry")
+async def retry_execution(
+    execution_id: str = ExecutionId,
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
+) -> dict[str, Any]:
+    """Run a failed or cancelled execution again from the steps that did not succeed.
+
+    Raises: NotFound, Conflict (neither failed nor cancelled).
+    """
+    with caller.audited(Action.EXECUTIONS_CONTROL, obj=execution_id):
+        done = await asyncio.to_thread(caller.client.workflows.retry, execution_id)
+    return execution_json(done)
+
+
+@router.post("/{execution_id}/steps/{step}/approve")
+async def approve_step(
+    execution_id: str = ExecutionId,
+    step: str = Path(pattern=r"^[a-z][a-z0-9_]*$", max_length=63),
+    body: DecisionRequest | None = Body(default=None),  # noqa: B008
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_APPROVE)),  # noqa: B008
+) -> dict[str, Any]:
+    """Let a gated step run; the caller's subject and the reason are recorded.
+
+    Raises: NotFound, Conflict (the step is not waiting for approval).
+    """
+    return await _decide(caller, execution_id, step, True, body)
+
+
+@router.post("/{execution_id}/steps/{step}/reject")
+async def reject_step(
+    execution_id: str = ExecutionId,
+    step: str = Path(pattern=r"^[a-z][a-z0-9_]*$", max_length=63),
+    body: DecisionRequest | None = Body(default=None),  # noqa: B008
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_APPROVE)),  # noqa: B008
+) -> dict[str, Any]:
+    """Refuse a gated step. Raises: NotFound, Conflict (not waiting for approval)."""
+    return await _decide(caller, execution_id, step, False, body)
+
+
+async def _decide(
+    caller: Caller, execution_id: str, step: str, approve: bool, body: DecisionRequest | None
+) -> dict[str, Any]:
+    workflows = caller.client.workflows
+    decide = workflows.approve if approve else workflows.reject
+    with caller.audited(Action.EXECUTIONS_APPROVE, obj=f"{execution_id}/{step}"):
+        done = await asyncio.to_thread(
+            decide, execution_id, step, caller.principal.subject, body.reason if body else ""
+        )
+    return execution_json(done)
+
+
+@router.get("/{execution_id}/events")
+async def execution_events(
+    execution_id: str = ExecutionId,
+    cursor: str = Query(default="0-0", pattern=STREAM_ID, description="`next_cursor` of a page"),
+    limit: int = Query(default=100, ge=1, le=1000),
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
+) -> dict[str, Any]:
+    """A page of the execution's event log, oldest first, after `cursor`. Raises: NotFound."""
+    executions = caller.client.workflows.executions
+
+    def page() -> list[Any]:
+        executions.load(execution_id)  # NotFound for unknown (or another tenant's) ids
+        return executions.events(execution_id, cursor, count=limit + 1)
+
+    rows = await asyncio.to_thread(page)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "events": [{"id": i, "event": e.model_dump(mode="json")} for i, e in rows],
+        "next_cursor": rows[-1][0] if more else None,
+    }

@@ -1,0 +1,108 @@
+"""Tasks over HTTP: submit and wait (200 with the result), or submit and poll (202, an id
+and `Location`); get; cancel.
+
+An asynchronous task is recorded in Redis (`actors.task_records`) and run by this replica
+in an asyncio task; its result is written to the record when it ends. Cancelling marks the
+record: the result, if it still arrives, is dropped (the agent's work is not interrupted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+
+from actors.client import Client
+from actors.models import Task, TaskResult
+from actors.task_records import TaskRecords
+from cluster.errors import DafnckError
+from cluster.security_models import Action
+from serve.deps import Caller, allowed
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["tasks"])
+#: Tasks this replica runs, kept referenced so the loop does not drop them.
+_RUNNING: set[asyncio.Task[None]] = set()
+
+
+async def _client(who: Caller) -> Client:
+    return await asyncio.to_thread(lambda: who.client)
+
+
+async def _run(client: Client, task: Task) -> TaskResult:
+    """Route the task (a blocking pool lookup, in a thread) and await its result."""
+    pending = await asyncio.to_thread(client.tasks.router.submit, task)
+    return await client.tasks.router.result_async(pending)
+
+
+async def _run_recorded(client: Client, records: TaskRecords, task: Task) -> None:
+    try:
+        await records.set_running(task.id)
+        result = await _run(client, task)
+    except DafnckError as exc:
+        result = TaskResult(task_id=task.id, status="failed", error=exc.to_dict())
+    except Exception as exc:
+        log.exception("task %s failed in the API replica", task.id, extra={"task_id": task.id})
+        error = {"type": type(exc).__name__, "message": "the task failed; see the server log"}
+        result = TaskResult(task_id=task.id, status="failed", error=error)
+    await records.finish(task.id, result)
+
+
+def _owned(task: Task, who: Caller) -> Task:
+    """The task with its context's tenant set from the credential, whatever the body said."""
+    context = task.context.model_copy(update={"tenant": who.tenant})
+    return task.model_copy(update={"context": context})
+
+
+@router.post(
+    "/v1/tasks",
+    status_code=202,
+    responses={200: {"model": TaskResult, "description": "with ?wait=true: the result"}},
+)
+async def submit_task(
+    task: Task,
+    wait: bool = False,
+    who: Caller = Depends(allowed(Action.TASKS_RUN)),  # noqa: B008
+) -> Any:
+    """Run a task: `?wait=true` answers with its result; otherwise 202 and its id."""
+    task = _owned(task, who)
+    client = await _client(who)
+    with who.audited(Action.TASKS_RUN, obj=f"task:{task.id}"):
+        if wait:
+            result = await _run(client, task)
+            return JSONResponse(result.model_dump(mode="json"), status_code=200)
+        records = TaskRecords(client.store)
+        await records.create(task)
+        runner = asyncio.create_task(_run_recorded(client, records, task))
+        _RUNNING.add(runner)
+        runner.add_done_callback(_RUNNING.discard)
+    location = f"/v1/tasks/{task.id}"
+    return JSONResponse(
+        {"id": task.id, "status": "pending", "location": location},
+        status_code=202,
+        headers={"Location": location},
+    )
+
+
+@router.get("/v1/tasks/{task_id}")
+async def get_task(
+    task_id: str,
+    who: Caller = Depends(allowed(Action.TASKS_READ)),  # noqa: B008
+) -> dict[str, Any]:
+    """The task's record: status, the task, and its result once it ended. 404 when unknown."""
+    return await TaskRecords(who.services.store.for_tenant(who.tenant)).get(task_id)
+
+
+@router.post("/v1/tasks/{task_id}/cancel")
+async def cancel_task(
+    task_id: str,
+    response: Response,
+    who: Caller = Depends(allowed(Action.TASKS_RUN)),  # noqa: B008
+) -> dict[str, Any]:
+    """Cancel a pending or running task (409 once it has ended)."""
+    records = TaskRecords(who.services.store.for_tenant(who.tenant))
+    with who.audited(Action.TASKS_RUN, obj=f"task:{task_id}"):
+        return await records.cancel(task_id)
