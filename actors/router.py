@@ -69,8 +69,12 @@ class Call:
 class PoolRouter:
     """Routes tasks to replicas; safe to use from one thread or one event loop."""
 
-    def __init__(self, source: PoolSource, ttl_s: float = 2.0) -> None:
+    def __init__(
+        self, source: PoolSource, ttl_s: float = 2.0, *, blocking_source: bool = True
+    ) -> None:
         self._source = source
+        #: A source that makes a blocking call (a Ray round trip) is run off the event loop.
+        self._blocking = blocking_source
         self._ttl_s = ttl_s
         self._pools: dict[tuple[str, str | None], PoolView] = {}
         self._in_flight: dict[str, int] = {}
@@ -111,13 +115,28 @@ class PoolRouter:
         return a if self._in_flight.get(a, 0) <= self._in_flight.get(b, 0) else b
 
     def _pool(self, capability: str, agent: str | None, refresh: bool = False) -> PoolView:
-        key = (capability, agent)
-        pool = self._pools.get(key)
-        if refresh or pool is None or time.monotonic() - pool.fetched_at > self._ttl_s:
-            pool = self._pools[key] = self._source(capability, agent)
-            pool.fetched_at = time.monotonic()
-            pool.replicas = {n: h for n, h in pool.replicas.items() if h not in self._dead}
+        pool = self._pools.get((capability, agent))
+        if refresh or self._stale(pool):
+            pool = self._keep(capability, agent, self._source(capability, agent))
+        assert pool is not None
         return pool
+
+    def _stale(self, pool: PoolView | None) -> bool:
+        return pool is None or time.monotonic() - pool.fetched_at > self._ttl_s
+
+    def _keep(self, capability: str, agent: str | None, pool: PoolView) -> PoolView:
+        pool.fetched_at = time.monotonic()
+        pool.replicas = {n: h for n, h in pool.replicas.items() if h not in self._dead}
+        self._pools[(capability, agent)] = pool
+        return pool
+
+    async def submit_async(self, task: Task) -> Call:
+        """`submit` for callers on an event loop: a stale pool view (a blocking call to the
+        supervisor) is fetched in a worker thread; everything else stays on the loop."""
+        if self._blocking and self._stale(self._pools.get((task.capability, task.agent))):
+            pool = await asyncio.to_thread(self._source, task.capability, task.agent)
+            self._keep(task.capability, task.agent, pool)
+        return self.submit(task)
 
     def _live_pool(self, task: Task, pool: PoolView) -> PoolView:
         """The pool to retry on: `pool` while it has a live replica, else a fresh view."""
@@ -182,7 +201,7 @@ class PoolRouter:
         return self.result(self.submit(task))
 
     async def run_async(self, task: Task) -> TaskResult:
-        return await self.result_async(self.submit(task))
+        return await self.result_async(await self.submit_async(task))
 
     def _wait_s(self, call: Call) -> float:
         return (call.task.timeout_s or call.pool.timeout_s) + _GRACE_S

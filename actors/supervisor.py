@@ -80,7 +80,7 @@ class Supervisor:
         self.pools: dict[str, Pool] = {}
         #: Replica numbers only grow, so a replacement never reuses a dead replica's name.
         self._numbers: dict[str, itertools.count[int]] = {}
-        self.router = PoolRouter(self.get_pool, ttl_s=0.5)
+        self.router = PoolRouter(self.get_pool, ttl_s=0.5, blocking_source=False)
         self._lock = asyncio.Lock()
 
     def _prefix(self, agent_id: str) -> str:

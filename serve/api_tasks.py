@@ -33,9 +33,8 @@ async def _client(who: Caller) -> Client:
 
 
 async def _run(client: Client, task: Task) -> TaskResult:
-    """Route the task (a blocking pool lookup, in a thread) and await its result."""
-    pending = await asyncio.to_thread(client.tasks.router.submit, task)
-    return await client.tasks.router.result_async(pending)
+    """Route the task and await its result, without blocking the event loop."""
+    return await client.tasks.router.run_async(task)
 
 
 async def _run_recorded(client: Client, records: TaskRecords, task: Task) -> None:
