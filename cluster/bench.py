@@ -57,6 +57,8 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "recovery_s": ("value", "<=", 10.0),
     "hub_throughput": ("ratio", ">=", 0.5),
     "cache_l1_hit_us": ("value", "<=", 5.0),
+    "api_noop_rps": ("ratio", ">=", 0.5),
+    "api_noop_p99_ms": ("ratio", "<=", 3.0),
 }
 
 
@@ -383,7 +385,19 @@ def hub_suite(client: Client, quick: bool) -> list[Result]:
     return measure_hub(client.store, quick) + measure_cache(client.store, quick)
 
 
-SUITES: dict[str, Suite] = {"tasks": tasks_suite, "workflows": workflows_suite, "hub": hub_suite}
+def api_suite(client: Client, quick: bool) -> list[Result]:
+    """API no-op task throughput and p50/p99 over HTTP against plain Serve (`cluster.bench_api`)."""
+    from cluster.bench_api import run_api_suite
+
+    return run_api_suite(client, quick)
+
+
+SUITES: dict[str, Suite] = {
+    "tasks": tasks_suite,
+    "workflows": workflows_suite,
+    "hub": hub_suite,
+    "api": api_suite,
+}
 
 
 # -- the table -----------------------------------------------------------------------------
@@ -416,7 +430,7 @@ def render_table(report: dict[str, Any]) -> Table:
     table = Table(
         title=f"dafnck bench: Ray {machine['ray']}, Python {machine['python']}, "
         f"{machine['cpus']} CPUs, {machine['memory_gb']} GB",
-        caption="baseline: raw Ray (raw redis-py streams for the hub), measured in the same run; ratio = ours / baseline",
+        caption="baseline: raw Ray (raw redis-py streams for the hub, plain Serve for the API), measured in the same run; ratio = ours / baseline",
     )
     for column in ("suite", "metric", "value", "unit", "baseline", "ratio", "target"):
         table.add_column(column, justify="right" if column in _NUMERIC else "left")
