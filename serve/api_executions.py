@@ -113,9 +113,7 @@ async def pause_execution(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
 ) -> dict[str, Any]:
     """No new step starts; running ones finish. Raises: NotFound, Conflict (not running)."""
-    with caller.audited(Action.EXECUTIONS_CONTROL, obj=execution_id):
-        done = await asyncio.to_thread(caller.client.workflows.pause, execution_id)
-    return execution_json(done)
+    return await _control(caller, execution_id, "pause")
 
 
 @router.post("/{execution_id}/resume")
@@ -124,9 +122,7 @@ async def resume_execution(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
 ) -> dict[str, Any]:
     """Raises: NotFound, Conflict (not paused)."""
-    with caller.audited(Action.EXECUTIONS_CONTROL, obj=execution_id):
-        done = await asyncio.to_thread(caller.client.workflows.resume, execution_id)
-    return execution_json(done)
+    return await _control(caller, execution_id, "resume")
 
 
 @router.post("/{execution_id}/cancel")
@@ -137,11 +133,7 @@ async def cancel_execution(
 ) -> dict[str, Any]:
     """Cancel running steps and end the execution. Raises: NotFound, Conflict (ended)."""
     reason = body.reason if body else ""
-    with caller.audited(Action.EXECUTIONS_CONTROL, obj=execution_id):
-        done = await asyncio.to_thread(
-            caller.client.workflows.cancel, execution_id, caller.principal.subject, reason
-        )
-    return execution_json(done)
+    return await _control(caller, execution_id, "cancel", caller.principal.subject, reason)
 
 
 @router.post("/{execution_id}/retry")
@@ -153,8 +145,15 @@ async def retry_execution(
 
     Raises: NotFound, Conflict (neither failed nor cancelled).
     """
+    return await _control(caller, execution_id, "retry")
+
+
+async def _control(caller: Caller, execution_id: str, operation: str, *args: str) -> dict[str, Any]:
+    """One audited control operation of `Client.workflows` (pause, resume, cancel, retry)."""
     with caller.audited(Action.EXECUTIONS_CONTROL, obj=execution_id):
-        done = await asyncio.to_thread(caller.client.workflows.retry, execution_id)
+        done = await asyncio.to_thread(
+            getattr(caller.client.workflows, operation), execution_id, *args
+        )
     return execution_json(done)
 
 
