@@ -31,13 +31,11 @@ from workflows.execution import (
 )
 from workflows.expressions import compile_expr, render
 from workflows.spec import StepSpec, WorkflowSpec
-from workflows.store import Change, ExecutionStore
+from workflows.store import ExecutionStore
 from workflows.validate import effective_needs
+from workflows.writer import Writer
 
 log = logging.getLogger(__name__)
-
-#: How soon queued changes are written again after the store refused them.
-_RETRY_FLUSH_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -120,8 +118,6 @@ class Run:
     unfinished: dict[str, int] = field(default_factory=dict)
     dependents: dict[str, list[str]] = field(default_factory=dict)
 
-    #: Changes not yet written: flushed together once per turn of the event loop.
-    change: Change | None = None
     by_id: dict[str, StepSpec] = field(default_factory=dict)
     #: Top-level steps that have failed (whether that fails the execution is on_error's call).
     failing: set[str] = field(default_factory=set)
@@ -190,10 +186,7 @@ class WorkflowEngine:
         self.dispatcher = dispatcher
         self._load_spec = load_spec
         self.runs: dict[str, Run] = {}
-        #: Runs with changes queued for the writer, and the future of the next batch.
-        self._dirty: list[Run] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._batch_done: asyncio.Future[None] | None = None
+        self.writer = Writer(store)
 
     # -- starting and finding executions --------------------------------------------------
 
@@ -752,72 +745,16 @@ class WorkflowEngine:
         self._record(run, key, self._event(run.execution, kind, key, payload))
 
     def _record(self, run: Run, key: str, event: Event) -> None:
-        """Queue a step's change; the writer writes every queued change together.
+        """Queue a step's change for the writer.
 
         A step may be dispatched a moment before its "started" lands: after a crash it is
         dispatched again with the same idempotency key, which at-least-once allows.
         """
-        self._queue(run).steps.add(key)
-        run.change.events.append(event)  # type: ignore[union-attr]
-        self._kick()
+        self.writer.record(run.execution, key, event)
 
     async def _commit(self, run: Run, event: Event, steps: Iterable[str] = ()) -> None:
-        """Queue an execution-level change and wait until it (and all before it) is written."""
-        change = self._queue(run)
-        change.steps.update(steps)
-        change.events.append(event)
-        change.meta = True
-        done = self._next_batch()
-        self._kick()
-        await asyncio.shield(done)
-
-    def _next_batch(self) -> asyncio.Future[None]:
-        """The future resolved when the changes queued now are written."""
-        if self._batch_done is None:
-            self._batch_done = asyncio.get_running_loop().create_future()
-        return self._batch_done
-
-    def _queue(self, run: Run) -> Change:
-        if run.change is None:
-            run.change = Change(run.execution)
-            self._dirty.append(run)
-        return run.change
-
-    def _kick(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write())
-
-    async def _write(self) -> None:
-        """Write queued changes, one transaction per batch, in order, until none are left.
-
-        The event loop keeps running while Redis syncs its AOF. If the store is down the
-        batch stays queued and is tried again: an outage delays the record, loses nothing.
-        """
-        while self._dirty:
-            runs, self._dirty = self._dirty, []
-            done, self._batch_done = self._next_batch(), None
-            changes = [run.change for run in runs if run.change is not None]
-            for run in runs:
-                run.change = None
-            try:
-                await self.store.commit_many_async(changes)
-            except DafnckError:
-                log.warning("store unavailable; %d execution changes wait", len(changes))
-                self._requeue(runs, changes)
-                self._batch_done = done
-                await asyncio.sleep(_RETRY_FLUSH_S)
-                continue
-            done.set_result(None)
-
-    def _requeue(self, runs: list[Run], changes: list[Change]) -> None:
-        for run, change in zip(runs, changes, strict=False):
-            if run.change is not None:  # newer changes arrived meanwhile: keep both, in order
-                change.steps |= run.change.steps
-                change.events += run.change.events
-                change.meta = change.meta or run.change.meta
-                self._dirty.remove(run)
-            run.change = change
-        self._dirty = runs + self._dirty
+        """Write an execution-level change (after the step changes queued before it)."""
+        await self.writer.commit(run.execution, event, steps)
 
 
 __all__ = ["Dispatcher", "StepFailed", "StepOutcome", "StepRequest", "WorkflowEngine"]
