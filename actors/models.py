@@ -201,15 +201,22 @@ class TaskContext(Contract):
 class Task(Contract):
     """One unit of work for whichever agent serves `capability` (or the named `agent`)."""
 
-    id: str = Field(default_factory=new_id)
+    id: str = Field(default_factory=new_id, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     capability: str = Field(pattern=CAPABILITY)
     #: Restrict routing to one agent: "name" or "name@<version range>".
-    agent: str | None = None
+    agent: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,62}(@.{1,100})?$")
     input: dict[str, Any] = {}
     priority: int = 0
     timeout_s: float | None = Field(default=None, gt=0)
-    idempotency_key: str | None = None
+    idempotency_key: str | None = Field(default=None, pattern=r"^[\x21-\x7e]{1,200}$")
     context: TaskContext = TaskContext()
+
+    @field_validator("agent")
+    @classmethod
+    def _agent_range(cls, value: str | None) -> str | None:
+        if value and "@" in value:
+            version_range(value.partition("@")[2])
+        return value
 
 
 class ErrorInfo(Record):
