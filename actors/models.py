@@ -3,6 +3,8 @@ and what the registry keeps (`AgentRecord`). The CLI, the API and the actors sha
 
 from __future__ import annotations
 
+import importlib
+import re
 import time
 import uuid
 from enum import StrEnum
@@ -11,6 +13,7 @@ from typing import Annotated, Any, Literal
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 from pydantic import (
+    BeforeValidator,
     Field,
     PlainValidator,
     WithJsonSchema,
@@ -66,16 +69,148 @@ class Messaging(Contract):
     max_deliveries: int = Field(default=5, ge=1, le=1000)
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class MCPServer(Contract):
+    """An MCP server whose tools an LLM agent may call: a command over stdio or an HTTP URL."""
+
+    #: stdio transport: the server's argv, started per replica.
+    command: list[str] | None = Field(default=None, min_length=1)
+    #: Extra environment for the stdio server (values, so never put a secret here).
+    env: dict[str, str] = {}
+    #: streamable HTTP transport: the server's MCP endpoint, e.g. http://host:8000/mcp.
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    #: Only these of the server's tools (default: all it lists).
+    include: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> MCPServer:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of command (stdio) or url (streamable HTTP)")
+        return self
+
+
+class ToolRef(Contract):
+    """One tool (or, for MCP, a set of tools) an LLM agent may call: exactly one of
+    `skill` (a python function), `mcp` (an MCP server) or `agent` (a capability)."""
+
+    #: `module:function`; its JSON schema comes from its type hints or pydantic model.
+    skill: str | None = Field(default=None, pattern=ENTRYPOINT)
+    mcp: MCPServer | None = None
+    #: Delegate to whichever agent serves this capability, routed like any task.
+    agent: str | None = Field(default=None, pattern=CAPABILITY)
+    #: The name the model sees (default: the function name, the MCP tool's, or the
+    #: capability with dots as underscores).
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+    description: str = ""
+    #: For delegation and MCP calls; skills run under the task's own timeout.
+    timeout_s: float | None = Field(default=None, gt=0)
+    #: Safe to run again when a crash left it unclear whether it ran.
+    idempotent: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ToolRef:
+        given = [k for k in ("skill", "mcp", "agent") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of skill, mcp or agent (got {given or 'none'})")
+        return self
+
+
+class MemoryConfig(Contract):
+    """Conversation memory per session, kept in Redis, bounded by messages and/or tokens."""
+
+    max_messages: int = Field(default=50, ge=1, le=10_000)
+    max_tokens: int | None = Field(default=None, gt=0)
+    #: Seconds a session is kept after its last message (None: until removed).
+    ttl_s: float | None = Field(default=None, gt=0)
+
+
+class BudgetConfig(Contract):
+    """Limits on what one task may spend; `on_exceeded` says what happens past them."""
+
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    #: "fail" stops the task; "pause" stops it and, in a workflow, holds the step at an
+    #: approval gate.
+    on_exceeded: Literal["fail", "pause"] = "fail"
+
+
+def _schema_of(value: Any) -> Any:
+    """A pydantic model (or `module:Model`) becomes its JSON schema; a dict passes as is."""
+    from pydantic import BaseModel
+
+    if isinstance(value, str) and re.match(ENTRYPOINT, value):
+        module, _, attr = value.partition(":")
+        try:
+            value = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import {module}:{attr}: {exc}") from None
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        return value.model_json_schema()
+    return value
+
+
+class LLMConfig(Contract):
+    """How an `llm` agent talks to its model. The API key is named, never written here."""
+
+    provider: Literal["openai", "anthropic"]
+    model: str = Field(min_length=1)
+    #: Any OpenAI-compatible endpoint (vLLM, Ollama, LM Studio, Ray Serve LLM).
+    base_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: The key by reference only: an environment variable's name ...
+    api_key_env: str | None = Field(default=None, pattern=ENV_NAME)
+    #: ... or the path of a file holding it.
+    api_key_file: str | None = None
+    system_prompt: str = ""
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int = Field(default=1024, gt=0)
+    timeout_s: float = Field(default=60, gt=0)
+    #: The SDK's own retries (429 honouring Retry-After, 5xx, timeouts); ours never stack.
+    max_retries: int = Field(default=2, ge=0, le=10)
+    #: JSON schema (or a pydantic model, or `module:Model`) the final reply must satisfy.
+    output_schema: Annotated[dict[str, Any] | None, BeforeValidator(_schema_of)] = None
+    #: How often the model is asked for a reply that parses and validates.
+    output_attempts: int = Field(default=3, ge=1, le=20)
+    tools: list[ToolRef] = []
+    #: Model turns of the tool-calling loop before the task fails.
+    max_steps: int = Field(default=8, ge=1, le=200)
+    memory: MemoryConfig | None = None
+    budget: BudgetConfig | None = None
+
+    @field_validator("output_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            import jsonschema
+
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"not a valid JSON schema: {exc.message}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_ref(self) -> LLMConfig:
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("give api_key_env or api_key_file, not both")
+        return self
+
+
 class AgentSpec(Contract):
     """One agent: a pool of replicas of the same code, serving its capabilities."""
 
     name: str = Field(pattern=NAME)
     version: str = Field(default="1.0.0", pattern=SEMVER)
     description: str = ""
-    kind: Literal["python"] = "python"
+    kind: Literal["python", "llm"] = "python"
     capabilities: list[str] = Field(min_length=1)
     #: `module:attr`: a function (one skill) or a class whose `@skill` methods are skills.
-    entrypoint: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    #: Required for kind `python`; unused by kind `llm`.
+    entrypoint: str | None = Field(default=None, pattern=ENTRYPOINT)
+    #: The model, its prompt and its tools: required for kind `llm`, refused otherwise.
+    llm: LLMConfig | None = None
     #: Keyword arguments for the class's constructor.
     config: dict[str, Any] = {}
     resources: Resources = Resources()
@@ -101,6 +236,16 @@ class AgentSpec(Contract):
         if len(set(value)) != len(value):
             raise ValueError("capabilities must not repeat")
         return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> AgentSpec:
+        if self.kind == "python" and self.entrypoint is None:
+            raise ValueError("entrypoint: required for kind 'python' (module:attr)")
+        if self.kind == "llm" and self.llm is None:
+            raise ValueError("llm: required for kind 'llm' (provider, model, ...)")
+        if self.kind == "python" and self.llm is not None:
+            raise ValueError("llm: only for kind 'llm'; set kind: llm")
+        return self
 
     @field_validator("version")
     @classmethod

@@ -161,10 +161,14 @@ def load_agent(spec: AgentSpec) -> Implementation:
         SpecInvalid: the entrypoint cannot be loaded or its skills don't match the
             spec's capabilities; every problem is listed.
     """
+    if spec.kind == "llm":
+        from actors.llm import load_llm_agent
+
+        return load_llm_agent(spec)
     what = f"agent {spec.agent_id!r}"
     instance = on_message = None
     try:
-        target = load_entrypoint(spec.entrypoint)
+        target = load_entrypoint(spec.entrypoint or "")
         if inspect.isclass(target):
             instance = target(**spec.config)
             candidates = [
