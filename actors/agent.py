@@ -32,6 +32,8 @@ class AgentRuntime:
         self.in_flight = 0
         self.completed = 0
         self.failed = 0
+        #: Seconds spent running tasks: with `completed + failed`, the mean task latency.
+        self.busy_s = 0.0
         self.started_at = time.time()
 
     @classmethod
@@ -54,6 +56,7 @@ class AgentRuntime:
             return self._result(task, started, error=_error_info(exc, task, self.spec))
         finally:
             self.in_flight -= 1
+            self.busy_s += time.time() - started
         self.completed += 1
         return self._result(task, started, output=output)
 
@@ -80,6 +83,7 @@ class AgentRuntime:
             "in_flight": self.in_flight,
             "completed": self.completed,
             "failed": self.failed,
+            "busy_s": round(self.busy_s, 6),
             "uptime_s": round(time.time() - self.started_at, 3),
         }
 

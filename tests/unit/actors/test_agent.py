@@ -57,6 +57,7 @@ def test_counts_tasks_in_flight() -> None:
     assert (during, after) == (3, 0)
     assert all(r.ok for r in results)
     assert rt.health()["completed"] == 3
+    assert rt.health()["busy_s"] >= 0.9  # three tasks of 0.3 s: the time behind mean latency
 
 
 def test_a_raising_skill_gives_a_failed_result_with_the_error_type() -> None:
