@@ -183,6 +183,27 @@ class RateLimited(DafnckError):
         return {**super().to_dict(), "retry_after_s": self.retry_after_s}
 
 
+class BudgetExceeded(DafnckError):
+    """A token or cost budget (the task's or the workflow's) is used up; the task stops.
+
+    Not retryable: running it again would spend more of what is already gone.
+    """
+
+    status_code = 402
+
+
+class BudgetNeedsApproval(BudgetExceeded):
+    """A budget whose policy asks a person was used up: a workflow holds the step at an
+    approval gate, and approving it lets the step go on without that budget."""
+
+
+class ToolMayHaveRun(DafnckError):
+    """A tool call was journalled as started but never as finished (its runner died), and
+    the tool is not idempotent, so running it again could repeat its effect."""
+
+    status_code = 409
+
+
 class ClusterUnavailable(DafnckError):
     """No Ray cluster or system actor could be reached."""
 
@@ -192,6 +213,8 @@ class ClusterUnavailable(DafnckError):
 
 __all__ = [
     "AgentNotFound",
+    "BudgetExceeded",
+    "BudgetNeedsApproval",
     "ClusterUnavailable",
     "ConfigError",
     "Conflict",
@@ -206,5 +229,6 @@ __all__ = [
     "StoreUnavailable",
     "TaskFailed",
     "TaskTimeout",
+    "ToolMayHaveRun",
     "Unauthorized",
 ]
