@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -48,6 +48,21 @@ class Settings(BaseSettings):
     #: Where `dafnck up` serves the HTTP API (Ray Serve); port 0 leaves the API off.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
+    #: Where `dafnck up` serves gRPC (Serve's gRPC proxy listens on every interface, in
+    #: plain text); 0 leaves it off.
+    grpc_port: int = Field(default=9000, ge=0, le=65535)
+    #: PEM certificate (chain) and private key: the HTTP API answers HTTPS; both or neither.
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    #: API rate limits in `limits` notation ("100/second"): per credential, per tenant.
+    rate_per_key: str = "100/second"
+    rate_per_tenant: str = "1000/second"
+    #: Where spans go: none | console | otlp-grpc | otlp-http | redis (the built-in store).
+    trace_exporter: Literal["none", "console", "otlp-grpc", "otlp-http", "redis"] = "redis"
+    #: The OTLP collector's endpoint; empty uses the exporter's default / OTEL_* variables.
+    trace_endpoint: str | None = None
+    #: How long the built-in span store keeps a trace (seconds).
+    trace_retention_s: float = Field(default=86_400, gt=0)
 
     yaml_file: ClassVar[Path | None] = None
 

@@ -1,0 +1,108 @@
+"""Log context and redaction: every record carries the ids of the work it belongs to.
+
+`log_context(tenant=..., execution_id=...)` sets ids for the block (contextvars, so each
+asyncio task keeps its own); `install()` adds a record factory that copies them onto
+every `LogRecord`, with the current trace and span ids, and redacts secrets from the
+message. Ray's JSON formatter (`LoggingConfig(encoding="JSON")`, Serve's
+`logging_config`) writes every non-standard record attribute as a field, so the ids
+appear in each JSON line of the replica's log file without any formatter of ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+#: The ids a record may carry (`extra=` uses the same names).
+FIELDS = ("request_id", "tenant", "agent", "replica", "workflow", "execution_id", "step_id",
+          "task_id")  # fmt: skip
+_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "dafnck_log_context", default=None
+)
+
+#: Secrets that may slip into a message: our API keys, bearer tokens, provider keys,
+#: passwords in URLs and `key=value` pairs.
+_SECRETS = [
+    (re.compile(r"\bdk_[A-Za-z0-9]+_[A-Za-z0-9_-]{8,}"), "dk_***"),
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/-]{8,}=*"), r"\1 ***"),
+    (re.compile(r"\bsk-(?:ant-)?[A-Za-z0-9_-]{10,}"), "sk-***"),
+    (re.compile(r"(://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
+    (
+        re.compile(r"(?i)\b(password|passwd|secret|api[_-]?key|token|authorization)"
+                   r"(\s*[=:]\s*)(['\"]?)[^\s'\",;]+"),
+        r"\1\2\3***",
+    ),
+]  # fmt: skip
+
+
+def redact(text: str) -> str:
+    """`text` with anything that looks like a credential replaced by `***`."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def current() -> dict[str, str]:
+    return _context.get() or {}
+
+
+@contextlib.contextmanager
+def log_context(**ids: str | None) -> Iterator[None]:
+    """Add ids (None values are ignored) to every record logged in the block."""
+    merged = {**current(), **{k: v for k, v in ids.items() if v}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Wrap the record factory once per process: context ids, trace ids, redaction."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        for key, value in current().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        _add_trace(record)
+        _redact_record(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+def _add_trace(record: logging.LogRecord) -> None:
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        record.trace_id = f"{ctx.trace_id:032x}"
+        record.span_id = f"{ctx.span_id:016x}"
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    if record.name.startswith("ray"):
+        return  # Ray's own lines carry no credentials of ours; keep them cheap
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string is logging's problem to report, not ours
+        return
+    cleaned = redact(message)
+    if cleaned != message:
+        record.msg, record.args = cleaned, None
+
+
+__all__ = ["FIELDS", "current", "install", "log_context", "redact"]

@@ -1,0 +1,235 @@
+"""Every `dafnck_*` metric, defined once with its bounded label set.
+
+Each metric records into two places: a `prometheus_client` registry of this process (what
+the API serves on `/metrics`) and, when the process is a Ray worker or driver,
+`ray.util.metrics` (what Ray exports to Prometheus and shows in the dashboard's Metrics
+view, under the name `ray_dafnck_*`). Labels come only from `ALLOWED_LABELS`, whose
+values are bounded by configuration (capabilities, agents, workflows, models), never ids.
+
+    from cluster import metrics
+    metrics.TASKS.inc(capability="code.review", outcome="succeeded")
+    metrics.TASK_SECONDS.observe(0.12, capability="code.review", outcome="succeeded")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge as PromGauge
+from prometheus_client import Histogram as PromHistogram
+
+log = logging.getLogger(__name__)
+
+#: Label names a metric may use; each one's values come from a bounded, configured set.
+ALLOWED_LABELS = frozenset(
+    {
+        "capability",  # from agent specs
+        "agent",  # agent name@version, from the registry
+        "workflow",  # workflow names, from definitions
+        "outcome",  # succeeded | failed | skipped | cancelled | ...
+        "kind",  # stream kind: inbox | topic | channel | queue | events | other
+        "level",  # cache level: l1 | l2
+        "provider",  # LLM provider
+        "model",  # LLM model
+        "direction",  # LLM tokens: input | output
+        "tenant",  # configured namespaces
+        "method",  # HTTP method
+        "route",  # route template, never the raw path
+        "status",  # HTTP status code
+    }
+)
+#: Seconds: from a cache hit to a long agent task.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+#: `_created` series double the exposition for no use here.
+disable_created_metrics()
+#: Every process records into its own registry; the API serves it on `/metrics`.
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+
+
+class Metric:
+    """One metric in both backends; `inc`/`set`/`observe` take the labels as keywords."""
+
+    def __init__(self, definition: MetricDef) -> None:
+        bad = set(definition.labels) - ALLOWED_LABELS
+        if bad:
+            raise ValueError(f"metric {definition.name!r} uses unbounded labels {sorted(bad)}")
+        self.definition = definition
+        self._prom = _prometheus(definition)
+        self._ray: Any = None
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._tags: dict[tuple[str, ...], dict[str, str]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def inc(self, value: float = 1.0, **labels: str) -> None:
+        self._record("inc", value, labels)
+
+    def set(self, value: float, **labels: str) -> None:
+        self._record("set", value, labels)
+
+    def observe(self, value: float, **labels: str) -> None:
+        self._record("observe", value, labels)
+
+    def _record(self, verb: str, value: float, labels: dict[str, str]) -> None:
+        key = tuple(str(labels[name]) for name in self.definition.labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._prom.labels(*key) if key else self._prom
+            self._tags[key] = dict(zip(self.definition.labels, key, strict=True))
+        getattr(child, verb)(value)
+        ray_metric = self._ray if self._ray is not None else self._ray_metric()
+        if ray_metric:
+            getattr(ray_metric, verb)(value, tags=self._tags[key])
+
+    def _ray_metric(self) -> Any:
+        """The `ray.util.metrics` twin, made once this process is connected to Ray."""
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        from ray.util import metrics as ray_metrics
+
+        d = self.definition
+        try:
+            if d.kind == "counter":
+                self._ray = ray_metrics.Counter(d.name, d.help, d.labels)
+            elif d.kind == "gauge":
+                self._ray = ray_metrics.Gauge(d.name, d.help, d.labels)
+            else:
+                self._ray = ray_metrics.Histogram(d.name, d.help, list(d.buckets), d.labels)
+        except Exception:  # metrics must never break the work they count
+            log.warning("cannot create Ray metric %s", d.name, exc_info=True)
+            self._ray = False
+        return self._ray
+
+    def samples(self) -> dict[tuple[str, ...], float]:
+        """This process's values (counters and gauges; histograms give their count)."""
+        out = {}
+        for family in self._prom.collect():
+            for sample in family.samples:
+                if sample.name.endswith(("_total", "_count")) or family.type == "gauge":
+                    key = tuple(sample.labels.get(n, "") for n in self.definition.labels)
+                    if sample.name.endswith("_created"):
+                        continue
+                    out[key] = sample.value
+        return out
+
+
+def _prometheus(d: MetricDef) -> Any:
+    if d.kind == "counter":
+        return PromCounter(d.name, d.help, d.labels, registry=REGISTRY)
+    if d.kind == "gauge":
+        return PromGauge(d.name, d.help, d.labels, registry=REGISTRY)
+    return PromHistogram(d.name, d.help, d.labels, registry=REGISTRY, buckets=d.buckets)
+
+
+def _m(name: str, kind: Kind, help: str, *labels: str) -> Metric:
+    return Metric(MetricDef(name, kind, help, labels))
+
+
+# -- tasks (the caller's router) ----------------------------------------------------------
+TASKS = _m("dafnck_tasks", "counter", "Tasks finished, by capability and outcome.",
+           "capability", "outcome")  # fmt: skip
+TASK_SECONDS = _m("dafnck_task_duration_seconds", "histogram",
+                  "Task latency seen by the caller, retries included.", "capability", "outcome")  # fmt: skip
+TASKS_IN_FLIGHT = _m("dafnck_tasks_in_flight", "gauge",
+                     "Tasks this process has sent and not yet settled.", "capability")  # fmt: skip
+# -- pools (the supervisor) ---------------------------------------------------------------
+POOL_DESIRED = _m(
+    "dafnck_pool_replicas_desired", "gauge", "Replicas the pool should have.", "agent"
+)
+POOL_RUNNING = _m("dafnck_pool_replicas_running", "gauge", "Replicas alive in the pool.", "agent")
+POOL_QUEUE = _m("dafnck_pool_queue_depth", "gauge",
+                "Tasks the pool's replicas hold (running and queued).", "agent")  # fmt: skip
+POOL_RESTARTS = _m("dafnck_pool_restarts", "counter", "Dead replicas replaced.", "agent")
+# -- workflows (the supervisor's engine) --------------------------------------------------
+EXECUTIONS = _m("dafnck_executions", "counter", "Executions ended, by workflow and outcome.",
+                "workflow", "outcome")  # fmt: skip
+EXECUTION_SECONDS = _m("dafnck_execution_duration_seconds", "histogram",
+                       "Execution wall time.", "workflow", "outcome")  # fmt: skip
+EXECUTIONS_RUNNING = _m("dafnck_executions_running", "gauge",
+                        "Executions the engine drives now.", "tenant")  # fmt: skip
+STEPS = _m("dafnck_steps", "counter", "Steps (and fan-out items) ended, by outcome.",
+           "workflow", "outcome")  # fmt: skip
+STEP_SECONDS = _m("dafnck_step_duration_seconds", "histogram",
+                  "Step wall time, retries included.", "workflow", "outcome")  # fmt: skip
+# -- messages (streams) -------------------------------------------------------------------
+MESSAGES_SENT = _m("dafnck_messages_sent", "counter", "Entries appended to streams.", "kind")
+MESSAGES_DELIVERED = _m("dafnck_messages_delivered", "counter",
+                        "Entries handed to a consumer for the first time.", "kind")  # fmt: skip
+MESSAGES_REDELIVERED = _m("dafnck_messages_redelivered", "counter",
+                          "Entries handed out again after a consumer did not acknowledge.", "kind")  # fmt: skip
+MESSAGES_DEAD = _m("dafnck_messages_dead_lettered", "counter",
+                   "Entries moved to a dead-letter stream.", "kind")  # fmt: skip
+# -- cache --------------------------------------------------------------------------------
+CACHE_HITS = _m("dafnck_cache_hits", "counter", "Cache hits by level.", "level")
+CACHE_MISSES = _m("dafnck_cache_misses", "counter", "Cache misses by level.", "level")
+# -- LLM ----------------------------------------------------------------------------------
+LLM_TOKENS = _m("dafnck_llm_tokens", "counter", "LLM tokens, by provider, model and direction.",
+                "provider", "model", "tenant", "direction")  # fmt: skip
+LLM_COST = _m("dafnck_llm_cost_usd", "counter", "LLM spend in US dollars.",
+              "provider", "model", "tenant")  # fmt: skip
+LLM_CALLS = _m("dafnck_llm_calls", "counter", "LLM calls, by provider, model and outcome.",
+               "provider", "model", "outcome")  # fmt: skip
+# -- API ----------------------------------------------------------------------------------
+HTTP_REQUESTS = _m("dafnck_http_requests", "counter",
+                   "HTTP requests answered, by method, route template and status.",
+                   "method", "route", "status")  # fmt: skip
+HTTP_SECONDS = _m("dafnck_http_request_duration_seconds", "histogram",
+                  "HTTP request latency, by method and route template.", "method", "route")  # fmt: skip
+
+#: Every metric above, for `/metrics`, the dashboard and the label test.
+ALL: tuple[Metric, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Metric))
+
+
+def record_tokens(
+    provider: str,
+    model: str,
+    tenant: str,
+    input_tokens: int,
+    output_tokens: int,
+    cost_usd: float = 0.0,
+) -> None:
+    """Count one LLM call's tokens and cost (call it once per model call)."""
+    LLM_TOKENS.inc(input_tokens, provider=provider, model=model, tenant=tenant, direction="input")
+    LLM_TOKENS.inc(output_tokens, provider=provider, model=model, tenant=tenant, direction="output")
+    if cost_usd:
+        LLM_COST.inc(cost_usd, provider=provider, model=model, tenant=tenant)
+
+
+def stream_kind(stream_key: str) -> str:
+    """`dafnck:<tenant>:inbox:x` -> "inbox": the bounded label of a stream."""
+    parts = stream_key.split(":", 3)
+    kind = parts[2] if len(parts) > 2 else ""
+    return kind if kind in _STREAM_KINDS else "other"
+
+
+_STREAM_KINDS = frozenset({"inbox", "topic", "channel", "queue", "events"})
+
+__all__ = [
+    "ALL",
+    "ALLOWED_LABELS",
+    "REGISTRY",
+    "Metric",
+    "MetricDef",
+    "record_tokens",
+    "stream_kind",
+]
