@@ -204,6 +204,20 @@ class ToolMayHaveRun(DafnckError):
     status_code = 409
 
 
+class ProviderError(DafnckError):
+    """An LLM provider failed after its SDK's own retries (429, 5xx, timeout, a reply that
+    does not parse). Not retryable, so task retries never stack on the SDK's."""
+
+    status_code = 502
+
+
+class OutputInvalid(DafnckError):
+    """An LLM's replies did not satisfy the output schema (or it kept calling tools) within
+    the configured attempts; the message holds the last reply and the error."""
+
+    status_code = 422
+
+
 class ClusterUnavailable(DafnckError):
     """No Ray cluster or system actor could be reached."""
 
@@ -222,6 +236,8 @@ __all__ = [
     "Forbidden",
     "InputInvalid",
     "NotFound",
+    "OutputInvalid",
+    "ProviderError",
     "QueueFull",
     "RateLimited",
     "ReplicaDied",

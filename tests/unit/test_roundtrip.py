@@ -17,8 +17,12 @@ from actors.models import (
     AgentRecord,
     AgentSpec,
     AgentStatus,
+    BudgetConfig,
     DiscoveryCriteria,
     ErrorInfo,
+    LLMConfig,
+    MCPServer,
+    MemoryConfig,
     Messaging,
     Replicas,
     Resources,
@@ -27,6 +31,7 @@ from actors.models import (
     Task,
     TaskContext,
     TaskResult,
+    ToolRef,
 )
 
 SPEC = AgentSpec(
@@ -63,7 +68,29 @@ CONTEXT = TaskContext(
     attempt=2,
 )
 
+LLM = LLMConfig(
+    provider="openai",
+    model="gpt-4o-mini",
+    base_url="http://127.0.0.1:9/v1",
+    api_key_env="OPENAI_API_KEY",
+    system_prompt="be brief",
+    temperature=0.2,
+    output_schema={"type": "object", "required": ["answer"]},
+    tools=[
+        ToolRef(skill="pkg.tools:lookup", idempotent=True),
+        ToolRef(mcp=MCPServer(command=["python", "-m", "srv"], include=["add"])),
+        ToolRef(agent="code.review", name="review", timeout_s=30),
+    ],
+    memory=MemoryConfig(max_messages=20, max_tokens=4000, ttl_s=3600),
+    budget=BudgetConfig(max_tokens=10_000, max_cost_usd=0.5, on_exceeded="pause"),
+)
+
 CONTRACTS: dict[type[BaseModel], BaseModel] = {
+    MCPServer: MCPServer(url="http://127.0.0.1:9/mcp"),
+    ToolRef: LLM.tools[2],
+    MemoryConfig: LLM.memory,  # type: ignore[dict-item]
+    BudgetConfig: LLM.budget,  # type: ignore[dict-item]
+    LLMConfig: LLM,
     Resources: SPEC.resources,
     Replicas: SPEC.replicas,
     RetryPolicy: SPEC.retry,
@@ -133,6 +160,8 @@ ERRORS: dict[type[errors.DafnckError], errors.DafnckError] = {
     errors.BudgetExceeded: errors.BudgetExceeded("task t used 1200 of its 1000 tokens"),
     errors.BudgetNeedsApproval: errors.BudgetNeedsApproval("workflow budget $0.50 reached"),
     errors.ToolMayHaveRun: errors.ToolMayHaveRun("tool 'send' (call c1) may have run"),
+    errors.ProviderError: errors.ProviderError("openai gpt-4o: 429 rate limited after 3 tries"),
+    errors.OutputInvalid: errors.OutputInvalid("reply did not match the schema: 'answer' missing"),
 }
 
 
