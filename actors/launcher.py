@@ -18,6 +18,9 @@ from cluster.settings import RAY_NAMESPACE, Settings
 
 #: A replica that does not answer a health probe in this time is reported unresponsive.
 PROBE_TIMEOUT_S = 10.0
+#: A replica silent this long is looked up in the GCS: still waiting for resources?
+PENDING_CHECK_S = 1.0
+_PENDING_STATES = {"PENDING_CREATION", "DEPENDENCIES_UNREADY"}
 
 
 class RayLauncher:
@@ -37,6 +40,8 @@ class RayLauncher:
             num_gpus=res.num_gpus,
             memory=res.memory_mb * 1024 * 1024 if res.memory_mb else None,
             resources=res.custom or None,
+            label_selector=res.node_labels or None,
+            scheduling_strategy="SPREAD" if res.spread else "DEFAULT",
             max_restarts=0,  # the supervisor replaces a dead replica under a new name
         ).remote(spec, ReplicaConfig(name, slot, self._settings))
 
@@ -68,8 +73,13 @@ class RayLauncher:
         event loop blocked) is reported unresponsive, not dead: it is not replaced."""
 
         async def one(handle: Any) -> dict[str, Any] | None:
+            answer = asyncio.ensure_future(_awaited(handle.health.remote()))
             try:
-                return dict(await asyncio.wait_for(handle.health.remote(), PROBE_TIMEOUT_S))
+                done, _ = await asyncio.wait({answer}, timeout=PENDING_CHECK_S)
+                if not done and _pending(handle):
+                    answer.cancel()
+                    return {"pending": True}  # not placed yet: waits for resources
+                return dict(await asyncio.wait_for(answer, PROBE_TIMEOUT_S))
             except RayActorError:
                 return None
             except TimeoutError:
@@ -77,3 +87,22 @@ class RayLauncher:
 
         results = await asyncio.gather(*(one(h) for h in handles.values()))
         return dict(zip(handles, results, strict=True))
+
+    def request_resources(
+        self, bundles: list[dict[str, float]], labels: list[dict[str, str]]
+    ) -> None:
+        """Ask Ray's autoscaler to make room for these replica shapes (the whole request,
+        not an increment: it replaces the last one, and an empty list withdraws it)."""
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles, bundle_label_selectors=labels if any(labels) else None)
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
+
+
+def _pending(handle: Any) -> bool:
+    """Whether the GCS says the actor is still waiting to be placed on a node."""
+    info = ray._private.state.actors(actor_id=handle._actor_id.hex())
+    return bool(info) and info.get("State") in _PENDING_STATES

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from cluster.contracts import Contract, Record
+from cluster.llm_usage import WorkflowBudget
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
 NAME = r"^[a-z][a-z0-9-]{0,62}$"
@@ -38,6 +39,22 @@ class Resources(Contract):
     num_gpus: float = Field(default=0, ge=0)
     memory_mb: int | None = Field(default=None, gt=0)
     custom: dict[str, float] = {}
+    #: Ray label selector: only nodes whose labels match (`{"zone": "us-east1-b"}`,
+    #: values may be `!v`, `in(a,b)`, `!in(a,b)`), e.g. the nodes serving an LLM.
+    node_labels: dict[str, str] = {}
+    #: Replicas of a pool go to different nodes when they can (Ray's SPREAD strategy).
+    spread: bool = True
+
+    @field_validator("node_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        if value:
+            from ray._private.label_utils import validate_label_selector
+
+            problem = validate_label_selector(value)
+            if problem:
+                raise ValueError(problem)
+        return value
 
 
 class Replicas(Contract):
@@ -49,6 +66,20 @@ class Replicas(Contract):
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
         return self
+
+
+class Autoscaling(Contract):
+    """How the supervisor sizes a pool from its load, within `replicas.min..max`."""
+
+    #: In-flight tasks one replica should carry; the pool grows past it and shrinks below.
+    target_inflight_per_replica: float = Field(default=4, gt=0)
+    #: Load must want more replicas this long before the pool grows (0: at once).
+    upscale_delay_s: float = Field(default=0, ge=0)
+    #: Load must want fewer replicas this long before the pool shrinks.
+    downscale_delay_s: float = Field(default=30, ge=0)
+    #: A pool idle this long stops its last replica (needs `replicas.min: 0`); the next
+    #: task waits for one to start. None keeps at least one replica.
+    idle_to_zero_s: float | None = Field(default=None, gt=0)
 
 
 class RetryPolicy(Contract):
@@ -215,6 +246,8 @@ class AgentSpec(Contract):
     config: dict[str, Any] = {}
     resources: Resources = Resources()
     replicas: Replicas = Replicas()
+    #: Size the pool from its load (None: `replicas.min`, or what `agents scale` sets).
+    autoscaling: Autoscaling | None = None
     max_concurrency: int = Field(default=16, ge=1, le=10_000)
     #: Tasks a replica may hold waiting beyond `max_concurrency` before the pool says QueueFull.
     max_queued: int = Field(default=100, ge=0, le=100_000)
@@ -245,6 +278,21 @@ class AgentSpec(Contract):
             raise ValueError("llm: required for kind 'llm' (provider, model, ...)")
         if self.kind == "python" and self.llm is not None:
             raise ValueError("llm: only for kind 'llm'; set kind: llm")
+        return self
+
+    @model_validator(mode="after")
+    def _autoscaling_fits(self) -> AgentSpec:
+        scaling = self.autoscaling
+        if scaling is None:
+            return self
+        if scaling.target_inflight_per_replica > self.max_concurrency:
+            raise ValueError(
+                f"autoscaling.target_inflight_per_replica ({scaling.target_inflight_per_replica:g}) "
+                f"must not exceed max_concurrency ({self.max_concurrency}): a replica never "
+                "runs more at once, so the pool would never grow"
+            )
+        if scaling.idle_to_zero_s is not None and self.replicas.min != 0:
+            raise ValueError("autoscaling.idle_to_zero_s needs replicas.min: 0")
         return self
 
     @field_validator("version")
@@ -341,6 +389,10 @@ class TaskContext(Contract):
     execution_id: str | None = None
     step_id: str | None = None
     attempt: int = 1
+    #: The workflow's model budget, checked by LLM agents against the execution's usage.
+    budget: WorkflowBudget | None = None
+    #: A person approved going past the budgets for this step: they are not checked.
+    budget_waived: bool = False
 
 
 class Task(Contract):

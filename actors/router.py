@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.models import RetryPolicy, Task, TaskResult
+from actors.observe import TaskMeter
 from cluster.errors import (
     DafnckError,
     InputInvalid,
@@ -46,6 +47,8 @@ class PoolView:
     timeout_s: float
     retry: RetryPolicy
     fetched_at: float = field(default_factory=time.monotonic)
+    #: The pool may be scaled to zero: a task waits for the replica its arrival wakes.
+    waking: bool = False
 
     @property
     def capacity(self) -> int:
@@ -81,6 +84,8 @@ class PoolRouter:
         self._validators: dict[tuple[str, str], Draft202012Validator] = {}
         #: Handles seen dead: the supervisor may list them until its next reconcile.
         self._dead: set[Any] = set()
+        #: Task counts, latency and spans (cluster.metrics, cluster.tracing).
+        self._meter = TaskMeter()
 
     # -- sending -------------------------------------------------------------------------
 
@@ -90,8 +95,16 @@ class PoolRouter:
         Raises:
             AgentNotFound, InputInvalid, QueueFull.
         """
+        return self._submit(task, wait=True)
+
+    def _submit(self, task: Task, wait: bool) -> Call:
         pool = self._pool(task.capability, task.agent)
         self._validate(pool, task)
+        if wait and not pool.replicas and pool.waking:
+            deadline = time.monotonic() + (task.timeout_s or pool.timeout_s)
+            while not pool.replicas and time.monotonic() < deadline:
+                time.sleep(_REPLACEMENT_POLL_S)  # each look tells the supervisor we wait
+                pool = self._pool(task.capability, task.agent, refresh=True)
         return self._send(task, pool)
 
     def _send(self, task: Task, pool: PoolView) -> Call:
@@ -99,6 +112,7 @@ class PoolRouter:
             pool = self._pool(task.capability, task.agent, refresh=True)
         name = self._pick(pool)
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        task = self._meter.begin(task)
         return Call(task, pool, name, pool.replicas[name].run.remote(task.model_dump()))
 
     def _pick(self, pool: PoolView) -> str:
@@ -136,7 +150,22 @@ class PoolRouter:
         if self._blocking and self._stale(self._pools.get((task.capability, task.agent))):
             pool = await asyncio.to_thread(self._source, task.capability, task.agent)
             self._keep(task.capability, task.agent, pool)
-        return self.submit(task)
+        pool = self._pool(task.capability, task.agent)
+        if not pool.replicas and pool.waking:
+            self._validate(pool, task)  # bad input fails before any wait
+            await self._await_replica(task, pool)
+        return self._submit(task, wait=False)
+
+    async def _await_replica(self, task: Task, pool: PoolView) -> None:
+        """Wait (off the loop's critical path) until a pool scaled to zero has a replica."""
+        deadline = time.monotonic() + (task.timeout_s or pool.timeout_s)
+        while not pool.replicas and time.monotonic() < deadline:
+            await asyncio.sleep(_REPLACEMENT_POLL_S)
+            if self._blocking:
+                pool = await asyncio.to_thread(self._source, task.capability, task.agent)
+            else:
+                pool = self._source(task.capability, task.agent)
+            self._keep(task.capability, task.agent, pool)
 
     def _live_pool(self, task: Task, pool: PoolView) -> PoolView:
         """The pool to retry on: `pool` while it has a live replica, else a fresh view."""
@@ -223,6 +252,7 @@ class PoolRouter:
             or not (result.error and result.error.retryable)
             or attempt >= call.pool.retry.max_attempts
         ):
+            self._meter.end(task, result)
             return result
         return task.model_copy(
             update={"context": task.context.model_copy(update={"attempt": attempt + 1})}

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from packaging.version import Version
 
+from actors.autoscaler import PoolAutoscaler, resource_bundle
 from actors.messages import DomainEvent
 from actors.models import (
     AgentRecord,
@@ -34,6 +35,10 @@ from cluster.errors import AgentNotFound, DafnckError, SpecInvalid
 
 log = logging.getLogger(__name__)
 
+#: A caller that found a pool scaled to zero counts as load for this long (it polls again
+#: well within it while it waits).
+WAKE_WINDOW_S = 5.0
+
 
 class EventSink(Protocol):
     """Where agent events go (the event bus); optional, so tests need not have one."""
@@ -49,6 +54,9 @@ class Launcher(Protocol):
     def find(self, prefix: str) -> dict[str, Any]: ...
     async def describe(self, handle: Any) -> dict[str, SkillInfo]: ...
     async def probe(self, handles: dict[str, Any]) -> dict[str, dict[str, Any] | None]: ...
+    def request_resources(
+        self, bundles: list[dict[str, float]], labels: list[dict[str, str]]
+    ) -> None: ...
 
 
 @dataclass
@@ -66,6 +74,9 @@ class Pool:
         return next(i for i in range(len(taken) + 1) if i not in taken)
 
     restarts: int = 0
+    autoscaler: PoolAutoscaler | None = None
+    #: When a caller last found the pool scaled to zero and waited for a replica.
+    demand_at: float = -1e9
 
 
 class Supervisor:
@@ -82,6 +93,9 @@ class Supervisor:
         self._numbers: dict[str, itertools.count[int]] = {}
         self.router = PoolRouter(self.get_pool, ttl_s=0.5, blocking_source=False)
         self._lock = asyncio.Lock()
+        #: Set when a caller waits on a pool scaled to zero: the reconcile loop runs at once.
+        self.wake = asyncio.Event()
+        self._requested: list[dict[str, float]] = []
 
     def _prefix(self, agent_id: str) -> str:
         return f"{self.registry.store.tenant}/{agent_id}/"
@@ -184,6 +198,9 @@ class Supervisor:
             )
         pool = max(candidates, key=lambda p: (bool(p.replicas), Version(p.record.spec.version)))
         spec = pool.record.spec
+        if not pool.replicas and spec.autoscaling is not None:
+            pool.demand_at = time.monotonic()  # a caller waits: wake the pool
+            self.wake.set()
         return PoolView(
             agent_id=spec.agent_id,
             replicas=dict(pool.replicas),
@@ -192,6 +209,7 @@ class Supervisor:
             max_queued=spec.max_queued,
             timeout_s=spec.timeout_s,
             retry=spec.retry,
+            waking=spec.autoscaling is not None,
         )
 
     async def execute_task(self, task: Task) -> TaskResult:
@@ -214,7 +232,9 @@ class Supervisor:
     async def reconcile(self) -> None:
         """Probe every replica; replace dead ones and match each pool's desired size."""
         async with self._lock:
+            self.wake.clear()
             await asyncio.gather(*(self._reconcile_pool(p) for p in list(self.pools.values())))
+            self._request_resources()
 
     async def _reconcile_pool(self, pool: Pool) -> None:
         health = await self.launcher.probe(pool.replicas)
@@ -228,6 +248,7 @@ class Supervisor:
             else:
                 pool.health[name] = report
                 pool.slots.setdefault(name, int(report.get("slot", pool.free_slot())))
+        await self._autoscale(pool)
         record = pool.record
         want = record.desired_replicas if record.status == AgentStatus.ACTIVE else 0
         if record.status == AgentStatus.DRAINING:
@@ -236,10 +257,52 @@ class Supervisor:
             name, slot = self._next_name(record.agent_id), pool.free_slot()
             pool.replicas[name] = self.launcher.start(record.spec, name, slot)
             pool.slots[name] = slot
-        for name in list(pool.replicas)[want:]:
+        for name in self._least_loaded(pool)[: max(0, len(pool.replicas) - want)]:
             self.launcher.stop(pool.replicas.pop(name))
             pool.health.pop(name, None)
             pool.slots.pop(name, None)
+
+    @staticmethod
+    def _least_loaded(pool: Pool) -> list[str]:
+        """Replicas to stop first: the idlest, and of equals the newest."""
+        names = list(pool.replicas)
+        order = {n: i for i, n in enumerate(names)}
+        return sorted(names, key=lambda n: (pool.health.get(n, {}).get("in_flight", 0), -order[n]))
+
+    async def _autoscale(self, pool: Pool) -> None:
+        """Apply the pool's autoscaling policy to its desired size (kept in the registry)."""
+        record = pool.record
+        if record.status != AgentStatus.ACTIVE or record.spec.autoscaling is None:
+            return
+        scaler = pool.autoscaler
+        if scaler is None or scaler.policy != record.spec.autoscaling:
+            scaler = pool.autoscaler = PoolAutoscaler.for_spec(record.spec)
+        assert scaler is not None
+        in_flight = sum(int(pool.health.get(n, {}).get("in_flight", 0)) for n in pool.replicas)
+        waiting = int(time.monotonic() - pool.demand_at < WAKE_WINDOW_S)
+        decision = scaler.decide(record.desired_replicas, in_flight, waiting)
+        if decision is None:
+            return
+        pool.record = self.registry.set_desired_replicas(record.agent_id, decision.desired)
+        log.info("autoscaling %s: %d -> %d replicas (%s, %d in flight)", record.agent_id,
+                 decision.current, decision.desired, decision.reason, in_flight)  # fmt: skip
+        await self._tell("agent.autoscaled", record.agent_id, **decision.as_event_data())
+
+    def _request_resources(self) -> None:
+        """Ask Ray's autoscaler for every replica's resources once any replica waits for them;
+        the request follows the pools after that (so it shrinks again and idle nodes go)."""
+        pending = any(r.get("pending") for p in self.pools.values() for r in p.health.values())
+        shapes = [
+            (resource_bundle(p.record.spec), p.record.spec.resources.node_labels)
+            for p in self.pools.values()
+            for _ in range(len(p.replicas))
+        ]
+        shapes = [(b, labels) for b, labels in shapes if b]
+        bundles = [b for b, _ in shapes]
+        if bundles == self._requested or not (pending or self._requested):
+            return
+        self.launcher.request_resources(bundles, [labels for _, labels in shapes])
+        self._requested = bundles
 
     async def _tell(self, kind: str, agent_id: str, **data: Any) -> None:
         if self.events is None:
@@ -278,6 +341,8 @@ class Supervisor:
                 "in_flight": sum(r.get("in_flight", 0) for r in reports),
                 "completed": sum(r.get("completed", 0) for r in reports),
                 "restarts": pool.restarts,
+                "pending": sum(1 for r in reports if r.get("pending")),
+                "autoscaling": pool.record.spec.autoscaling is not None,
                 "replicas": {n: pool.health.get(n, {}) for n in pool.replicas},
             }
         healthy = all(

@@ -9,6 +9,7 @@ which is safe because every supervisor operation is idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any
@@ -19,11 +20,13 @@ from actors.events import EventBus
 from actors.hub import CommunicationHub
 from actors.launcher import RayLauncher
 from actors.models import AgentRecord, AgentSpec, AgentStatus, Task, TaskResult
+from actors.observe import PoolGauges, TracedDispatcher, WorkflowObserver
 from actors.registry import AgentRegistry
 from actors.router import PoolView
 from actors.supervisor import Supervisor
 from actors.triggers import TriggerRunner
 from actors.workflow_service import WorkflowService
+from cluster import telemetry, tracing
 from cluster.errors import ClusterUnavailable
 from cluster.settings import RAY_NAMESPACE, Settings
 from cluster.store import connect_store
@@ -44,14 +47,17 @@ class SupervisorActor:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        telemetry.setup_process(settings, "supervisor")
         store = connect_store(settings)
         registry = AgentRegistry(store)
         events = EventBus(store)
         self._core = Supervisor(registry, RayLauncher(settings), events)
-        executions = ExecutionStore(
-            store, BlobStore(settings.blobs), mirror=events.mirror_execution_event
-        )
+        observer = WorkflowObserver(settings.tenant, events.mirror_execution_event)
+        executions = ExecutionStore(store, BlobStore(settings.blobs), mirror=observer)
         self._workflows = WorkflowService(executions, registry, self._core.router)
+        engine = observer.engine = self._workflows.engine
+        engine.dispatcher = TracedDispatcher(engine.dispatcher, observer)
+        self._pool_gauges = PoolGauges()
         hub = CommunicationHub(store, registry)
         self._triggers = TriggerRunner(
             self._workflows, hub, consumer=supervisor_name(settings.tenant)
@@ -66,9 +72,11 @@ class SupervisorActor:
             log.info("resumed %d executions", len(recovered))
         self._ready.set()
         while True:
-            await asyncio.sleep(self._settings.reconcile_interval_s)
+            with contextlib.suppress(TimeoutError):  # a caller waiting on an idle pool wakes it
+                await asyncio.wait_for(self._core.wake.wait(), self._settings.reconcile_interval_s)
             try:
                 await self._core.reconcile()
+                self._pool_gauges.record(self._core.pools)
                 await self._triggers.tick()
             except Exception:  # the loop must outlive a store outage
                 log.exception("reconcile failed; trying again")
@@ -132,11 +140,13 @@ class SupervisorActor:
         inputs: dict[str, Any] | None = None,
         version: int | None = None,
         execution_id: str | None = None,
+        traceparent: str | None = None,
     ) -> Execution:
         await self._ready.wait()
-        return await self._workflows.execute_workflow(
-            name, inputs, version=version, execution_id=execution_id
-        )
+        with tracing.remote_parent(traceparent):  # the caller's span parents the execution's
+            return await self._workflows.execute_workflow(
+                name, inputs, version=version, execution_id=execution_id
+            )
 
     async def coordinate_agents(
         self,

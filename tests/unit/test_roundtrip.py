@@ -17,6 +17,7 @@ from actors.models import (
     AgentRecord,
     AgentSpec,
     AgentStatus,
+    Autoscaling,
     BudgetConfig,
     DiscoveryCriteria,
     ErrorInfo,
@@ -93,6 +94,9 @@ CONTRACTS: dict[type[BaseModel], BaseModel] = {
     LLMConfig: LLM,
     Resources: SPEC.resources,
     Replicas: SPEC.replicas,
+    Autoscaling: Autoscaling(
+        target_inflight_per_replica=3, upscale_delay_s=1, downscale_delay_s=5, idle_to_zero_s=60
+    ),
     RetryPolicy: SPEC.retry,
     Messaging: Messaging(topics=["news"], claim_idle_s=2.5, max_deliveries=3),
     AgentSpec: SPEC,

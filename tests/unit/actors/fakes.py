@@ -24,6 +24,9 @@ class FakeReplica:
     alive: bool = True
     completed: int = 0
     slot: int = 0
+    in_flight: int = 0
+    #: Not placed on a node yet (waiting for resources).
+    pending: bool = False
 
 
 @dataclass
@@ -33,6 +36,8 @@ class FakeLauncher:
     live: dict[str, FakeReplica] = field(default_factory=dict)
     started: list[FakeReplica] = field(default_factory=list)
     stopped: list[FakeReplica] = field(default_factory=list)
+    #: Each `request_resources` call: the bundles asked for.
+    requests: list[list[dict[str, float]]] = field(default_factory=list)
 
     def start(self, spec: AgentSpec, name: str, slot: int = 0) -> FakeReplica:
         if name in self.live:
@@ -61,8 +66,18 @@ class FakeLauncher:
 
     async def probe(self, handles: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
         return {
-            name: {"replica": name, "in_flight": 0, "completed": h.completed, "slot": h.slot}
+            name: (
+                {"pending": True}
+                if h.pending
+                else {"replica": name, "in_flight": h.in_flight, "completed": h.completed,
+                      "slot": h.slot}
+            )
             if h.alive
             else None
             for name, h in handles.items()
-        }
+        }  # fmt: skip
+
+    def request_resources(
+        self, bundles: list[dict[str, float]], labels: list[dict[str, str]]
+    ) -> None:
+        self.requests.append(bundles)
