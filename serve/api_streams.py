@@ -137,6 +137,7 @@ async def _ws_caller(websocket: WebSocket, action: Action) -> Caller | None:
         await asyncio.to_thread(
             svc.security.authorize, principal, action, request_id=who.request_id
         )
+        await svc.client_async(principal.tenant)  # later reads of `who.client` never block
     except Unauthorized as exc:
         await websocket.close(code=4401, reason=exc.message[:120])
         return None

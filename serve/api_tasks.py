@@ -29,7 +29,7 @@ _RUNNING: set[asyncio.Task[None]] = set()
 
 
 async def _client(who: Caller) -> Client:
-    return await asyncio.to_thread(lambda: who.client)
+    return await who.services.client_async(who.tenant)
 
 
 async def _run(client: Client, task: Task) -> TaskResult:
@@ -67,23 +67,31 @@ async def submit_task(
     who: Caller = Depends(allowed(Action.TASKS_RUN)),  # noqa: B008
 ) -> Any:
     """Run a task: `?wait=true` answers with its result; otherwise 202 and its id."""
-    task = _owned(task, who)
-    client = await _client(who)
-    with who.audited(Action.TASKS_RUN, obj=f"task:{task.id}"):
-        if wait:
-            result = await _run(client, task)
-            return JSONResponse(result.model_dump(mode="json"), status_code=200)
-        records = TaskRecords(client.store)
-        await records.create(task)
-        runner = asyncio.create_task(_run_recorded(client, records, task))
-        _RUNNING.add(runner)
-        runner.add_done_callback(_RUNNING.discard)
+    result = await start_task(who, task, wait)
+    if result is not None:
+        return JSONResponse(result.model_dump(mode="json"), status_code=200)
     location = f"/v1/tasks/{task.id}"
     return JSONResponse(
         {"id": task.id, "status": "pending", "location": location},
         status_code=202,
         headers={"Location": location},
     )
+
+
+async def start_task(who: Caller, task: Task, wait: bool) -> TaskResult | None:
+    """Audited: run the task in the caller's tenant and return its result (`wait`), or
+    record it and run it in the background (None). REST and gRPC both submit here."""
+    task = _owned(task, who)
+    client = await _client(who)
+    with who.audited(Action.TASKS_RUN, obj=f"task:{task.id}"):
+        if wait:
+            return await _run(client, task)
+        records = TaskRecords(client.store)
+        await records.create(task)
+        runner = asyncio.create_task(_run_recorded(client, records, task))
+        _RUNNING.add(runner)
+        runner.add_done_callback(_RUNNING.discard)
+    return None
 
 
 @router.get("/v1/tasks/{task_id}")

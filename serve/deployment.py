@@ -4,6 +4,9 @@
 call `start_api(settings, host, port)`. Settings reach the replicas as `DAFNCK_*`
 variables (the replica builds its app with `load_settings()`), so both paths agree.
 
+The same ingress answers gRPC (serve/protos/dafnck.proto, `serve.grpc_api.GrpcApi`)
+through Serve's gRPC proxy on `grpc_port`; HTTPS when `tls_certfile`/`tls_keyfile` are set.
+
 Backpressure is Serve's own: each replica takes `max_ongoing_requests` at once and Serve
 queues `max_queued_requests` more; beyond that Serve's `BackpressureConfig` answers 429
 with `Retry-After: 1` instead of its default 503, before our code runs.
@@ -17,11 +20,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve as ray_serve
-from ray.serve.config import BackpressureConfig
+from ray.serve.config import BackpressureConfig, gRPCOptions
 from ray.serve.deployment import Deployment
 
+from cluster.errors import ConfigError
 from cluster.settings import Settings, load_settings
 from serve.app import build_app
+from serve.grpc_api import SERVICER_FUNCTIONS, GrpcApi
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_NAME = "dafnck"
@@ -52,8 +57,8 @@ def build_ingress_app() -> FastAPI:
     ray_actor_options={"num_cpus": 0},
 )
 @ray_serve.ingress(build_ingress_app)
-class ApiIngress:
-    """The HTTP entry point; every route lives in the FastAPI app."""
+class ApiIngress(GrpcApi):
+    """The HTTP and gRPC entry point: routes live in the FastAPI app, rpcs in `GrpcApi`."""
 
 
 #: The decorators turn the class into a Serve `Deployment` (mypy cannot see through them).
@@ -80,18 +85,49 @@ def start_api(
     *,
     replicas: dict[str, Any] | None = None,
 ) -> str:
-    """Start Serve's HTTP proxy on host:port and deploy the API; returns its base URL.
+    """Start Serve's proxies (HTTP on host:port, gRPC on `settings.grpc_port` unless 0) and
+    deploy the API; returns its base URL (https when TLS files are set).
 
     Ray must be initialized (connected to the cluster). `replicas` overrides the
-    autoscaling config (e.g. `{"min_replicas": 2, "max_replicas": 2}`).
+    autoscaling config (e.g. `{"min_replicas": 2, "max_replicas": 2}`). Serve's proxy
+    options are fixed once Serve runs: a later call only deploys the application again.
+
+    Raises: ConfigError (only one of the TLS files, or one that cannot be read).
     """
-    ray_serve.start(http_options={"host": host, "port": port}, logging_config=LOGGING)
+    http_options = {"host": host, "port": port, **tls_options(settings)}
+    ray_serve.start(
+        http_options=http_options, grpc_options=grpc_options(settings), logging_config=LOGGING
+    )
     deployment = INGRESS.options(
         autoscaling_config={**AUTOSCALING, **(replicas or {})},
         ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": settings_env(settings)}},
     )
     ray_serve.run(deployment.bind(), name=APP_NAME, route_prefix="/", logging_config=LOGGING)
-    return f"http://{host}:{port}"
+    scheme = "https" if http_options.get("ssl_certfile") else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+def grpc_options(settings: Settings) -> gRPCOptions | None:
+    """The gRPC proxy on `grpc_port` with our services and reflection; None when 0."""
+    if not settings.grpc_port:
+        return None
+    return gRPCOptions(
+        port=settings.grpc_port, grpc_servicer_functions=SERVICER_FUNCTIONS, enable_reflection=True
+    )
+
+
+def tls_options(settings: Settings) -> dict[str, str]:
+    """Serve's `http_options` for HTTPS. Raises: ConfigError."""
+    files = {"tls_certfile": settings.tls_certfile, "tls_keyfile": settings.tls_keyfile}
+    if not any(files.values()):
+        return {}
+    for name, path in files.items():
+        if path is None:
+            other = next(n for n in files if n != name)
+            raise ConfigError(f"{other} is set but {name} is not: HTTPS needs both")
+        if not path.is_file():
+            raise ConfigError(f"{name}: {str(path)!r} is not a readable file")
+    return {"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
 
 
 def stop_api() -> None:
@@ -104,7 +140,9 @@ __all__ = [
     "ApiIngress",
     "app",
     "build_ingress_app",
+    "grpc_options",
     "settings_env",
     "start_api",
     "stop_api",
+    "tls_options",
 ]

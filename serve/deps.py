@@ -8,8 +8,10 @@ another tenant's ids simply are not found (404).
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ from actors.client import Client
 from actors.system import ensure_supervisor
 from cluster.errors import Unauthorized
 from cluster.security import Security
-from cluster.security_models import Action, Principal
+from cluster.security_models import Action, Principal, SecurityConfig
 from cluster.settings import Settings
 from cluster.store import Store, connect_store, resolve_redis_url
 
@@ -31,20 +33,33 @@ class Services:
         self.settings = settings
         self.redis_url = resolve_redis_url(settings)
         self.store: Store = connect_store(settings, url=self.redis_url)
-        self.security = Security.from_settings(self.store, settings)
+        limits = SecurityConfig(
+            rate_per_key=settings.rate_per_key, rate_per_tenant=settings.rate_per_tenant
+        )
+        self.security = Security.from_settings(self.store, settings, limits)
         self._clients: dict[str, Client] = {}
+        self._building = threading.Lock()
 
     def client(self, tenant: str) -> Client:
-        """The tenant's client (its supervisor is started if it does not run yet)."""
+        """The tenant's client (its supervisor is started if it does not run yet): blocking
+        the first time, so code on the event loop awaits `client_async` first."""
         client = self._clients.get(tenant)
         if client is None:
-            settings = self.settings.model_copy(
-                update={"tenant": tenant, "redis_url": self.redis_url}
-            )
-            store = self.store.for_tenant(tenant)
-            supervisor = ensure_supervisor(settings, self.redis_url)
-            client = self._clients[tenant] = Client(settings, store, supervisor)
+            with self._building:  # one supervisor lookup per tenant, not one per thread
+                client = self._clients.get(tenant)
+                if client is None:
+                    settings = self.settings.model_copy(
+                        update={"tenant": tenant, "redis_url": self.redis_url}
+                    )
+                    store = self.store.for_tenant(tenant)
+                    supervisor = ensure_supervisor(settings, self.redis_url)
+                    client = self._clients[tenant] = Client(settings, store, supervisor)
         return client
+
+    async def client_async(self, tenant: str) -> Client:
+        """`client`, built in a worker thread the first time, so the event loop never waits."""
+        client = self._clients.get(tenant)
+        return client if client is not None else await asyncio.to_thread(self.client, tenant)
 
 
 @dataclass(frozen=True)
@@ -80,15 +95,20 @@ def request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 
 
-def credential(request: Request) -> str:
-    """The bearer token (JWT or API key) or `X-API-Key`. Raises: Unauthorized."""
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
+def header_credential(headers: Mapping[str, str]) -> str | None:
+    """`Authorization: Bearer <JWT or API key>`, else `X-API-Key` (HTTP headers or gRPC
+    metadata, lowercase keys), else None."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    key = request.headers.get("x-api-key", "").strip()
-    if key:
-        return key
+    return headers.get("x-api-key", "").strip() or None
+
+
+def credential(request: Request) -> str:
+    """The bearer token (JWT or API key) or `X-API-Key`. Raises: Unauthorized."""
+    found = header_credential(request.headers)
+    if found:
+        return found
     # Browsers can't set headers on a WebSocket or an EventSource: allow a query parameter.
     token = request.query_params.get("access_token", "").strip()
     if token:
@@ -96,18 +116,40 @@ def credential(request: Request) -> str:
     raise Unauthorized("no credential: send 'Authorization: Bearer <token or API key>'")
 
 
+def authenticated(svc: Services, token: str, request_id: str) -> Caller:
+    """The caller behind a credential, counted against its rate limits (REST and gRPC).
+
+    Raises: Unauthorized, RateLimited, StoreUnavailable.
+    """
+    principal = svc.security.authenticate(token)
+    svc.security.check_rate(principal)
+    return Caller(principal, request_id, svc)
+
+
+async def authorized(who: Caller, action: Action) -> Caller:
+    """The caller, who must hold `action` (denials are audited), with the tenant's client
+    ready unless the action only touches credentials. Raises: Forbidden."""
+    who.services.security.authorize(who.principal, action, request_id=who.request_id)
+    if action not in _CREDENTIAL_ACTIONS:
+        # Routes read `who.client` on the event loop: build it (a blocking supervisor
+        # lookup, the first time for a tenant) in a worker thread now.
+        await who.services.client_async(who.tenant)
+    return who
+
+
+#: Actions that never need the tenant's client (and so never start its supervisor).
+_CREDENTIAL_ACTIONS = frozenset({Action.KEYS_MANAGE, Action.USERS_MANAGE, Action.AUDIT_READ})
+
+
 def caller(request: Request, svc: Services = Depends(services)) -> Caller:  # noqa: B008
     """Authenticate and rate-limit the request. Raises: Unauthorized, RateLimited."""
-    principal = svc.security.authenticate(credential(request))
-    svc.security.check_rate(principal)
-    return Caller(principal, request_id(request), svc)
+    return authenticated(svc, credential(request), request_id(request))
 
 
 def allowed(action: Action) -> Callable[..., Awaitable[Caller]]:
     """A dependency: the caller, who must hold `action` (denials are audited). Raises: Forbidden."""
 
     async def check(who: Caller = Depends(caller)) -> Caller:  # noqa: B008
-        who.services.security.authorize(who.principal, action, request_id=who.request_id)
-        return who
+        return await authorized(who, action)
 
     return check

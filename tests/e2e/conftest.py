@@ -27,7 +27,12 @@ def e2e_ray(ray_session: None) -> None:
 
 @pytest.fixture(scope="session")
 def e2e_settings(valkey_url: str, state_dir: Path) -> Settings:
-    return load_settings(redis_url=valkey_url, state_dir=str(state_dir), reconcile_interval_s=0.5)
+    return load_settings(
+        redis_url=valkey_url,
+        state_dir=str(state_dir),
+        reconcile_interval_s=0.5,
+        grpc_port=free_port(),  # Serve's gRPC proxy, next to the HTTP one
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,267 @@
+"""The gRPC API (serve/protos/dafnck.proto) on the same Serve ingress as REST.
+
+Serve's gRPC proxy calls the ingress method named after the rpc with the request message
+and a `grpc_context`; `GrpcApi` is mixed into `ApiIngress`, so REST and gRPC share the
+replicas, their `Services` and the rules: the credential is `authorization: Bearer ...`
+metadata (or `x-api-key`), checked by `serve.deps.authenticated`/`authorized` as for REST,
+and platform errors become gRPC status codes (`STATUS`) with the message as details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
+from pydantic import BaseModel, ValidationError
+
+from actors.models import DiscoveryCriteria, Task
+from actors.task_records import TaskRecords
+from cluster.errors import DafnckError, InputInvalid, RateLimited, Unauthorized
+from cluster.security_models import Action
+from serve.api_agents import ScaleRequest
+from serve.api_executions import ExecutionRequest
+from serve.api_streams import STREAM_ID, execution_frames
+from serve.api_tasks import start_task
+from serve.deps import Caller, Services, authenticated, authorized, header_credential
+from serve.protos import dafnck_pb2 as pb
+from workflows.execution import Execution
+
+log = logging.getLogger(__name__)
+
+#: What `grpc_servicer_functions` names: the proxy registers both services from these.
+SERVICER_FUNCTIONS = [
+    "serve.protos.dafnck_pb2_grpc.add_OrchestrationServicer_to_server",
+    "serve.protos.dafnck_pb2_grpc.add_WorkflowsServicer_to_server",
+]
+#: The HTTP status a platform error answers with, as a gRPC status code.
+STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+M = TypeVar("M", bound=Message)
+C = TypeVar("C", bound=BaseModel)
+
+
+class RpcFailed(Exception):
+    """Ends a streaming rpc whose status code is already set on its context."""
+
+
+def status_of(exc: DafnckError) -> grpc.StatusCode:
+    return STATUS.get(exc.status_code, grpc.StatusCode.INTERNAL)
+
+
+def _fail(context: Any, exc: BaseException) -> None:
+    """Set the status and details an error answers with (never a trace)."""
+    if isinstance(exc, DafnckError):
+        context.set_code(status_of(exc))
+        context.set_details(exc.message)
+        if isinstance(exc, RateLimited):
+            context.set_trailing_metadata((("retry-after", str(max(1, round(exc.retry_after_s)))),))
+    else:
+        log.exception("gRPC call failed")
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details("the call failed; see the server log")
+
+
+def to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+    return json_format.ParseDict(dict(data), struct_pb2.Struct())
+
+
+def _contract(model: type[C], what: str, **fields: Any) -> C:
+    """The pydantic contract from request fields. Raises: InputInvalid naming every field."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in exc.errors()]
+        raise InputInvalid(what, problems) from None
+
+
+def _execution(execution: Execution) -> pb.ExecutionReply:
+    data = execution.model_dump(mode="json")
+    return pb.ExecutionReply(id=execution.id, status=data["status"], execution=to_struct(data))
+
+
+def _task_record(record: Mapping[str, Any]) -> pb.TaskReply:
+    return pb.TaskReply(id=record["id"], status=record["status"], record=to_struct(record))
+
+
+class GrpcApi:
+    """The rpcs of the Orchestration and Workflows services, as ingress methods."""
+
+    def _services(self) -> Services:
+        from serve.app import connect_services
+
+        return connect_services(self.app)  # type: ignore[attr-defined]
+
+    async def _caller(self, context: Any, action: Action) -> Caller:
+        """Authenticate, rate-limit and authorize the call's credential, as REST does.
+
+        Raises: Unauthorized, RateLimited, Forbidden.
+        """
+        metadata = {k.lower(): v for k, v in context.invocation_metadata()}
+        token = header_credential(metadata)
+        if token is None:
+            raise Unauthorized("no credential: send metadata 'authorization: Bearer <token>'")
+        request_id = metadata.get("request_id") or uuid.uuid4().hex
+        svc = self._services()
+        who = await asyncio.to_thread(authenticated, svc, token, request_id)
+        return await authorized(who, action)
+
+    async def _answer(self, context: Any, empty: M, work: Callable[[], Awaitable[M]]) -> M:
+        """The reply of `work`, or `empty` with the error's status code set on the context."""
+        try:
+            return await work()
+        except Exception as exc:
+            _fail(context, exc)
+            return empty
+
+    # -- Orchestration (method names are the rpc names) --------------------------------------------------------------------
+
+    async def SubmitTask(self, request: pb.SubmitTaskRequest, grpc_context: Any) -> pb.TaskReply:
+        async def work() -> pb.TaskReply:
+            who = await self._caller(grpc_context, Action.TASKS_RUN)
+            task = _contract(Task, "task", **json_format.MessageToDict(request.task))
+            result = await start_task(who, task, request.wait)
+            if result is not None:
+                data = result.model_dump(mode="json")
+                return pb.TaskReply(id=task.id, status=result.status, record=to_struct(data))
+            return _task_record(await TaskRecords(who.client.store).get(task.id))
+
+        return await self._answer(grpc_context, pb.TaskReply(), work)
+
+    async def GetTask(self, request: pb.GetTaskRequest, grpc_context: Any) -> pb.TaskReply:
+        async def work() -> pb.TaskReply:
+            who = await self._caller(grpc_context, Action.TASKS_READ)
+            return _task_record(await TaskRecords(who.client.store).get(request.id))
+
+        return await self._answer(grpc_context, pb.TaskReply(), work)
+
+    async def ListAgents(self, request: pb.ListAgentsRequest, grpc_context: Any) -> pb.AgentsReply:
+        async def work() -> pb.AgentsReply:
+            who = await self._caller(grpc_context, Action.AGENTS_READ)
+            criteria = _contract(
+                DiscoveryCriteria, "agent query", capability=request.capability or None
+            )
+            records = await asyncio.to_thread(who.client.agents.ls, criteria)
+            return pb.AgentsReply(agents=[to_struct(r.model_dump(mode="json")) for r in records])
+
+        return await self._answer(grpc_context, pb.AgentsReply(), work)
+
+    async def ScaleAgent(self, request: pb.ScaleAgentRequest, grpc_context: Any) -> pb.AgentsReply:
+        async def work() -> pb.AgentsReply:
+            who = await self._caller(grpc_context, Action.AGENTS_WRITE)
+            body = _contract(ScaleRequest, "scale request", replicas=request.replicas)
+            with who.audited(Action.AGENTS_WRITE, obj=f"agent:{request.name}"):
+                records = await asyncio.to_thread(
+                    who.client.agents.scale, request.name, body.replicas
+                )
+            return pb.AgentsReply(agents=[to_struct(r.model_dump(mode="json")) for r in records])
+
+        return await self._answer(grpc_context, pb.AgentsReply(), work)
+
+    # -- Workflows ------------------------------------------------------------------------
+
+    async def StartExecution(
+        self, request: pb.StartExecutionRequest, grpc_context: Any
+    ) -> pb.ExecutionReply:
+        async def work() -> pb.ExecutionReply:
+            who = await self._caller(grpc_context, Action.EXECUTIONS_CONTROL)
+            body = _contract(
+                ExecutionRequest,
+                "execution request",
+                workflow=request.workflow,
+                inputs=json_format.MessageToDict(request.inputs),
+                version=request.version or None,
+            )
+            with who.audited(Action.EXECUTIONS_CONTROL, obj=body.workflow):
+                execution = await asyncio.to_thread(
+                    who.client.workflows.run,
+                    body.workflow,
+                    body.inputs,
+                    version=body.version,
+                    wait=False,
+                )
+            return _execution(execution)
+
+        return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def GetExecution(
+        self, request: pb.GetExecutionRequest, grpc_context: Any
+    ) -> pb.ExecutionReply:
+        async def work() -> pb.ExecutionReply:
+            who = await self._caller(grpc_context, Action.EXECUTIONS_READ)
+            return _execution(await asyncio.to_thread(who.client.workflows.status, request.id))
+
+        return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def ApproveStep(
+        self, request: pb.ApproveStepRequest, grpc_context: Any
+    ) -> pb.ExecutionReply:
+        async def work() -> pb.ExecutionReply:
+            who = await self._caller(grpc_context, Action.EXECUTIONS_APPROVE)
+            workflows = who.client.workflows
+            decide = workflows.reject if request.reject else workflows.approve
+            obj = f"{request.execution_id}/{request.step}"
+            with who.audited(Action.EXECUTIONS_APPROVE, obj=obj):
+                done = await asyncio.to_thread(
+                    decide, request.execution_id, request.step, who.principal.subject,
+                    request.reason,
+                )  # fmt: skip
+            return _execution(done)
+
+        return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def CancelExecution(
+        self, request: pb.CancelExecutionRequest, grpc_context: Any
+    ) -> pb.ExecutionReply:
+        async def work() -> pb.ExecutionReply:
+            who = await self._caller(grpc_context, Action.EXECUTIONS_CONTROL)
+            with who.audited(Action.EXECUTIONS_CONTROL, obj=request.id):
+                done = await asyncio.to_thread(
+                    who.client.workflows.cancel, request.id, who.principal.subject, request.reason
+                )
+            return _execution(done)
+
+        return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def WatchExecution(
+        self, request: pb.WatchExecutionRequest, grpc_context: Any
+    ) -> AsyncIterator[pb.ExecutionEvent]:
+        """The execution's events after `cursor`, ending once it has ended.
+
+        An error before the first event sets the status and raises `RpcFailed`: Serve
+        carries a status set on the context of a stream only with an exception.
+        """
+        try:
+            who = await self._caller(grpc_context, Action.EXECUTIONS_READ)
+            after = request.cursor or "0-0"
+            if not STREAM_ID.match(after):
+                raise InputInvalid("cursor", [f"{after!r} is not a stream id like '17-0'"])
+            executions = who.client.workflows.executions
+            await asyncio.to_thread(executions.load, request.id)  # NotFound before streaming
+            async for frame in execution_frames(who, request.id, after):
+                if frame is not None:
+                    event_id, event = frame
+                    yield pb.ExecutionEvent(
+                        id=event_id, type=str(event.get("type", "")), event=to_struct(event)
+                    )
+        except DafnckError as exc:
+            _fail(grpc_context, exc)
+            raise RpcFailed(exc.message) from None
+
+
+__all__ = ["SERVICER_FUNCTIONS", "STATUS", "GrpcApi", "RpcFailed", "status_of", "to_struct"]
