@@ -23,6 +23,7 @@ from pydantic import (
 
 from cluster.contracts import Contract, Record
 from cluster.llm_usage import WorkflowBudget
+from cluster.llm_usage import WorkflowBudget
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
 NAME = r"^[a-z][a-z0-9-]{0,62}$"
@@ -389,6 +390,10 @@ class TaskContext(Contract):
     execution_id: str | None = None
     step_id: str | None = None
     attempt: int = 1
+    #: The workflow's model budget, checked by LLM agents against the execution's usage.
+    budget: WorkflowBudget | None = None
+    #: A person approved going past the budgets for this step: they are not checked.
+    budget_waived: bool = False
     #: The workflow's model budget, checked by LLM agents against the execution's usage.
     budget: WorkflowBudget | None = None
     #: A person approved going past the budgets for this step: they are not checked.
