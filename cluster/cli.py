@@ -115,6 +115,8 @@ def up(
     table = Table(show_header=False, box=None)
     table.add_row("Ray dashboard", dashboard or "(not running)")
     table.add_row("HTTP API", f"{api}/docs" if api else "(off: api_port is 0)")
+    if api and settings.grpc_port:
+        table.add_row("gRPC API", f"{settings.api_host}:{settings.grpc_port} (reflection on)")
     table.add_row("state store", redacted(url))
     table.add_row("tenant", settings.tenant)
     console.print(table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from serve.grpc_api import SERVICER_FUNCTIONS
 from tests.integration.helpers import REPO_ROOT
 
 
@@ -15,6 +16,8 @@ def test_serve_yaml_is_a_valid_serve_deploy_config() -> None:
     assert app.import_path == "serve.deployment:app"
     assert app.route_prefix == "/"
     assert (config.http_options.host, config.http_options.port) == ("127.0.0.1", 8000)
+    assert config.grpc_options.grpc_servicer_functions == SERVICER_FUNCTIONS
+    assert config.grpc_options.enable_reflection
     assert config.logging_config is not None
     assert config.logging_config.encoding == "JSON"
     (deployment,) = app.deployments
