@@ -175,7 +175,7 @@ def load_agent(spec: AgentSpec) -> Implementation:
                 (name, getattr(instance, name), getattr(member, _SKILL_ATTR))
                 for name, member in inspect.getmembers(target)
                 if hasattr(member, _SKILL_ATTR)
-            ]
+            ] + _instance_skills(instance)
             handlers = [
                 n for n, m in inspect.getmembers(target) if getattr(m, _HANDLER_ATTR, False)
             ]
@@ -189,6 +189,12 @@ def load_agent(spec: AgentSpec) -> Implementation:
     except Exception as exc:
         raise SpecInvalid(what, [f"entrypoint: {exc}"]) from None
     return Implementation(_bind(spec, candidates), instance, on_message)
+
+
+def _instance_skills(instance: Any) -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
+    """Skills set on the instance in `__init__`: capabilities that come from the config."""
+    members = getattr(instance, "__dict__", {})
+    return [(n, m, getattr(m, _SKILL_ATTR)) for n, m in members.items() if hasattr(m, _SKILL_ATTR)]
 
 
 def _bind(

@@ -29,6 +29,7 @@ ROUTER_MODULES = [
     "serve.api_streams",
     "serve.api_messages",
     "serve.api_data",
+    "serve.api_a2a",
 ]
 #: Bodies larger than this are refused with 413 before they are read whole.
 MAX_BODY_BYTES = 1024 * 1024
