@@ -3,6 +3,10 @@ JWT negatives, the token endpoint, and a role-by-route matrix."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import re
 import time
 from typing import Any
@@ -10,6 +14,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cluster.auth_tokens import JwtKeyring
 from cluster.security_models import PERMISSIONS, Action, Role
@@ -68,11 +74,40 @@ def test_jwt_negatives_are_401(
         "alg none": jwt.encode(_claims(name), None, algorithm="none", headers={"kid": kid}),
         "tampered": f"{head}.{body}.{tampered_sig}",
         "other key": jwt.encode(_claims(name), "x" * 64, "HS256", headers={"kid": kid}),
+        "not yet valid": jwt.encode(
+            _claims(name, nbf=int(time.time()) + 600), secret, "HS256", headers={"kid": kid}
+        ),
+        "wrong issuer": jwt.encode(
+            _claims(name, iss="someone-else"), secret, "HS256", headers={"kid": kid}
+        ),
+        "unknown kid": jwt.encode(_claims(name), secret, "HS256", headers={"kid": "nope"}),
+        "no kid": jwt.encode(_claims(name), secret, "HS256"),
+        **_confused(_claims(name), kid),
     }
     for why, token in bad.items():
         response = http.get("/v1/agents", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401, (why, response.text)
+        assert response.headers["content-type"] == "application/json", why
+        assert response.json()["error"]["type"] == "Unauthorized", (why, response.text)
         assert secret not in response.text
+
+
+def _confused(claims: dict[str, Any], kid: str) -> dict[str, str]:
+    """Algorithm confusion: an RS256 token, and HS256 "signed" with the RSA public key (the
+    classic attack on verifiers that take the key's type from the token)."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    head = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid})
+                                    .encode()).rstrip(b"=")  # fmt: skip
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
+    signature = hmac.new(public_pem, head + b"." + body, hashlib.sha256).digest()
+    hs_with_public = b".".join([head, body, base64.urlsafe_b64encode(signature).rstrip(b"=")])
+    return {
+        "RS256": jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid}),
+        "HS256 with the public key": hs_with_public.decode(),
+    }
 
 
 @pytest.mark.parametrize("form", [True, False], ids=["form", "json"])
