@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from cluster.redact import mask_registered
+
 #: The ids a record may carry (`extra=` uses the same names).
 FIELDS = ("request_id", "tenant", "agent", "replica", "workflow", "execution_id", "step_id",
           "task_id")  # fmt: skip
@@ -41,6 +43,7 @@ _SECRETS = [
 
 def redact(text: str) -> str:
     """`text` with anything that looks like a credential replaced by `***`."""
+    text = mask_registered(text)  # the exact keys this process resolved (cluster.redact)
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
@@ -103,6 +106,9 @@ def _redact_record(record: logging.LogRecord) -> None:
     cleaned = redact(message)
     if cleaned != message:
         record.msg, record.args = cleaned, None
+    if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+        # A traceback quotes the exception's message, which may carry what a server echoed.
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
 
 
 __all__ = ["FIELDS", "current", "install", "log_context", "redact"]

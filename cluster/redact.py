@@ -1,54 +1,47 @@
-"""Keep secrets (LLM API keys above all) out of logs, errors and anything we store or show.
+"""Keep secrets (LLM API keys above all) out of logs, errors and whatever is stored or shown.
 
-Two nets: the exact values a process resolved as secrets (`register_secret`, called where
-a key is read from its env var or file), and patterns of what keys look like (bearer
-tokens, `sk-...` keys, `api_key=...`). `install()` makes every log record of the process
-pass through `redact` — its message and its traceback — before any handler sees it.
+Two nets: the exact values this process resolved as secrets (`register_secret`, called
+where a key is read from its env var or file), and the patterns of what credentials look
+like (`cluster.logs`: bearer tokens, `sk-...` keys, `api_key=...`). Every log record
+passes through both (`cluster.logs.install`, set up in every process by
+`telemetry.setup_process`); errors built from a provider's answer call `redact` first.
 """
 
 from __future__ import annotations
 
-import logging
-import re
 import threading
 from typing import Any
 
-MASK = "[REDACTED]"
+MASK = "***"
 #: Shorter values are too likely to occur by chance to be replaced everywhere.
 _MIN_SECRET_LEN = 8
 
-_secrets: set[str] = set()
+_secrets: tuple[str, ...] = ()
 _lock = threading.Lock()
-_installed = False
-
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1\2{MASK}"),
-    (re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{12,}"), MASK),
-    (
-        re.compile(
-            r"(?i)((?:api[_-]?key|x-api-key|authorization|client[_-]?secret|password)"
-            r"[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])[^\s\"',;}]{8,}"
-        ),
-        rf"\1{MASK}",
-    ),
-]
 
 
 def register_secret(value: str | None) -> None:
     """Remember a secret this process holds, so `redact` removes it wherever it appears."""
-    if value and len(value.strip()) >= _MIN_SECRET_LEN:
+    global _secrets
+    value = (value or "").strip()
+    if len(value) >= _MIN_SECRET_LEN and value not in _secrets:
         with _lock:
-            _secrets.add(value.strip())
+            _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
+
+
+def mask_registered(text: str) -> str:
+    """`text` with every registered secret replaced by `MASK` (longest first)."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def redact(text: str) -> str:
-    """`text` with every registered secret and everything shaped like a key masked."""
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+    """`text` with every registered secret and everything shaped like a credential masked."""
+    from cluster.logs import redact as by_pattern
+
+    return by_pattern(mask_registered(text))
 
 
 def redact_value(value: Any) -> Any:
@@ -62,36 +55,4 @@ def redact_value(value: Any) -> Any:
     return value
 
 
-def _scrub(record: logging.LogRecord) -> None:
-    try:
-        message = record.getMessage()
-    except Exception:  # a malformed record is the logging module's to report, not ours
-        return
-    clean = redact(message)
-    if clean != message:
-        record.msg, record.args = clean, None
-    if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-        text = logging.Formatter().formatException(record.exc_info)
-        record.exc_text = redact(text)
-    if record.stack_info:
-        record.stack_info = redact(record.stack_info)
-
-
-def install() -> None:
-    """Redact every log record this process creates from now on (idempotent)."""
-    global _installed
-    with _lock:
-        if _installed:
-            return
-        _installed = True
-    previous = logging.getLogRecordFactory()
-
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
-        _scrub(record)
-        return record
-
-    logging.setLogRecordFactory(factory)
-
-
-__all__ = ["MASK", "install", "redact", "redact_value", "register_secret"]
+__all__ = ["MASK", "mask_registered", "redact", "redact_value", "register_secret"]

@@ -208,5 +208,5 @@ async def test_a_reply_without_usage_is_refused(store: Store) -> None:
     async def bare() -> dict[str, Any]:
         return {"model": "m", "text": "hi"}
 
-    with pytest.raises(TaskFailed, match="usage.input_tokens"):
+    with pytest.raises(TaskFailed, match=r"usage\.input_tokens"):
         await effects(store).model_call(0, bare, 10)
