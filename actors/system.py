@@ -85,6 +85,10 @@ class SupervisorActor:
         await self._ready.wait()
         return True
 
+    async def store_url(self) -> str:
+        """The Redis URL this supervisor keeps state in, for drivers that join the cluster."""
+        return self._settings.redis_url or ""
+
     async def create_agent(self, spec: AgentSpec) -> AgentRecord:
         await self._ready.wait()
         return await self._core.create_agent(spec)
@@ -215,6 +219,18 @@ def ensure_supervisor(settings: Settings, redis_url: str) -> Any:
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
         raise ClusterUnavailable(f"the supervisor did not start: {exc}") from None
     return handle
+
+
+def joined_store_url(tenant: str) -> str | None:
+    """The running supervisor's Redis URL, so a driver joining a cluster (a Ray job's) keeps
+    state in the same store instead of starting an embedded one of its own."""
+    handle = find_supervisor(tenant)
+    if handle is None:
+        return None
+    try:
+        return str(ray.get(handle.store_url.remote(), timeout=30)) or None
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return None
 
 
 def find_supervisor(tenant: str) -> Any | None:

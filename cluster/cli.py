@@ -72,7 +72,20 @@ def _options(
 def _client(missing: str = "start_head") -> Any:
     from actors.client import connect
 
-    return connect(_State.address, _State.settings(), missing=missing)  # type: ignore[arg-type]
+    settings = _State.settings()
+    if settings.redis_url is None and (_State.address or settings.ray_address):
+        settings = _joined_store(settings)
+    return connect(_State.address, settings, missing=missing)  # type: ignore[arg-type]
+
+
+def _joined_store(settings: Settings) -> Settings:
+    """On a cluster joined by address (a Ray job's driver), use the store its supervisor uses."""
+    from actors.system import joined_store_url
+    from cluster.ray_runtime import init_ray
+
+    init_ray(settings, _State.address, missing="fail")
+    url = joined_store_url(settings.tenant)
+    return settings.model_copy(update={"redis_url": url}) if url else settings
 
 
 def _print_json(data: Any) -> None:
@@ -329,6 +342,54 @@ def run(
     if done.error:
         err.print(f"[red]{done.status.value}:[/] {escape(done.error.message)}")
     raise typer.Exit(EXIT_CODES.get(done.status.value, 4))
+
+
+@app.command()
+def submit(
+    file: Annotated[
+        Path, typer.Argument(help="A workflow YAML file (path inside the working dir).")
+    ],
+    input: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="KEY=VALUE; repeat.")
+    ] = None,
+    agents: Annotated[
+        list[Path] | None, typer.Option("--agents", help="Agent specs to apply first; repeat.")
+    ] = None,
+    runtime_env: Annotated[
+        Path | None, typer.Option(help="runtime_env YAML (default configs/runtime_env.yaml).")
+    ] = None,
+    submission_id: Annotated[
+        str | None, typer.Option(help="Idempotency key: the same id again submits nothing.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job and print its logs.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 3600,
+) -> None:
+    """Run the workflow in FILE as a Ray job (`dafnck run` on the cluster's driver).
+
+    The job server is --address when it is http(s)://HEAD:8265, else the dashboard of the
+    cluster this machine joins. Exit code with --wait: 0 succeeded, 1 otherwise.
+    """
+    from cluster import jobs
+
+    settings = _State.settings()
+    env_file = runtime_env or (
+        jobs.DEFAULT_RUNTIME_ENV if jobs.DEFAULT_RUNTIME_ENV.exists() else None
+    )
+    job = jobs.JobSubmission(
+        workflow_file=str(file), inputs=input or [], agents=[str(a) for a in agents or []],
+        runtime_env=jobs.load_runtime_env(env_file, settings.tenant), tenant=settings.tenant,
+        **({"submission_id": submission_id} if submission_id else {}),
+    )  # fmt: skip
+    jobs.workflow_name(file)  # a missing or nameless file fails here, not on the cluster
+    client = jobs.job_client(jobs.dashboard_address(settings, _State.address))
+    job_id, submitted = jobs.submit(client, job)
+    console.print(f"job {job_id} " + ("submitted" if submitted else "already submitted"))
+    if not wait:
+        return
+    status = jobs.wait(client, job_id, timeout)
+    sys.stdout.write(client.get_job_logs(job_id))
+    console.print(f"job {job_id}: {status}")
+    raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
 
 @exec_app.command("ls")
