@@ -23,7 +23,6 @@ from pydantic import (
 
 from cluster.contracts import Contract, Record
 from cluster.llm_usage import WorkflowBudget
-from cluster.llm_usage import WorkflowBudget
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
 NAME = r"^[a-z][a-z0-9-]{0,62}$"
@@ -394,10 +393,9 @@ class TaskContext(Contract):
     budget: WorkflowBudget | None = None
     #: A person approved going past the budgets for this step: they are not checked.
     budget_waived: bool = False
-    #: The workflow's model budget, checked by LLM agents against the execution's usage.
-    budget: WorkflowBudget | None = None
-    #: A person approved going past the budgets for this step: they are not checked.
-    budget_waived: bool = False
+    #: The workflow engine's attempt of the step (`attempt` also counts the router's
+    #: retries after a replica died): LLM replies are cached per step attempt.
+    step_attempt: int | None = Field(default=None, ge=1)
 
 
 class Task(Contract):
