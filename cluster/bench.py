@@ -392,11 +392,19 @@ def api_suite(client: Client, quick: bool) -> list[Result]:
     return run_api_suite(client, quick)
 
 
+def scale_suite(client: Client, quick: bool) -> list[Result]:
+    """Throughput as a pool grows from 1 to 8 replicas; a pool's growth under a burst."""
+    from cluster.bench_scale import run_scale_suite
+
+    return run_scale_suite(client, quick)
+
+
 SUITES: dict[str, Suite] = {
     "tasks": tasks_suite,
     "workflows": workflows_suite,
     "hub": hub_suite,
     "api": api_suite,
+    "scale": scale_suite,
 }
 
 

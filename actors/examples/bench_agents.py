@@ -12,3 +12,11 @@ async def noop(n: int = 0) -> int:
 async def step(n: int = 0) -> int:
     """Add one, so a chain's output proves every step ran."""
     return n + 1
+
+
+async def wait_io(ms: float = 20) -> float:
+    """Wait on "I/O" (a sleep): throughput then measures orchestration, not this machine's CPUs."""
+    import asyncio
+
+    await asyncio.sleep(ms / 1000)
+    return ms
