@@ -50,7 +50,7 @@ class AgentRuntime:
         self.in_flight += 1
         try:
             async with asyncio.timeout(task.timeout_s or self.spec.timeout_s):
-                output = await self.skills[task.capability](task.input)
+                output = await self.skills[task.capability].run(task)
         except Exception as exc:  # a skill's failure is the task's result, not ours
             self.failed += 1
             return self._result(task, started, error=_error_info(exc, task, self.spec))
@@ -140,7 +140,7 @@ class AgentActor:
         self._error: SpecInvalid | None = None
         self._state: ReplicaState | None = None
         try:
-            self._impl = load_agent(spec)
+            self._impl = load_agent(spec, config.settings)
             self._core = AgentRuntime(spec, config.name, self._impl.skills)
         except SpecInvalid as exc:  # reported by describe(), so the supervisor can say why
             self._error = exc

@@ -111,6 +111,8 @@ class MCPServer(Contract):
     command: list[str] | None = Field(default=None, min_length=1)
     #: Extra environment for the stdio server (values, so never put a secret here).
     env: dict[str, str] = {}
+    #: Working directory of the stdio server (default: the replica's).
+    cwd: str | None = None
     #: streamable HTTP transport: the server's MCP endpoint, e.g. http://host:8000/mcp.
     url: str | None = Field(default=None, pattern=r"^https?://")
     #: Only these of the server's tools (default: all it lists).
@@ -200,6 +202,8 @@ class LLMConfig(Contract):
     timeout_s: float = Field(default=60, gt=0)
     #: The SDK's own retries (429 honouring Retry-After, 5xx, timeouts); ours never stack.
     max_retries: int = Field(default=2, ge=0, le=10)
+    #: Stream the reply's tokens to live consumers as `task.token` events.
+    stream: bool = False
     #: JSON schema (or a pydantic model, or `module:Model`) the final reply must satisfy.
     output_schema: Annotated[dict[str, Any] | None, BeforeValidator(_schema_of)] = None
     #: How often the model is asked for a reply that parses and validates.

@@ -13,12 +13,15 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from actors.models import AgentSpec, SkillInfo
+from actors.models import AgentSpec, SkillInfo, Task
 from cluster.errors import InputInvalid, SpecInvalid
+
+if TYPE_CHECKING:
+    from cluster.settings import Settings
 
 _SKILL_ATTR = "__dafnck_skill__"
 _HANDLER_ATTR = "__dafnck_handler__"
@@ -56,6 +59,10 @@ class Skill:
             input_schema=self.input_model.model_json_schema(),
             description=self.description,
         )
+
+    async def run(self, task: Task) -> Any:
+        """Run the skill on a task's input (an llm skill also reads the task's ids)."""
+        return await self(task.input)
 
     async def __call__(self, data: dict[str, Any]) -> Any:
         """Validate `data` and run the skill; sync skills run in a worker thread.
@@ -154,8 +161,11 @@ def build_skills(spec: AgentSpec) -> dict[str, Skill]:
     return load_agent(spec).skills
 
 
-def load_agent(spec: AgentSpec) -> Implementation:
+def load_agent(spec: AgentSpec, settings: Settings | None = None) -> Implementation:
     """Instantiate the spec's entrypoint: its skills, instance and message handler.
+
+    An `llm` agent is built by `actors.llm` (with `settings`, a pool replica's, its
+    effects are durable and it may delegate to other agents).
 
     Raises:
         SpecInvalid: the entrypoint cannot be loaded or its skills don't match the
@@ -164,7 +174,7 @@ def load_agent(spec: AgentSpec) -> Implementation:
     if spec.kind == "llm":
         from actors.llm import load_llm_agent
 
-        return load_llm_agent(spec)
+        return load_llm_agent(spec, settings)
     what = f"agent {spec.agent_id!r}"
     instance = on_message = None
     try:
