@@ -55,7 +55,9 @@ class LLMEffects:
         self.execution_id = context.execution_id
         scope = context.execution_id or f"task:{task.id}"
         self.step = context.step_id or "-"
-        self.attempt = context.attempt
+        #: Replies are cached per step attempt; the router's retries (after a replica died)
+        #: and tasks outside a workflow go on under the same one, replaying what is done.
+        self.attempt = context.step_attempt or 1
         self.journal = Journal(store, scope, self.step, self.attempt)
         self.ledger = UsageLedger(store)
         self.limiter = RateLimiter(store, prices)

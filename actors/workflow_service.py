@@ -62,9 +62,13 @@ class AgentDispatcher:
             capability = capabilities.pop()
         context = TaskContext(
             tenant=self.registry.store.tenant,
+            workflow_id=request.workflow or None,
             execution_id=request.execution_id,
             step_id=request.step_id,
             attempt=request.attempt,
+            step_attempt=request.attempt,
+            budget=request.budget,
+            budget_waived=request.budget_waived,
         )
         return Task(
             capability=capability,

@@ -30,6 +30,7 @@ from workflows.execution import (
     StepStatus,
 )
 from workflows.expressions import compile_expr, render
+from workflows.spec import Approval as Gate
 from workflows.spec import StepSpec, WorkflowSpec
 from workflows.store import ExecutionStore
 from workflows.validate import effective_needs
@@ -51,6 +52,10 @@ class StepRequest:
     timeout_s: float | None
     #: The same for every attempt and after a supervisor restart, so agents can deduplicate.
     idempotency_key: str
+    workflow: str = ""
+    #: The workflow's model budget (a `WorkflowBudget`), unless a person waived it here.
+    budget: Any = None
+    budget_waived: bool = False
 
 
 @dataclass
@@ -255,6 +260,10 @@ class WorkflowEngine:
             execution = self.store.load(execution_id)
             _, spec = self._load_spec(execution.workflow, execution.version)
             for state in execution.steps.values():
+                if state.status == StepStatus.RUNNING:
+                    # An attempt cut short goes on under its own number, so what its agent
+                    # journalled (LLM replies, tool results) still applies.
+                    state.attempts = max(state.attempts - 1, 0)
                 if state.status in (
                     StepStatus.RUNNING,
                     StepStatus.QUEUED,
@@ -510,18 +519,21 @@ class WorkflowEngine:
             error = state.error or error
         self._step_done(run, step.id, StepStatus.FAILED, "step.failed", error=error)
 
-    async def _approved(self, run: Run, step: StepSpec) -> bool:
-        """Wait at the step's gate; False when the step ended there (rejected or failed)."""
-        state = run.state(step.id)
-        if state.approval and state.approval.decision == "approved":
+    async def _approved(
+        self, run: Run, step: StepSpec, gate: Gate | None = None, key: str | None = None
+    ) -> bool:
+        """Wait at the step's gate (or `gate`, for item `key`). Raises: StepFailed (rejected)."""
+        key = key or step.id
+        state = run.state(key)
+        if gate is None and state.approval and state.approval.decision == "approved":
             return True  # decided before a restart
-        gate = step.approval
+        gate = gate or step.approval
         assert gate is not None
         deadline = (state.started_at or time.time()) + gate.timeout_s if gate.timeout_s else None
         state.started_at = state.started_at or time.time()
         self._change(
             run,
-            step.id,
+            key,
             StepStatus.WAITING_APPROVAL,
             "step.waiting_approval",
             data={"prompt": render(gate.prompt, self._context(run))},
@@ -531,7 +543,7 @@ class WorkflowEngine:
                 run, ExecutionStatus.WAITING_APPROVAL, "execution.waiting_approval"
             )
         future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
-        run.gates[step.id] = _Gate(future, deadline)
+        run.gates[key] = _Gate(future, deadline)
         try:
             timeout = max(deadline - time.time(), 0) if deadline else None
             decision = await asyncio.wait_for(future, timeout)
@@ -543,14 +555,12 @@ class WorkflowEngine:
                 decision=outcome, by="timeout", reason=f"no decision in {gate.timeout_s}s"
             )
         finally:
-            run.gates.pop(step.id, None)
+            run.gates.pop(key, None)
         state.approval = decision
         if run.execution.status == ExecutionStatus.WAITING_APPROVAL and not run.gates:
             await self._set_status(run, ExecutionStatus.RUNNING, "execution.running")
         if decision.decision == "approved":
-            self._change(
-                run, step.id, StepStatus.QUEUED, "step.approved", data=decision.model_dump()
-            )
+            self._change(run, key, StepStatus.QUEUED, "step.approved", data=decision.model_dump())
             return True
         error_type = "Rejected" if decision.decision == "rejected" else "ApprovalTimeout"
         raise StepFailed(
@@ -639,6 +649,9 @@ class WorkflowEngine:
                 state.attempts,
                 step.timeout_s,
                 f"{run.execution.id}/{key}",
+                run.execution.workflow,
+                run.spec.budget,
+                state.budget_waived,
             )
             work = (
                 self._child(run, step, key, data)
@@ -652,6 +665,9 @@ class WorkflowEngine:
                 error = _error(exc)
             if error is None:
                 return outcome.output
+            if error.type == "BudgetNeedsApproval" and not state.budget_waived:
+                await self._budget_gate(run, step, key, error)
+                continue
             if not self._retryable(step, error, state.attempts):
                 raise StepFailed(error)
             delay = step.retry.delay_s(state.attempts + 1)
@@ -663,6 +679,22 @@ class WorkflowEngine:
                 data={"attempt": state.attempts, "error": error.model_dump(), "delay_s": delay},
             )
             await asyncio.sleep(delay)
+
+    async def _budget_gate(self, run: Run, step: StepSpec, key: str, error: StepError) -> None:
+        """Hold the step that ran out of budget for a person; approving waives the budget
+        for the rest of this step, whose attempt goes on (its replies replay for free).
+
+        Raises: StepFailed (rejected).
+        """
+        prompt = f"{error.message}; approve to let step {key!r} go on past the budget"
+        state = run.state(key)
+        state.attempts -= 1  # the same attempt goes on (also when resumed at the gate)
+        try:
+            await self._approved(run, step, Gate(prompt=prompt), key)
+        except StepFailed:
+            state.attempts += 1
+            raise
+        state.budget_waived = True
 
     async def _child(self, run: Run, step: StepSpec, key: str, data: dict[str, Any]) -> StepOutcome:
         """Run a sub-workflow; after a restart, wait for the child started before it."""

@@ -79,6 +79,8 @@ class StepState(Record):
     approval: Approval | None = None
     #: Set while the step runs as another step's fallback, or as a sub-workflow.
     child_execution: str | None = None
+    #: A person approved this step past the workflow's budget: it is no longer checked.
+    budget_waived: bool = False
 
 
 class Execution(Record):

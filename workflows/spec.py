@@ -31,6 +31,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cluster.errors import InputInvalid
+from cluster.llm_usage import WorkflowBudget
 
 # Same patterns as actors.models (workflows may not import actors).
 NAME = r"^[a-z][a-z0-9-]{0,62}$"
@@ -276,6 +277,9 @@ class WorkflowSpec(Contract):
     outputs: dict[str, str] = {}
     steps: list[StepSpec] = Field(min_length=1)
     triggers: list[Trigger] = []
+    #: What one execution may spend on models (LLM agents check it before each call);
+    #: `on_exceed: approval` holds the step that ran out at an approval gate.
+    budget: WorkflowBudget | None = None
 
     @field_validator("inputs")
     @classmethod
@@ -346,6 +350,7 @@ __all__ = [
     "StepRetry",
     "StepSpec",
     "Trigger",
+    "WorkflowBudget",
     "WorkflowSpec",
     "type_matches",
 ]

@@ -34,7 +34,9 @@ def task(attempt: int = 1, execution: str | None = "e1", **context: Any) -> Task
     return Task(
         id="t1",
         capability="text.write",
-        context=TaskContext(execution_id=execution, step_id="draft", attempt=attempt, **context),
+        context=TaskContext(
+            execution_id=execution, step_id="draft", step_attempt=attempt, **context
+        ),
     )
 
 
@@ -80,6 +82,10 @@ async def test_another_attempt_or_turn_calls_the_model_again(store: Store) -> No
     await effects(store).model_call(0, model, 10)
     await effects(store).model_call(1, model, 10)
     await effects(store, t=task(attempt=2)).model_call(0, model, 10)
+    assert model.calls == 3
+    # the router's retry after a replica died is the same step attempt: it replays
+    retried = task(attempt=2).context.model_copy(update={"attempt": 2})
+    await effects(store, t=task().model_copy(update={"context": retried})).model_call(0, model, 10)
     assert model.calls == 3
 
 
