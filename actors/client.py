@@ -35,6 +35,7 @@ from cluster.errors import DafnckError, SpecInvalid
 from cluster.ray_runtime import Missing, init_ray
 from cluster.settings import Settings, load_settings
 from cluster.store import Store, connect_store, resolve_redis_url
+from cluster.tracing import current_traceparent
 from cluster.yamlfile import parse_models
 from workflows.execution import Event, Execution, ExecutionStatus
 from workflows.loader import load_workflow_specs
@@ -165,7 +166,9 @@ class Workflows:
         """
         execution_id = new_id()  # so a retried call after a supervisor restart starts it once
         execution = call(
-            self._supervisor.execute_workflow.remote(name, inputs, version, execution_id)
+            self._supervisor.execute_workflow.remote(
+                name, inputs, version, execution_id, current_traceparent()
+            )
         )
         return self.wait(execution.id, timeout_s) if wait else execution
 

@@ -87,6 +87,29 @@ def install() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def json_lines_in_worker(level: str = "INFO") -> None:
+    """In a Ray worker whose job set no `LoggingConfig`, log JSON lines as one would have.
+
+    Ray's JSON formatter and its context filter (job, worker, actor, task ids) write to
+    stderr, which Ray keeps in the worker's `.err` file; `dafnck executions logs` reads them.
+    """
+    import ray
+
+    root = logging.getLogger()
+    if root.handlers or not ray.is_initialized():
+        return
+    if ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return
+    from ray._common.filters import CoreContextFilter
+    from ray._common.formatters import JSONFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter())
+    handler.addFilter(CoreContextFilter())
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def _add_trace(record: logging.LogRecord) -> None:
     from opentelemetry import trace
 
@@ -111,4 +134,4 @@ def _redact_record(record: logging.LogRecord) -> None:
         record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
 
 
-__all__ = ["FIELDS", "current", "install", "log_context", "redact"]
+__all__ = ["FIELDS", "current", "install", "json_lines_in_worker", "log_context", "redact"]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 
 from cluster.logs import install as _install_logs
-from cluster.logs import log_context, redact
+from cluster.logs import json_lines_in_worker, log_context, redact
 from cluster.metrics import LLM_CALLS, record_tokens
 from cluster.settings import Settings
 from cluster.tracing import (
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 def setup_process(settings: Settings, service: str, *, redis_url: str | None = None) -> None:
     """Log context on every record and this process's tracer; safe to call again."""
     _install_logs()
+    try:
+        json_lines_in_worker(settings.log_level)
+    except Exception:  # logging as before is better than no process
+        log.warning("could not set up JSON logs", exc_info=True)
     try:
         setup_tracing(settings, service, redis_url=redis_url)
     except Exception:  # an exporter that cannot start must not stop the process

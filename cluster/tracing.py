@@ -115,6 +115,11 @@ def enabled() -> bool:
     return _provider is not None
 
 
+def active() -> bool:
+    """Whether a span is current (so work started now belongs to a trace)."""
+    return trace.get_current_span().get_span_context().is_valid
+
+
 # -- propagation ----------------------------------------------------------------------------
 
 
@@ -133,6 +138,20 @@ def context_from(traceparent: str | None) -> otel_context.Context | None:
         return None
     ctx = _PROPAGATOR.extract({"traceparent": traceparent})
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+
+
+@contextlib.contextmanager
+def remote_parent(traceparent: str | None) -> Iterator[None]:
+    """Make a carried `traceparent` the current context for the block (no span of its own)."""
+    ctx = context_from(traceparent)
+    if ctx is None:
+        yield
+        return
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 # -- spans ------------------------------------------------------------------------------------
@@ -208,6 +227,13 @@ def use_span(s: Span) -> Iterator[Span]:
         otel_context.detach(token)
 
 
+def tag_tenant(tenant: str) -> None:
+    """Say whose the current span is (the span store keeps it under that tenant)."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        current.set_attribute(TENANT, tenant)
+
+
 def mark_error(s: Span, message: str) -> None:
     s.set_status(Status(StatusCode.ERROR, message))
 
@@ -266,6 +292,7 @@ def tool_span(tool: str, attributes: Mapping[str, Any] | None = None) -> Iterato
 __all__ = [
     "EXECUTION",
     "TENANT",
+    "active",
     "context_from",
     "current_traceparent",
     "enabled",
@@ -274,10 +301,12 @@ __all__ = [
     "llm_span",
     "llm_usage",
     "mark_error",
+    "remote_parent",
     "setup_tracing",
     "shutdown",
     "span",
     "start_span",
+    "tag_tenant",
     "tool_span",
     "traceparent_of",
     "use_span",

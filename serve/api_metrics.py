@@ -1,8 +1,11 @@
-"""`/metrics` in Prometheus text, and the middleware that counts requests.
+"""`/metrics` in Prometheus text, and the middleware that counts and traces requests.
 
-Labels come from bounded sets only: the method, the route *template* (`/v1/agents/{agent_id}`,
-never the raw path; unmatched paths are "unmatched") and the status code. Counts are per
-API replica; Prometheus sums replicas when it scrapes each (or through Serve's own metrics).
+Every `dafnck_*` metric is defined in `cluster.metrics`; this replica serves its own values
+(its requests, the tasks it routed, its cache). Actors' metrics (pools, executions,
+replicas) go through `ray.util.metrics` to Ray's Prometheus export. Labels come from bounded
+sets only: the method, the route *template* (`/v1/agents/{agent_id}`, never the raw path;
+unmatched paths are "unmatched") and the status code. Each request is a SERVER span named
+after its route template, child of an incoming `traceparent` header.
 """
 
 from __future__ import annotations
@@ -11,24 +14,17 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from opentelemetry.trace import SpanKind
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import generate_latest as _generate_latest
 
+from cluster import tracing
+from cluster.logs import log_context
+from cluster.metrics import HTTP_REQUESTS, HTTP_SECONDS, REGISTRY
 from serve.deps import Caller, caller
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-REQUESTS = Counter(
-    "dafnck_http_requests",
-    "HTTP requests answered, by method, route template and status.",
-    ["method", "route", "status"],
-    registry=REGISTRY,
-)
-LATENCY = Histogram(
-    "dafnck_http_request_duration_seconds",
-    "HTTP request latency, by method and route template.",
-    ["method", "route"],
-    registry=REGISTRY,
-)
+#: The metrics this module records (kept as names for callers of the old module).
+REQUESTS, LATENCY = HTTP_REQUESTS, HTTP_SECONDS
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 router = APIRouter(tags=["metrics"])
@@ -47,21 +43,40 @@ def route_template(request: Request) -> str:
 
 
 def install(app: FastAPI) -> None:
-    """Count every request by route template and status (outermost, so 401s count too)."""
+    """Count and trace every request by route template and status (outermost, so 401s
+    count too)."""
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Any:
         started = time.perf_counter()
         status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            method = request.method if request.method in _METHODS else "OTHER"
-            route = route_template(request)
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(time.perf_counter() - started)
+        method = request.method if request.method in _METHODS else "OTHER"
+        request_id = request.headers.get("x-request-id")
+        with (
+            log_context(request_id=request_id),
+            tracing.span(f"HTTP {method}", parent=request.headers.get("traceparent"),
+                         kind=SpanKind.SERVER,
+                         attributes={"http.request.method": method,
+                                     "dafnck.request_id": request_id}) as span,
+        ):  # fmt: skip
+            try:
+                response = await call_next(request)
+                status = response.status_code
+                return response
+            finally:
+                route = route_template(request)
+                HTTP_REQUESTS.inc(method=method, route=route, status=str(status))
+                HTTP_SECONDS.observe(time.perf_counter() - started, method=method, route=route)
+                _name(span, method, route, status)
 
 
-__all__ = ["LATENCY", "REGISTRY", "REQUESTS", "install", "router"]
+def _name(span: Any, method: str, route: str, status: int) -> None:
+    if span.is_recording():
+        span.update_name(f"HTTP {method} {route}")
+        span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            tracing.mark_error(span, str(status))
+
+
+__all__ = ["LATENCY", "REGISTRY", "REQUESTS", "install", "route_template", "router"]

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from cluster import telemetry
 from cluster.settings import Settings
 from serve import errors
 from serve.deps import Services
@@ -30,6 +31,7 @@ ROUTER_MODULES = [
     "serve.api_messages",
     "serve.api_data",
     "serve.api_a2a",
+    "serve.api_traces",
 ]
 #: Bodies larger than this are refused with 413 before they are read whole.
 MAX_BODY_BYTES = 1024 * 1024
@@ -46,6 +48,7 @@ def build_app(
     )
     app.state.settings = settings
     app.state.services = None  # connected lazily, on the first request that needs them
+    telemetry.setup_process(settings, "api")  # spans from the first request on, if it can
     errors.install(app)
     app.add_middleware(
         CORSMiddleware, allow_origins=cors_origins or [], allow_methods=["*"], allow_headers=["*"]
@@ -75,4 +78,7 @@ def connect_services(app: FastAPI) -> Services:
     """The replica's services, connected on first use (the store, security, tenant clients)."""
     if app.state.services is None:
         app.state.services = Services(app.state.settings)
+        telemetry.setup_process(
+            app.state.settings, "api", redis_url=app.state.services.redis_url
+        )
     return app.state.services  # type: ignore[no-any-return]

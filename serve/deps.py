@@ -24,6 +24,7 @@ from cluster.security import Security
 from cluster.security_models import Action, Principal, SecurityConfig
 from cluster.settings import Settings
 from cluster.store import Store, connect_store, resolve_redis_url
+from cluster.tracing import tag_tenant
 
 
 class Services:
@@ -143,7 +144,9 @@ _CREDENTIAL_ACTIONS = frozenset({Action.KEYS_MANAGE, Action.USERS_MANAGE, Action
 
 def caller(request: Request, svc: Services = Depends(services)) -> Caller:  # noqa: B008
     """Authenticate and rate-limit the request. Raises: Unauthorized, RateLimited."""
-    return authenticated(svc, credential(request), request_id(request))
+    who = authenticated(svc, credential(request), request_id(request))
+    tag_tenant(who.tenant)  # the request's span is kept with the tenant's traces
+    return who
 
 
 def allowed(action: Action) -> Callable[..., Awaitable[Caller]]:

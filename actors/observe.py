@@ -1,0 +1,274 @@
+"""Metrics and spans of the agent layer, kept out of the cores they watch.
+
+- `TaskMeter`: the router's count, latency and in-flight of tasks, and its "task <capability>"
+  CLIENT span whose traceparent the task carries to the replica;
+- `task_scope`: the replica's SERVER span (child of that traceparent) and log ids;
+- `TracedDispatcher`: a "step <id>" span per step attempt, child of the execution's span;
+- `WorkflowObserver`: the execution store's mirror, so every execution and step event also
+  moves the metrics and opens or ends the execution's span;
+- `record_pools`: the supervisor's pool gauges after each reconcile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from opentelemetry.trace import Span, SpanKind
+
+from actors.models import Task, TaskResult
+from cluster import metrics, tracing
+from cluster.logs import log_context
+
+log = logging.getLogger(__name__)
+
+
+class TaskMeter:
+    """Counts one router's tasks from first send to final result (retries included)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[float, Span | None]] = {}
+        self._in_flight: dict[str, int] = {}
+
+    def begin(self, task: Task) -> Task:
+        """Called on every send; the first one starts the clock (and the span, if traced)."""
+        if task.id in self._open:
+            return task
+        span = None
+        if tracing.enabled() and (task.context.traceparent or tracing.active()):
+            span = tracing.start_span(
+                f"task {task.capability}",
+                parent=task.context.traceparent,
+                kind=SpanKind.CLIENT,
+                attributes=_task_attributes(task),
+            )
+            context = task.context.model_copy(update={"traceparent": tracing.traceparent_of(span)})
+            task = task.model_copy(update={"context": context})
+        self._open[task.id] = (time.perf_counter(), span)
+        count = self._in_flight[task.capability] = self._in_flight.get(task.capability, 0) + 1
+        metrics.TASKS_IN_FLIGHT.set(count, capability=task.capability)
+        return task
+
+    def end(self, task: Task, result: TaskResult) -> None:
+        opened = self._open.pop(task.id, None)
+        if opened is None:
+            return
+        started, span = opened
+        outcome = result.status if result.ok or result.error is None else "failed"
+        metrics.TASKS.inc(capability=task.capability, outcome=outcome)
+        metrics.TASK_SECONDS.observe(
+            time.perf_counter() - started, capability=task.capability, outcome=outcome
+        )
+        count = self._in_flight[task.capability] = self._in_flight[task.capability] - 1
+        metrics.TASKS_IN_FLIGHT.set(count, capability=task.capability)
+        if span is not None:
+            span.set_attribute("dafnck.agent", result.agent)
+            span.set_attribute("dafnck.attempts", result.attempts)
+            tracing.end_span(span, result.error.type if result.error else None)
+
+
+def _task_attributes(task: Task) -> dict[str, Any]:
+    ctx = task.context
+    return {
+        "dafnck.task_id": task.id,
+        "dafnck.capability": task.capability,
+        tracing.TENANT: ctx.tenant,
+        tracing.EXECUTION: ctx.execution_id,
+        "dafnck.step_id": ctx.step_id,
+        "dafnck.attempt": ctx.attempt,
+    }
+
+
+@contextlib.contextmanager
+def task_scope(task: Task, agent_id: str, replica: str) -> Iterator[Callable[[Any], Any]]:
+    """Around a replica's task: its SERVER span and the ids on its log lines.
+
+    Yields `done(result_dict_or_model)`, which marks a failed result on the span.
+    """
+    ctx = task.context
+    attributes = {**_task_attributes(task), "dafnck.agent": agent_id, "dafnck.replica": replica}
+    with (
+        log_context(tenant=ctx.tenant, agent=agent_id, replica=replica, task_id=task.id,
+                    workflow=ctx.workflow_id, execution_id=ctx.execution_id,
+                    step_id=ctx.step_id),
+        tracing.span(f"agent.run {task.capability}", parent=ctx.traceparent,
+                     kind=SpanKind.SERVER, attributes=attributes, root=False) as span,
+    ):  # fmt: skip
+
+        def done(result: Any) -> Any:
+            error = getattr(result, "error", None)
+            if error is not None:
+                tracing.mark_error(span, getattr(error, "type", "failed"))
+            return result
+
+        yield done
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+
+class _Request(Protocol):
+    execution_id: str
+    step_id: str
+    attempt: int
+    target: str
+
+
+class _Dispatcher(Protocol):
+    async def run(self, request: Any) -> Any: ...
+
+
+class TracedDispatcher:
+    """Wraps the engine's dispatcher: each step attempt runs inside its own span."""
+
+    def __init__(self, inner: _Dispatcher, observer: WorkflowObserver) -> None:
+        self.inner = inner
+        self.observer = observer
+
+    async def run(self, request: Any) -> Any:
+        parent = self.observer.execution_span(request.execution_id)
+        if parent is None:
+            return await self.inner.run(request)
+        span = tracing.start_span(
+            f"step {request.step_id}",
+            parent=parent,
+            attributes={
+                tracing.TENANT: self.observer.tenant,
+                tracing.EXECUTION: request.execution_id,
+                "dafnck.step_id": request.step_id,
+                "dafnck.attempt": request.attempt,
+                "dafnck.uses": request.target,
+            },
+        )
+        with (
+            tracing.use_span(span),
+            log_context(execution_id=request.execution_id, step_id=request.step_id),
+        ):
+            try:
+                outcome = await self.inner.run(request)
+            except BaseException as exc:
+                tracing.end_span(span, type(exc).__name__)
+                raise
+        error = getattr(outcome, "error", None)
+        tracing.end_span(span, error.type if error is not None and not outcome.ok else None)
+        return outcome
+
+
+_EXECUTION_END = {"execution.succeeded", "execution.failed", "execution.cancelled"}
+_STEP_END = {
+    "step.succeeded": "succeeded",
+    "step.failed": "failed",
+    "step.skipped": "skipped",
+    "step.item.succeeded": "succeeded",
+    "step.item.failed": "failed",
+}
+
+
+class WorkflowObserver:
+    """Sees every execution and step event as it is committed (the store's mirror)."""
+
+    def __init__(self, tenant: str, mirror: Callable[[Any, Any], None] | None = None) -> None:
+        self.tenant = tenant
+        self._mirror = mirror
+        #: The engine whose runs name each execution's workflow; set once it exists.
+        self.engine: Any = None
+        self._spans: dict[str, Span] = {}
+        self._named: set[str] = set()
+
+    def __call__(self, pipe: Any, event: Any) -> None:
+        if self._mirror is not None:
+            self._mirror(pipe, event)
+        try:
+            self.observe(event)
+        except Exception:  # telemetry must never fail a commit
+            log.debug("could not observe %s", event.type, exc_info=True)
+
+    def execution_span(self, execution_id: str) -> Span | None:
+        span = self._spans.get(execution_id)
+        if span is not None and execution_id not in self._named:
+            self._name(execution_id, span)
+        return span
+
+    def _name(self, execution_id: str, span: Span) -> None:
+        """Name the span after its workflow once the engine's run is there to say it."""
+        run = self.engine.runs.get(execution_id) if self.engine is not None else None
+        if run is not None:
+            span.update_name(f"workflow {run.execution.workflow}")
+            span.set_attribute("dafnck.workflow", run.execution.workflow)
+            self._named.add(execution_id)
+
+    def observe(self, event: Any) -> None:
+        kind, execution_id = event.type, event.execution
+        run = self.engine.runs.get(execution_id) if self.engine is not None else None
+        workflow = run.execution.workflow if run is not None else "unknown"
+        if kind in ("execution.started", "execution.recovered", "execution.retried"):
+            self._open(execution_id, event, run)
+        elif kind in _EXECUTION_END:
+            outcome = kind.partition(".")[2]
+            metrics.EXECUTIONS.inc(workflow=workflow, outcome=outcome)
+            if run is not None:
+                metrics.EXECUTION_SECONDS.observe(
+                    event.at - run.execution.created_at, workflow=workflow, outcome=outcome
+                )
+            span = self._spans.pop(execution_id, None)
+            if span is not None:
+                if execution_id not in self._named:
+                    self._name(execution_id, span)
+                self._named.discard(execution_id)
+                tracing.end_span(span, None if outcome == "succeeded" else outcome)
+        elif kind in _STEP_END:
+            state = run.execution.steps.get(event.step) if run is not None else None
+            started = state.started_at if state is not None else None
+            outcome = _STEP_END[kind]
+            metrics.STEPS.inc(workflow=workflow, outcome=outcome)
+            if started:
+                metrics.STEP_SECONDS.observe(event.at - started, workflow=workflow, outcome=outcome)
+        if self.engine is not None:
+            metrics.EXECUTIONS_RUNNING.set(len(self.engine.runs), tenant=self.tenant)
+
+    def _open(self, execution_id: str, event: Any, run: Any) -> None:
+        if execution_id in self._spans or not tracing.enabled():
+            return
+        parent_id = (event.data or {}).get("parent")
+        parent: Any = self._spans.get(parent_id) if parent_id else None
+        self._spans[execution_id] = span = tracing.start_span(
+            "workflow",
+            parent=parent,
+            attributes={
+                tracing.TENANT: self.tenant,
+                tracing.EXECUTION: execution_id,
+                "dafnck.event": event.type,
+            },
+        )
+        self._name(execution_id, span)
+
+
+# -- pools -------------------------------------------------------------------------------------
+
+
+class PoolGauges:
+    """The supervisor's pools as gauges, and restarts as a counter (from the pools' totals)."""
+
+    def __init__(self) -> None:
+        self._restarts: dict[str, int] = {}
+
+    def record(self, pools: dict[str, Any]) -> None:
+        for agent_id, pool in pools.items():
+            reports = [pool.health.get(n, {}) for n in pool.replicas]
+            metrics.POOL_DESIRED.set(pool.record.desired_replicas, agent=agent_id)
+            metrics.POOL_RUNNING.set(len(pool.replicas), agent=agent_id)
+            metrics.POOL_QUEUE.set(sum(r.get("in_flight", 0) for r in reports), agent=agent_id)
+            seen = self._restarts.get(agent_id, 0)
+            if pool.restarts > seen:
+                metrics.POOL_RESTARTS.inc(pool.restarts - seen, agent=agent_id)
+            self._restarts[agent_id] = pool.restarts
+        for gone in set(self._restarts) - set(pools):
+            del self._restarts[gone]
+            for gauge in (metrics.POOL_DESIRED, metrics.POOL_RUNNING, metrics.POOL_QUEUE):
+                gauge.set(0, agent=gone)
+
+
+__all__ = ["PoolGauges", "TaskMeter", "TracedDispatcher", "WorkflowObserver", "task_scope"]
