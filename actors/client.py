@@ -158,13 +158,14 @@ class Workflows:
         version: int | None = None,
         wait: bool = True,
         timeout_s: float | None = None,
+        execution_id: str | None = None,
     ) -> Execution:
         """Start an execution (and wait for it to end unless `wait=False`).
 
         Raises:
             NotFound, InputInvalid.
         """
-        execution_id = new_id()  # so a retried call after a supervisor restart starts it once
+        execution_id = execution_id or new_id()  # a retried call after a restart starts it once
         execution = call(
             self._supervisor.execute_workflow.remote(
                 name, inputs, version, execution_id, current_traceparent()

@@ -25,6 +25,7 @@ from actors.registry import AgentRegistry
 from actors.router import PoolView
 from actors.supervisor import Supervisor
 from actors.triggers import TriggerRunner
+from actors.webhooks import WebhookDispatcher
 from actors.workflow_service import WorkflowService
 from cluster import telemetry, tracing
 from cluster.errors import ClusterUnavailable
@@ -62,6 +63,8 @@ class SupervisorActor:
         self._triggers = TriggerRunner(
             self._workflows, hub, consumer=supervisor_name(settings.tenant)
         )
+        self._webhooks = WebhookDispatcher(store, executions)  # execution-end webhooks
+        self._webhook_loop = asyncio.get_event_loop().create_task(self._webhooks.run())
         self._ready = asyncio.Event()
         self._loop = asyncio.get_event_loop().create_task(self._run())
 

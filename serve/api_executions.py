@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.models import new_id
+from actors.webhooks import WebhookSpec, register_webhook
 from cluster.security_models import Action
 from serve.deps import Caller, allowed
 from workflows.execution import Execution, ExecutionStatus
@@ -38,6 +40,8 @@ class ExecutionRequest(BaseModel):
     workflow: str = Field(pattern=NAME)
     inputs: dict[str, Any] = {}
     version: int | None = Field(default=None, ge=1)
+    #: Called (signed, retried) when the execution ends; see `actors.webhooks`.
+    webhook: WebhookSpec | None = None
 
 
 class DecisionRequest(BaseModel):
@@ -65,10 +69,15 @@ async def start_execution(
     Raises: NotFound (no such workflow or version), InputInvalid (inputs of the wrong type).
     """
     workflows = caller.client.workflows
+    execution_id = new_id()
     with caller.audited(Action.EXECUTIONS_CONTROL, obj=request.workflow):
+        if request.webhook:
+            store = caller.services.store.for_tenant(caller.tenant)
+            await asyncio.to_thread(register_webhook, store, execution_id, request.webhook)
         execution = await asyncio.to_thread(
-            workflows.run, request.workflow, request.inputs, version=request.version, wait=False
-        )
+            workflows.run, request.workflow, request.inputs, version=request.version, wait=False,
+            execution_id=execution_id,
+        )  # fmt: skip
     response.headers["Location"] = f"/v1/executions/{execution.id}"
     if wait:
         execution = await _wait(caller, execution.id, timeout_s)

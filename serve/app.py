@@ -31,6 +31,7 @@ ROUTER_MODULES = [
     "serve.api_messages",
     "serve.api_data",
     "serve.api_a2a",
+    "serve.api_webhooks",
     "serve.api_traces",
 ]
 #: Bodies larger than this are refused with 413 before they are read whole.

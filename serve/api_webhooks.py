@@ -1,0 +1,28 @@
+"""The tenant's webhook signing secret, for admins (receivers verify signatures with it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+
+from actors.webhooks import signing_secret
+from cluster.security_models import Action
+from serve.deps import Caller, allowed
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+
+class SecretResponse(BaseModel):
+    secret: str
+    scheme: str = "Standard Webhooks: webhook-signature = v1,<base64 HMAC-SHA256>"
+
+
+@router.get("/secret", response_model=SecretResponse)
+async def webhook_secret(
+    who: Caller = Depends(allowed(Action.KEYS_MANAGE)),  # noqa: B008
+) -> SecretResponse:
+    """The secret signing this tenant's execution webhooks (created on first use)."""
+    store = who.services.store.for_tenant(who.tenant)
+    return SecretResponse(secret=await asyncio.to_thread(signing_secret, store))
