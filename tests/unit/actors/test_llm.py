@@ -91,7 +91,9 @@ async def test_parallel_tool_calls_run_and_their_results_and_errors_reach_the_mo
     llm.reply(tool_calls=[("c1", "add", {"a": 2, "b": 3}), ("c2", "divide", {"a": 1, "b": 0}),
                           ("c3", "nope", {})])  # fmt: skip
     llm.reply("5, and 1/0 has no answer")
-    spec = make_spec(llm, provider, tools=[{"skill": f"{__name__}:add"}, {"skill": f"{__name__}:divide"}])
+    spec = make_spec(
+        llm, provider, tools=[{"skill": f"{__name__}:add"}, {"skill": f"{__name__}:divide"}]
+    )
     out = await agent(store, spec).run(task("2+3 and 1/0?"))
     assert out["output"] == "5, and 1/0 has no answer"
     assert out["turns"] == 2
@@ -123,7 +125,9 @@ async def test_a_model_that_keeps_calling_tools_fails_the_task(llm: FakeLLM, sto
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
 
 
-async def test_structured_output_is_asked_again_until_it_validates(llm: FakeLLM, store: Store) -> None:
+async def test_structured_output_is_asked_again_until_it_validates(
+    llm: FakeLLM, store: Store
+) -> None:
     llm.reply("it is five").reply('{"answer": "five"}').reply('```json\n{"answer": 5}\n```')
     out = await agent(store, make_spec(llm, output_schema=SCHEMA)).run(task("2+3?"))
     assert out["output"] == {"answer": 5}
@@ -131,7 +135,10 @@ async def test_structured_output_is_asked_again_until_it_validates(llm: FakeLLM,
     system = llm.requests[0]["body"]["messages"][0]["content"]
     assert '"required": ["answer"]' in system
     last = llm.requests[2]["body"]["messages"]
-    assert last[-1]["role"] == "user" and "answer: 'five' is not of type 'integer'" in last[-1]["content"]
+    assert (
+        last[-1]["role"] == "user"
+        and "answer: 'five' is not of type 'integer'" in last[-1]["content"]
+    )
 
 
 async def test_invalid_structured_output_fails_with_the_last_reply_and_the_error(
@@ -161,7 +168,9 @@ async def test_memory_carries_a_session_across_tasks(llm: FakeLLM, store: Store)
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
-async def test_streamed_tokens_go_out_as_task_token_events(llm: FakeLLM, store: Store, provider: str) -> None:
+async def test_streamed_tokens_go_out_as_task_token_events(
+    llm: FakeLLM, store: Store, provider: str
+) -> None:
     text = "a streamed answer that is long enough to need more than one event " * 3
     llm.reply(text)
     events = Events()
@@ -176,7 +185,9 @@ async def test_streamed_tokens_go_out_as_task_token_events(llm: FakeLLM, store: 
     assert [e.data["seq"] for e in events.published] == list(range(len(events.published)))
 
 
-async def test_a_prompt_without_a_string_is_refused_naming_the_field(llm: FakeLLM, store: Store) -> None:
+async def test_a_prompt_without_a_string_is_refused_naming_the_field(
+    llm: FakeLLM, store: Store
+) -> None:
     skills = llm_implementation(agent(store, make_spec(llm))).skills
     with pytest.raises(InputInvalid, match="prompt"):
         await skills["text.answer"].run(Task(capability="text.answer", input={"question": "hi"}))
@@ -195,12 +206,17 @@ def test_variables_fill_the_prompt_and_the_rest_is_appended() -> None:
         ({"provider": "mistral"}, "llm.provider"),
         ({"api_key_env": "DAFNCK_TEST_UNSET_KEY"}, "llm.api_key_env"),
         ({"api_key_env": None, "api_key_file": "/nonexistent/key"}, "llm.api_key_file"),
-        ({"tools": [{"skill": f"{__name__}:add"}, {"skill": f"{__name__}:untyped"}]}, "llm.tools[1]"),
+        (
+            {"tools": [{"skill": f"{__name__}:add"}, {"skill": f"{__name__}:untyped"}]},
+            "llm.tools[1]",
+        ),
         ({"tools": [{"skill": "no.such.module:fn"}]}, "llm.tools[0]"),
         ({"output_schema": {"type": "no-such-type"}}, "llm.output_schema"),
     ],
 )
-def test_bad_specs_are_refused_naming_the_field(llm: FakeLLM, llm_fields: dict[str, Any], field: str) -> None:
+def test_bad_specs_are_refused_naming_the_field(
+    llm: FakeLLM, llm_fields: dict[str, Any], field: str
+) -> None:
     try:
         spec = make_spec(llm, **llm_fields)
         build_llm_agent(spec, lambda task: None)  # type: ignore[arg-type, return-value]
