@@ -14,6 +14,7 @@ with `Retry-After: 1` instead of its default 503, before our code runs.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from cluster.settings import Settings, load_settings
 from serve.app import build_app
 from serve.grpc_api import SERVICER_FUNCTIONS, GrpcApi
 
+log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_NAME = "dafnck"
 #: The measured knee on the 2-core machine (DESIGN.md): Serve's default of 5 costs ~40%.
@@ -95,6 +97,9 @@ def start_api(
     Raises: ConfigError (only one of the TLS files, or one that cannot be read).
     """
     http_options = {"host": host, "port": port, **tls_options(settings)}
+    if settings.tls_certfile and settings.grpc_port:
+        log.warning("HTTPS is on, but Serve's gRPC proxy on port %d serves plain text: put a "
+                    "TLS-terminating proxy in front of it", settings.grpc_port)  # fmt: skip
     ray_serve.start(
         http_options=http_options, grpc_options=grpc_options(settings), logging_config=LOGGING
     )
