@@ -543,8 +543,19 @@ def demo(
     output: Annotated[Path, typer.Option(help="The Markdown report.")] = Path("reports/review.md"),
     agents: Annotated[Path, typer.Option(help="The demo's agent specs.")] = _REVIEW_AGENTS,
     workflow: Annotated[Path, typer.Option(help="The demo's workflow.")] = _REVIEW_WORKFLOW,
+    llm: Annotated[
+        bool, typer.Option("--llm", help="The LLM demo (needs OPENAI_API_KEY or OPENAI_BASE_URL).")
+    ] = False,
+    model: Annotated[str | None, typer.Option(help="The LLM demo's model.")] = None,
 ) -> None:
-    """Review a repository with the review workflow and three agents; write a Markdown report."""
+    """Review a repository with the review workflow and three agents; write a Markdown report.
+
+    With --llm: an LLM agent reads outlines of the files and names the ones to read first."""
+    if llm:
+        from cluster.llm_demo import run_llm_demo
+
+        run_llm_demo(_client, path, model, console)
+        return
     from cluster.demo import run_review
 
     outputs = run_review(_client(), path, output, agents, workflow, console)

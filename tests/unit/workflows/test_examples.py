@@ -19,7 +19,11 @@ from workflows.spec import WorkflowSpec
 from workflows.validate import topological_order
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-AGENTS = [spec for spec, _ in parse_models(CONFIGS / "agents" / "review.yaml", AgentSpec)]
+AGENTS = [
+    spec
+    for name in ("review.yaml", "llm-demo.yaml")
+    for spec, _ in parse_models(CONFIGS / "agents" / name, AgentSpec)
+]
 CAPABILITIES = {c for spec in AGENTS for c in spec.capabilities}
 SKILLS = {
     "repo.list": list_files,
@@ -40,9 +44,24 @@ def workflows() -> dict[str, WorkflowSpec]:
 
 
 def test_both_examples_load_and_validate(workflows: dict[str, WorkflowSpec]) -> None:
-    assert set(workflows) == {"review", "approval-demo"}
-    for spec in workflows.values():
-        assert topological_order(spec) == ["list", "analyse", "report"]
+    assert set(workflows) == {"review", "approval-demo", "llm-demo"}
+    for name in ("review", "approval-demo"):
+        assert topological_order(workflows[name]) == ["list", "analyse", "report"]
+    assert topological_order(workflows["llm-demo"]) == ["list", "guide"]
+
+
+def test_the_llm_demo_hands_the_listed_files_to_the_guide(
+    workflows: dict[str, WorkflowSpec],
+) -> None:
+    from actors.llm import render_prompt
+
+    spec = workflows["llm-demo"]
+    context: dict[str, Any] = {"inputs": spec.check_inputs({"root": "/repo"}), "steps": {}}
+    inspect.signature(SKILLS["repo.list"]).bind(**render(spec.step("list").with_, context))
+    context["steps"]["list"] = {"output": {"root": "/repo", "files": ["/repo/a.py"]}}
+    prompt = render_prompt(render(spec.step("guide").with_, context))
+    assert prompt.startswith("Which files should a newcomer read first")
+    assert prompt.endswith('The Python files are:\n["/repo/a.py"]')
 
 
 def analyse_output(path: str) -> dict[str, pa.Table]:
