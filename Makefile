@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit integration down clean
+.PHONY: run test lint typecheck security unit integration down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-## Everything CI runs: lint, type check, then unit and integration tests.
-test: lint typecheck
+## Security checks: bandit over our code (skips justified in pyproject.toml), and
+## pip-audit of the installed packages against PyPI's advisories (the only network it needs).
+security: $(STAMP)
+	$(BIN)/bandit -q -c pyproject.toml -r cluster workflows actors serve
+	$(BIN)/pip-audit --skip-editable --progress-spinner off
+
+## Everything CI runs: lint, type check, security checks, then the tests.
+test: lint typecheck security
 	$(BIN)/pytest tests
 
 clean:

@@ -33,7 +33,7 @@ from cluster.security_models import Principal, SecurityConfig
 log = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
-SECRET_ENV = "DAFNCK_JWT_SECRET"  # noqa: S105 (a variable name, not a secret)
+SECRET_ENV = "DAFNCK_JWT_SECRET"  # noqa: S105 (a variable name, not a secret)  # nosec B105
 KEY_FILE = "jwt_keys.json"
 MIN_SECRET_BYTES = 32
 _REQUIRED = ["exp", "nbf", "iat", "iss", "aud", "sub", "jti"]

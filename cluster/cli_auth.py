@@ -88,7 +88,7 @@ def keys_revoke(key_id: str, tenant: TenantOpt = None) -> None:
 
 
 @users_app.command("create")
-def users_create(
+def users_create(  # the "" default password means: prompt for it  # nosec B107
     name: str,
     role: Annotated[Role, typer.Option("--role", "-r")],
     tenant: TenantOpt = None,
