@@ -90,7 +90,7 @@ def scenario() -> None:
         cluster.shutdown()
         valkey.terminate()
         valkey.wait(10)
-    print(json.dumps(seen))  # noqa: T201
+    print(json.dumps(seen))
 
 
 def _run(cluster: Any, workers: list[Any], url: str, state: Path) -> dict[str, Any]:
