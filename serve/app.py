@@ -33,6 +33,7 @@ ROUTER_MODULES = [
     "serve.api_a2a",
     "serve.api_webhooks",
     "serve.api_traces",
+    "serve.api_dashboard",
 ]
 #: Bodies larger than this are refused with 413 before they are read whole.
 MAX_BODY_BYTES = 1024 * 1024
@@ -68,8 +69,9 @@ def build_app(
 
     for name in ROUTER_MODULES:
         app.include_router(importlib.import_module(name).router)
-    from serve import api_metrics, idempotency
+    from serve import api_dashboard, api_metrics, idempotency
 
+    api_dashboard.install(app)  # the pages at `/`, after every route so the API wins
     idempotency.install(app, MAX_BODY_BYTES)
     api_metrics.install(app)  # added last, so outermost: 401s and replays count too
     return app

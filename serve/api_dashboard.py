@@ -1,0 +1,135 @@
+"""The web dashboard: its static files at `/`, and the few read-only routes its pages need.
+
+The pages are plain ES modules in `serve/dashboard/` (no build step), served by a
+`StaticFiles` mount added after every API route, so `/v1`, `/docs`, `/metrics`, `/healthz`
+and `/readyz` always win; paths under those prefixes that match no route stay JSON 404s.
+The routes here only read: who the caller is (`/v1/me`, so the pages can hide what the
+role may not do), a cluster overview, and a workflow's step graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path as FilePath
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketClose
+
+from cluster.security_models import PERMISSIONS, Action
+from serve.deps import Caller, allowed, caller
+from workflows.execution import ExecutionStatus
+from workflows.spec import NAME, WorkflowSpec
+from workflows.validate import effective_needs
+
+router = APIRouter(tags=["dashboard"])
+
+#: The dashboard's files, inside the package (package-data) so every Serve replica has them.
+STATIC_DIR = FilePath(__file__).parent / "dashboard"
+#: First path segments that belong to the API: never answered with a dashboard file.
+API_PREFIXES = frozenset({"v1", "docs", "openapi.json", "metrics", "healthz", "readyz"})
+#: The overview counts executions among this many of the newest.
+RECENT_EXECUTIONS = 1000
+#: Where H6's trace route lives; the pages ask for spans only when it exists.
+TRACE_ROUTE = "/v1/executions/{execution_id}/trace"
+
+
+@router.get("/v1/me")
+async def me(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:  # noqa: B008
+    """The caller: subject, tenant, role, the actions it may take, and optional API features."""
+    routes = {getattr(r, "path", "") for r in request.app.routes}
+    principal = who.principal
+    return {
+        "subject": principal.subject,
+        "tenant": principal.tenant,
+        "role": principal.role.value,
+        "kind": principal.kind,
+        "permissions": sorted(a.value for a in PERMISSIONS[principal.role]),
+        "features": {"trace": TRACE_ROUTE in routes},
+    }
+
+
+def _pool_totals(pools: dict[str, Any]) -> dict[str, float]:
+    """Tasks done, failed and in flight, and seconds spent running them, over every replica."""
+    totals = {"completed": 0.0, "failed": 0.0, "in_flight": 0.0, "busy_s": 0.0}
+    for pool in pools.values():
+        for report in (pool.get("replicas") or {}).values():
+            for name in totals:
+                value = report.get(name, 0)
+                totals[name] += value if isinstance(value, int | float) else 0
+    return totals
+
+
+@router.get("/v1/overview")
+async def overview(
+    who: Caller = Depends(allowed(Action.AGENTS_READ)),  # noqa: B008
+) -> dict[str, Any]:
+    """The supervisor's health report (nodes, resources, system actors, pools), task totals
+    (the pages turn two readings into tasks per second and latency) and execution counts."""
+    health, recent = await asyncio.gather(
+        asyncio.to_thread(who.client.health),
+        asyncio.to_thread(who.client.workflows.ls, RECENT_EXECUTIONS),
+    )
+    counts = {status.value: 0 for status in ExecutionStatus}
+    for execution in recent:
+        counts[execution.status.value] += 1
+    return {
+        **health,
+        "at": time.time(),
+        "tasks": _pool_totals(health.get("pools", {})),
+        "executions": {"counts": counts, "of_recent": len(recent)},
+    }
+
+
+@router.get("/v1/workflows/{name}/graph")
+async def workflow_graph(
+    name: str = Path(pattern=NAME),
+    version: int | None = Query(default=None, ge=1),
+    who: Caller = Depends(allowed(Action.WORKFLOWS_READ)),  # noqa: B008
+) -> dict[str, Any]:
+    """The workflow's steps and every dependency (explicit `needs` and those its expressions
+    imply), for drawing. Raises: NotFound."""
+    found, raw = await asyncio.to_thread(who.client.workflows.executions.definition, name, version)
+    spec = WorkflowSpec.model_validate(json.loads(raw))
+    needs = effective_needs(spec)
+    steps = [
+        {
+            "id": step.id,
+            "uses": step.uses,
+            "needs": sorted(needs[step.id]),
+            "with": step.with_,
+            "when": step.when,
+            "for_each": step.for_each is not None,
+            "approval": step.approval.model_dump(mode="json") if step.approval else None,
+        }
+        for step in spec.steps
+    ]
+    return {"name": name, "version": found, "steps": steps}
+
+
+class DashboardFiles(StaticFiles):
+    """`StaticFiles` that leaves the API's paths alone: they answer JSON 404, never a page."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if path.split("/", 1)[0] in API_PREFIXES or scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(status_code=404)
+        response = await super().get_response(path, scope)
+        response.headers.setdefault("Cache-Control", "no-cache")
+        return response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # an unknown WebSocket path: refuse, as Starlette does
+            await WebSocketClose()(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def install(app: FastAPI) -> None:
+    """Mount the dashboard at `/`; call after every router is included, so routes win."""
+    app.mount("/", DashboardFiles(directory=STATIC_DIR, html=True), name="dashboard")
