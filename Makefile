@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck security unit integration down clean
+.PHONY: run test lint typecheck security browser unit integration down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ security: $(STAMP)
 	$(BIN)/bandit -q -c pyproject.toml -r cluster workflows actors serve
 	$(BIN)/pip-audit --skip-editable --progress-spinner off
 
+## The dashboard tests' browser: Debian's chromium when installed (.ci/run installs it),
+## else Playwright's own build of Chromium (downloaded once into ~/.cache/ms-playwright).
+browser: $(STAMP)
+	command -v chromium >/dev/null 2>&1 || $(BIN)/playwright install chromium
+
 ## Everything CI runs: lint, type check, security checks, then the tests.
-test: lint typecheck security
+test: lint typecheck security browser
 	$(BIN)/pytest tests
 
 clean:
