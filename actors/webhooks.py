@@ -138,6 +138,12 @@ class WebhookDispatcher:
                 log.exception("reading execution ends failed; trying again")
                 await asyncio.sleep(1)
 
+    async def close(self) -> None:
+        """Stop the deliveries under way (not acknowledged: read again on the next start)."""
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
     async def _read(self, cursor: str) -> None:
         reply = await self.store.async_redis().xreadgroup(
             GROUP,

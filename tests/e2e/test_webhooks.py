@@ -7,10 +7,8 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -18,8 +16,8 @@ import pytest
 from standardwebhooks import Webhook
 
 from cluster.security_models import Role
-from cluster.valkey import free_port
 from tests.e2e.conftest import Tenant
+from tests.fixtures.webhook_receiver import Receiver, receiving
 
 ECHO = {
     "name": "echo",
@@ -30,38 +28,10 @@ ECHO = {
 FLOW = {"name": "wh-flow", "steps": [{"id": "say", "uses": "test.echo", "with": {"text": "hook"}}]}
 
 
-class Receiver(ThreadingHTTPServer):
-    """Answers 500 to the first `failures` POSTs and 200 after; keeps every request."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.received: list[tuple[dict[str, str], bytes, int]] = []
-        super().__init__(("127.0.0.1", free_port()), _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        status = 500 if len(self.server.received) < self.server.failures else 200
-        self.server.received.append(({k.lower(): v for k, v in self.headers.items()}, body, status))
-        self.send_response(status)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver(failures=2)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with receiving(failures=2) as server:
+        yield server
 
 
 def _signature(secret: str, headers: dict[str, str], body: bytes) -> str:
@@ -82,8 +52,7 @@ def test_webhook_is_signed_retried_and_recorded_once(
     admin = tenants[0].headers(Role.ADMIN)
     assert http.post("/v1/agents", json=ECHO, headers=admin, timeout=60).status_code == 200
     assert http.post("/v1/workflows", json=FLOW, headers=admin).status_code == 201
-    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
-    body = {"workflow": "wh-flow", "webhook": {"url": url}}
+    body = {"workflow": "wh-flow", "webhook": {"url": receiver.url}}
     started = http.post("/v1/executions", json=body, headers=admin)
     assert started.status_code == 202, started.text
     execution_id = started.json()["id"]

@@ -1,0 +1,75 @@
+"""Webhook delivery survives a supervisor restart: the dispatcher on the real Valkey, no Ray.
+An end read but not delivered before the stop is delivered after it, with the same id."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from actors.events import EventBus
+from actors.messages import DomainEvent
+from actors.webhooks import WebhookDispatcher, WebhookPolicy, WebhookSpec, register_webhook
+from cluster.settings import load_settings
+from cluster.store import Store, connect_store
+from tests.fixtures.webhook_receiver import receiving
+from workflows.store import BlobStore, ExecutionStore
+
+FAST = WebhookPolicy(max_attempts=1000, base_s=0.02, cap_s=0.05)
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def _end(execution_id: str) -> DomainEvent:
+    return DomainEvent(
+        type="execution.failed", subject=execution_id, data={"execution": execution_id}
+    )
+
+
+def test_an_undelivered_end_is_delivered_after_a_restart_with_the_same_id(
+    valkey_url: str, state_dir: Path
+) -> None:
+    settings = load_settings(
+        redis_url=valkey_url, state_dir=str(state_dir), tenant=f"wh{uuid.uuid4().hex[:8]}"
+    )
+    store: Store = connect_store(settings)
+    executions = ExecutionStore(store, BlobStore(settings.blobs))
+
+    async def scenario() -> None:
+        with receiving(failures=10**6) as receiver:
+            register_webhook(store, "e1", WebhookSpec(url=receiver.url))  # type: ignore[arg-type]
+            first = WebhookDispatcher(store, executions, FAST)
+            running = asyncio.create_task(first.run())
+            bus = EventBus(store)
+            await bus.publish(_end("e1"))
+            await bus.publish(_end("no-hook"))  # acknowledged without a call
+            await _until(lambda: len(receiver.received) >= 2)
+            await first.close()  # the supervisor dies mid-retry
+            running.cancel()
+
+            receiver.failures = 0
+            again = WebhookDispatcher(store, executions, FAST)  # the restarted supervisor
+            running = asyncio.create_task(again.run())
+            key = store.key("webhook", "e1")
+            await _until(lambda: store.redis.hget(key, "state") == "delivered")
+            running.cancel()
+            await again.close()
+
+        ids = {headers["webhook-id"] for headers, _, _ in receiver.received}
+        statuses = [status for _, _, status in receiver.received]
+        assert len(ids) == 1 and statuses[-1] == 200 and set(statuses[:-1]) == {500}
+        assert int(store.redis.hget(key, "attempts")) >= len(statuses) >= 3
+        kinds = [e.type for _, e in executions.events("e1")]
+        assert kinds.count("webhook.delivered") == 1
+        assert kinds.count("webhook.attempt_failed") >= 2
+        for stream in again.streams:
+            assert store.redis.xpending(stream, "webhooks")["pending"] == 0
+
+    asyncio.run(scenario())
