@@ -10,6 +10,7 @@ pools come back from the registry alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -327,9 +328,11 @@ class Supervisor:
 
     def monitor_health(self) -> dict[str, Any]:
         """Pools (desired, running, load, restarts) and the store's latency."""
-        started = time.perf_counter()
-        self.registry.store.ping()
-        store_ms = (time.perf_counter() - started) * 1000
+        store_ms: float | None = None
+        with contextlib.suppress(DafnckError):  # a store outage is reported, not raised
+            started = time.perf_counter()
+            self.registry.store.ping()
+            store_ms = (time.perf_counter() - started) * 1000
         pools = {}
         for agent_id, pool in sorted(self.pools.items()):
             reports = [pool.health.get(n, {}) for n in pool.replicas]
@@ -349,8 +352,8 @@ class Supervisor:
             p["running"] >= p["desired"] for p in pools.values() if p["status"] == "active"
         )
         return {
-            "status": "ok" if healthy else "degraded",
-            "store_latency_ms": round(store_ms, 3),
+            "status": "unavailable" if store_ms is None else "ok" if healthy else "degraded",
+            "store_latency_ms": None if store_ms is None else round(store_ms, 3),
             "pools": pools,
         }
 

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from actors.events import EventBus
+from actors.health import components, overall
 from actors.hub import CommunicationHub
 from actors.launcher import RayLauncher
 from actors.models import AgentRecord, AgentSpec, AgentStatus, Task, TaskResult
@@ -118,7 +119,7 @@ class SupervisorActor:
 
     async def monitor_health(self) -> dict[str, Any]:
         await self._ready.wait()
-        report = self._core.monitor_health()
+        report = await asyncio.to_thread(self._core.monitor_health)  # a dead store takes seconds
         context = ray.get_runtime_context()
         report["system"] = {
             supervisor_name(self._settings.tenant): {
@@ -132,7 +133,10 @@ class SupervisorActor:
             "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
             "resources": ray.cluster_resources(),
             "available": ray.available_resources(),
+            "dead_nodes": sum(1 for n in ray.nodes() if not n.get("Alive")),
         }
+        report["components"] = components(report, self._core.registry)
+        report["status"] = overall(report["components"])
         return report
 
     # -- workflows (the seed's WorkflowManager, in Python naming) -------------------------

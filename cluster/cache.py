@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from cachetools import TTLCache
 
+from cluster import metrics
 from cluster.errors import ConfigError, StoreUnavailable
 from cluster.store import Store, redacted, unavailable_as_error
 
@@ -128,6 +129,7 @@ class CacheManager:
         #: Bumped on every change seen; an L2 read only fills L1 if none came in between.
         self._epoch = 0
         self._l1_hits = self._l1_misses = 0
+        metrics.watch_cache(self)  # dafnck_cache_hits/misses from the counters below
         self._l2_hits = self._l2_misses = self._l2_errors = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -262,6 +264,10 @@ class CacheManager:
             self._l1.clear()
 
     # -- stats --------------------------------------------------------------------------
+
+    def hit_counts(self) -> dict[str, tuple[int, int]]:
+        """(hits, misses) per level since construction; cheap (`cluster.metrics` polls it)."""
+        return {"l1": (self._l1_hits, self._l1_misses), "l2": (self._l2_hits, self._l2_misses)}
 
     def get_stats(self) -> CacheStats:
         """Counters since construction and current sizes; L2's size is None while Redis is down.

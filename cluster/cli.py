@@ -43,8 +43,15 @@ def _auth_commands() -> None:
 
 _auth_commands()
 
+
+def _observability_commands() -> None:
+    from cluster.cli_obs import register
+
+    register(exec_app, lambda: _client("fail"), console)
+
 console = Console()
 err = Console(stderr=True)
+_observability_commands()
 
 
 class _State:
@@ -187,6 +194,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
             str(pool["completed"]), str(pool["restarts"]),
         )  # fmt: skip
     console.print(table)
+    if "components" in health:
+        from cluster.cli_obs import components_table
+
+        console.print(components_table(health))
 
 
 # -- agents ----------------------------------------------------------------------------

@@ -14,6 +14,9 @@ values are bounded by configuration (capabilities, agents, workflows, models), n
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -215,6 +218,62 @@ def record_tokens(
         LLM_COST.inc(cost_usd, provider=provider, model=model, tenant=tenant)
 
 
+_caches: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, int]]] = weakref.WeakKeyDictionary()
+_sync_lock = threading.Lock()
+_sync_thread: threading.Thread | None = None
+#: How often a process pushes its caches' counters to the metrics (and so to Ray's export).
+CACHE_SYNC_S = 5.0
+
+
+def watch_cache(manager: Any) -> None:
+    """Count a `CacheManager`'s hits and misses (it keeps plain ints: an L1 hit stays ~1 us).
+
+    Its counters reach the metrics on every `/metrics` scrape and every `CACHE_SYNC_S`.
+    """
+    global _sync_thread
+    with _sync_lock:
+        _caches[manager] = {"l1": (0, 0), "l2": (0, 0)}
+        if _sync_thread is None:
+            _sync_thread = threading.Thread(target=_sync_loop, name="dafnck-cache-metrics",
+                                            daemon=True)  # fmt: skip
+            _sync_thread.start()
+
+
+def sync_caches() -> None:
+    """Add what every watched cache counted since the last sync."""
+    with _sync_lock:
+        for manager, seen in list(_caches.items()):
+            now = manager.hit_counts()
+            for level, (hits, misses) in now.items():
+                old_hits, old_misses = seen.get(level, (0, 0))
+                if hits > old_hits:
+                    CACHE_HITS.inc(hits - old_hits, level=level)
+                if misses > old_misses:
+                    CACHE_MISSES.inc(misses - old_misses, level=level)
+            _caches[manager] = now
+
+
+def _sync_loop() -> None:
+    while True:
+        time.sleep(CACHE_SYNC_S)
+        try:
+            sync_caches()
+        except Exception:  # a metrics hiccup must not end the loop
+            log.debug("cache metrics sync failed", exc_info=True)
+
+
+def count_deliveries(stream_key: str, delivery_counts: list[int]) -> None:
+    """A reader's batch: first deliveries and redeliveries, by stream kind."""
+    if not delivery_counts:
+        return
+    kind = stream_kind(stream_key)
+    again = sum(1 for n in delivery_counts if n > 1)
+    if again:
+        MESSAGES_REDELIVERED.inc(again, kind=kind)
+    if len(delivery_counts) > again:
+        MESSAGES_DELIVERED.inc(len(delivery_counts) - again, kind=kind)
+
+
 def stream_kind(stream_key: str) -> str:
     """`dafnck:<tenant>:inbox:x` -> "inbox": the bounded label of a stream."""
     parts = stream_key.split(":", 3)
@@ -230,6 +289,9 @@ __all__ = [
     "REGISTRY",
     "Metric",
     "MetricDef",
+    "count_deliveries",
     "record_tokens",
     "stream_kind",
+    "sync_caches",
+    "watch_cache",
 ]

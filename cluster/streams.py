@@ -20,6 +20,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis
 
+from cluster import metrics
 from cluster.errors import SpecInvalid, StoreUnavailable
 from cluster.store import Store, redacted
 
@@ -93,7 +94,9 @@ async def append(store: Store, stream_key: str, fields: Mapping[str, str], maxle
         StoreUnavailable: Redis cannot be reached.
     """
     with unreachable_as_error(store):
-        return str(await store.async_redis().xadd(stream_key, dict(fields), maxlen=maxlen))
+        entry_id = str(await store.async_redis().xadd(stream_key, dict(fields), maxlen=maxlen))
+    metrics.MESSAGES_SENT.inc(kind=metrics.stream_kind(stream_key))
+    return entry_id
 
 
 async def append_many(
@@ -120,6 +123,8 @@ async def append_many(
                     args += (name, value)
             keys = [stream_key for stream_key, _ in chunk]
             ids += [str(i) for i in await _script(store, _APPEND_MANY, keys, args)]
+    for stream_key, _ in entries:
+        metrics.MESSAGES_SENT.inc(kind=metrics.stream_kind(stream_key))
     return ids
 
 
@@ -292,6 +297,7 @@ class GroupReader:
             if len(out) < count:
                 out += await self._group_call(self._read_new, count - len(out), wait_ms)
             if out or time.monotonic() >= deadline:
+                metrics.count_deliveries(self.stream_key, [d.delivery_count for d in out])
                 return out
 
     @async_unavailable_as_error
@@ -401,6 +407,7 @@ class GroupReader:
         if self.delete_on_ack:
             pipe.xdel(self.stream_key, *ids)
         await pipe.execute()
+        metrics.MESSAGES_DEAD.inc(len(ids), kind=metrics.stream_kind(self.stream_key))
 
 
 def stream_replies(reply: Any) -> list[tuple[str, list[Entry]]]:

@@ -20,7 +20,7 @@ from prometheus_client import generate_latest as _generate_latest
 
 from cluster import tracing
 from cluster.logs import log_context
-from cluster.metrics import HTTP_REQUESTS, HTTP_SECONDS, REGISTRY
+from cluster.metrics import HTTP_REQUESTS, HTTP_SECONDS, REGISTRY, sync_caches
 from serve.deps import Caller, caller
 
 #: The metrics this module records (kept as names for callers of the old module).
@@ -33,6 +33,7 @@ router = APIRouter(tags=["metrics"])
 @router.get("/metrics", response_class=Response)
 async def metrics(who: Caller = Depends(caller)) -> Response:  # noqa: B008
     """Prometheus text exposition; any authenticated caller may scrape."""
+    sync_caches()
     return Response(_generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

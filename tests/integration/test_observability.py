@@ -12,17 +12,21 @@ from typing import Any
 
 import pytest
 import ray
+import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import serve.app
 from actors.client import Client
 from actors.models import AgentSpec
+from actors.system import ensure_supervisor
 from cluster import metrics, tracing
+from cluster.cli_obs import execution_logs
 from cluster.security import Security
 from cluster.security_models import Role
 from cluster.settings import Settings
 from cluster.store import connect_store
+from cluster.valkey import free_port, start_server
 from serve.app import build_app
 from tests.integration.helpers import wait_until
 from workflows.spec import WorkflowSpec
@@ -58,9 +62,13 @@ def api(
         yield http
 
 
-def auth(settings: Settings, role: Role = Role.OPERATOR, tenant: str | None = None) -> dict[str, str]:
+def auth(
+    settings: Settings, role: Role = Role.OPERATOR, tenant: str | None = None
+) -> dict[str, str]:
     security = Security.from_settings(connect_store(settings), settings)
-    _, secret = security.keys.create_api_key(tenant or settings.tenant, role, f"k{uuid.uuid4().hex[:6]}")
+    _, secret = security.keys.create_api_key(
+        tenant or settings.tenant, role, f"k{uuid.uuid4().hex[:6]}"
+    )
     return {"Authorization": f"Bearer {secret}"}
 
 
@@ -96,8 +104,12 @@ def test_one_trace_from_the_api_request_to_the_replicas(
     for step in ("a", "b"):
         (step_span,) = by_name(spans, f"step {step}")
         assert step_span["parent_id"] == workflow["span_id"]
-        (task,) = [s for s in by_name(spans, "task obs.work") if s["parent_id"] == step_span["span_id"]]
-        (run,) = [s for s in by_name(spans, "agent.run obs.work") if s["parent_id"] == task["span_id"]]
+        (task,) = [
+            s for s in by_name(spans, "task obs.work") if s["parent_id"] == step_span["span_id"]
+        ]
+        (run,) = [
+            s for s in by_name(spans, "agent.run obs.work") if s["parent_id"] == task["span_id"]
+        ]
         assert run["attributes"]["dafnck.step_id"] == step
         assert run["attributes"]["dafnck.execution_id"] == execution_id
         assert run["start_ms"] >= task["start_ms"] and run["end_ms"] <= task["end_ms"]
@@ -108,3 +120,106 @@ def test_one_trace_from_the_api_request_to_the_replicas(
     other = auth(tenant_settings, Role.VIEWER, tenant=f"o{uuid.uuid4().hex[:8]}")
     assert api.get(f"/v1/executions/{execution_id}/trace", headers=other).status_code == 404
     assert api.get(f"/v1/executions/{execution_id}/trace").status_code == 401
+
+
+def scrape(
+    api: TestClient, headers: dict[str, str]
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """`/metrics`, parsed by prometheus_client's own parser: (sample name, labels) -> value."""
+    reply = api.get("/metrics", headers=headers)
+    assert reply.status_code == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_move_as_work_happens(
+    api: TestClient, client: Client, tenant_settings: Settings
+) -> None:
+    headers = auth(tenant_settings, Role.VIEWER)
+    ok = frozenset({("capability", "obs.work"), ("outcome", "succeeded")})
+    before = scrape(api, headers)
+    for value in range(3):
+        assert client.tasks.run("obs.work", {"value": value}).ok
+    after = scrape(api, headers)
+    assert after[("dafnck_tasks_total", ok)] - before.get(("dafnck_tasks_total", ok), 0) == 3
+    assert (
+        after[("dafnck_task_duration_seconds_count", ok)]
+        - before.get(("dafnck_task_duration_seconds_count", ok), 0)
+        == 3
+    )
+    assert after[("dafnck_tasks_in_flight", frozenset({("capability", "obs.work")}))] == 0
+    request = frozenset({("method", "GET"), ("route", "/metrics"), ("status", "200")})
+    assert (
+        after[("dafnck_http_requests_total", request)]
+        == before.get(("dafnck_http_requests_total", request), 0) + 1
+    )
+    for (name, labels), _ in after.items():  # every label the API exposes is a bounded one
+        if name.startswith("dafnck_"):
+            assert {k for k, _ in labels} - {"le"} <= metrics.ALLOWED_LABELS, name
+    # the same metric goes to Ray's export from this driver, with the same tag keys
+    assert metrics.TASKS._ray and metrics.TASKS._ray.info["tag_keys"] == ("capability", "outcome")
+
+
+def test_log_lines_carry_the_ids_and_no_secret(client: Client) -> None:
+    client.agents.apply([OBS_AGENT])
+    client.workflows.define(TWO_STEPS)
+    execution = client.workflows.run("obs", {})
+    assert execution.outputs == {"b": 3}
+
+    def lines() -> list[dict[str, Any]]:
+        found = execution_logs(execution.id)
+        return found if {r.get("step_id") for r in found} >= {"a", "b"} else []
+
+    records = wait_until(lines, 30, "the replica's log lines of both steps")
+    for record in records:
+        assert record["execution_id"] == execution.id
+        assert record["tenant"] == client.settings.tenant
+        assert record["agent"] == OBS_AGENT.agent_id
+        assert record["trace_id"] and record["actor_id"]  # the span's and Ray's own ids
+        assert "hunter2" not in json.dumps(record) and "password=***" in record["message"]
+
+
+def test_health_reports_a_killed_replica(client: Client) -> None:
+    client.agents.apply([OBS_AGENT])
+    (name,) = [n for n in ray.util.list_named_actors(all_namespaces=True)
+               if n["name"].startswith(f"{client.settings.tenant}/observed")]  # fmt: skip
+    ray.kill(ray.get_actor(name["name"], namespace=name["namespace"]), no_restart=True)
+
+    def replaced() -> dict[str, Any]:
+        pool = client.health()["components"]["pools"][OBS_AGENT.agent_id]
+        return pool if pool["restarts"] >= 1 and pool["status"] == "ok" else {}
+
+    wait_until(replaced, 60, "the killed replica reported and replaced")
+    health = client.health()
+    assert health["components"]["store"]["status"] == "ok"
+    assert health["components"]["registry"]["agents"] == 1
+    assert health["components"]["ray"]["nodes"] >= 1
+
+
+def test_health_reports_a_stopped_store(tenant_settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    server = start_server(tmp_path / "valkey", port)
+    url = f"redis://127.0.0.1:{port}/0"
+    settings = tenant_settings.model_copy(update={"redis_url": url})
+    try:
+        wait_until(lambda: _answers(url), 10, "the test's own Valkey")
+        supervisor = ensure_supervisor(settings, url)
+        assert ray.get(supervisor.monitor_health.remote(), timeout=60)["status"] == "ok"
+    finally:
+        server.terminate()
+        server.wait(10)
+    health = ray.get(supervisor.monitor_health.remote(), timeout=60)
+    assert health["status"] == "unavailable"
+    assert health["components"]["store"]["status"] == "unavailable"
+    assert health["components"]["registry"]["status"] == "unavailable"
+    assert health["components"]["supervisor"]["status"] == "ok"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.ConnectionError:
+        return False
