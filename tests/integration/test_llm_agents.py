@@ -1,0 +1,131 @@
+"""LLM agents in real pools on the session Ray, their model a local server speaking
+OpenAI's wire protocol: the LLM demo's workflow (a python agent, then an llm agent with a
+python tool and JSON output), delegation to a python agent's pool, provider errors retried
+by the SDK alone, and a missing key refused when the agent is created."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.client import Client
+from actors.messages import DomainEvent
+from actors.models import AgentSpec
+from cluster.errors import SpecInvalid
+from cluster.llm_demo import WORKFLOW, demo_specs
+from tests.fixtures.fake_llm import FakeLLM
+from tests.integration.helpers import REPO_ROOT, echo_spec
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLM]:
+    with FakeLLM() as server:
+        yield server
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> str:
+    path = tmp_path / "openai.key"
+    path.write_text("sk-integration-test-key-1234\n")
+    return str(path)
+
+
+def pointed_at(spec: AgentSpec, llm: FakeLLM, key_file: str, **fields: Any) -> AgentSpec:
+    assert spec.llm is not None
+    cfg = spec.llm.model_copy(
+        update={"base_url": llm.openai_url, "api_key_file": key_file, **fields}
+    )
+    return spec.model_copy(update={"llm": cfg})
+
+
+def tool_results(request: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in request["body"]["messages"] if m["role"] == "tool"]
+
+
+def test_the_llm_demo_runs_a_python_agent_then_an_llm_agent_with_tools(
+    client: Client, llm: FakeLLM, key_file: str, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "main.py").write_text(
+        '"""The entry point."""\n\ndef main() -> None:\n    """Start."""\n'
+    )
+    (repo / "util.py").write_text("def helper() -> int:\n    return 1\n")
+    answer = {"picks": [{"path": "main.py", "why": "it is the entry point"}]}
+    llm.reply(tool_calls=[("c1", "outline", {"path": str(repo / "main.py")}),
+                          ("c2", "outline", {"path": str(repo / "util.py")})], tokens=(120, 30))  # fmt: skip
+    llm.reply(json.dumps(answer), tokens=(300, 40))
+    lister, guide = demo_specs(None)
+    client.agents.apply([lister, pointed_at(guide, llm, key_file)])
+    client.workflows.define(REPO_ROOT / WORKFLOW)
+
+    done = client.workflows.run("llm-demo", {"root": str(repo)}, timeout_s=120)
+
+    assert done.status.value == "succeeded", done.error
+    assert done.outputs["picks"] == answer["picks"]
+    assert done.outputs["usage"]["input_tokens"] == 420
+    assert done.outputs["usage"]["output_tokens"] == 70
+    assert len(llm.requests) == 2
+    prompt = llm.requests[0]["body"]["messages"][1]["content"]
+    assert str(repo / "main.py") in prompt and str(repo / "util.py") in prompt
+    outlines = [json.loads(r) for r in tool_results(llm.requests[1])]
+    assert outlines[0]["items"] == ["def main: Start."] and outlines[0]["doc"] == "The entry point."
+    assert outlines[1]["items"] == ["def helper"]
+    tokens = client.store.redis.xrange(client.store.key("events", "task.token"))
+    streamed = [DomainEvent.from_fields(fields).data for _, fields in tokens]
+    assert "".join(d["text"] for d in streamed) == json.dumps(answer) and streamed[-1]["done"]
+
+
+def test_an_llm_agent_delegates_to_a_python_pool_and_provider_errors_are_not_retried_twice(
+    client: Client, llm: FakeLLM, key_file: str
+) -> None:
+    delegator = AgentSpec.model_validate({
+        "name": "delegator", "kind": "llm", "capabilities": ["text.delegate"],
+        "retry": {"max_attempts": 3, "backoff_s": 0},
+        "llm": {"provider": "openai", "model": "m-1", "base_url": llm.openai_url,
+                "api_key_file": key_file, "max_retries": 1,
+                "tools": [{"agent": "test.echo", "timeout_s": 30}]},
+    })  # fmt: skip
+    client.agents.apply([echo_spec(), delegator])
+    llm.reply(tool_calls=[("c1", "test_echo", {"text": "ab", "times": 2}),
+                          ("c2", "test_echo", {"text": "c"})])  # fmt: skip
+    llm.reply("abab and c")
+
+    result = client.tasks.run("text.delegate", {"prompt": "echo twice"})
+
+    assert result.ok, result.error
+    assert result.output["output"] == "abab and c"
+    tools = llm.requests[0]["body"]["tools"]
+    assert tools[0]["function"]["name"] == "test_echo"
+    assert tools[0]["function"]["parameters"]["required"] == ["text"]  # the echo skill's schema
+    assert [json.loads(r)["text"] for r in tool_results(llm.requests[1])] == ["abab", "c"]
+
+    llm.error(500, "upstream down", headers={"Retry-After": "0.01"})
+    llm.error(500, "upstream down", headers={"Retry-After": "0.01"})
+    failed = client.tasks.run("text.delegate", {"prompt": "again"})
+    assert not failed.ok and failed.error is not None
+    assert (failed.error.type, failed.error.retryable, failed.attempts) == (
+        "ProviderError",
+        False,
+        1,
+    )
+    assert len(llm.requests) == 4  # 2 for the first task; 1 try + 1 SDK retry, no task retry
+
+
+def test_a_key_reference_that_does_not_resolve_where_the_agent_runs_is_refused(
+    client: Client,
+) -> None:
+    spec = AgentSpec.model_validate({
+        "name": "keyless", "kind": "llm", "capabilities": ["text.keyless"],
+        "llm": {"provider": "anthropic", "model": "m", "api_key_env": "DAFNCK_TEST_NEVER_SET"},
+    })  # fmt: skip
+    with pytest.raises(SpecInvalid) as caught:
+        client.agents.apply([spec])
+    assert any(p.startswith("llm.api_key_env:") for p in caught.value.problems), caught.value
+    assert "DAFNCK_TEST_NEVER_SET" in str(caught.value)
