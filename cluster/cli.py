@@ -242,7 +242,7 @@ def agents_ls(
             ", ".join(spec.capabilities),
             replicas,
             spec.kind,
-            spec.entrypoint,
+            spec.entrypoint or (f"{spec.llm.provider}:{spec.llm.model}" if spec.llm else ""),
         )
     console.print(table)
 

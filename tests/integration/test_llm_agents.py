@@ -68,6 +68,7 @@ def test_the_llm_demo_runs_a_python_agent_then_an_llm_agent_with_tools(
     done = client.workflows.run("llm-demo", {"root": str(repo)}, timeout_s=120)
 
     assert done.status.value == "succeeded", done.error
+    assert done.outputs is not None
     assert done.outputs["picks"] == answer["picks"]
     assert done.outputs["usage"]["input_tokens"] == 420
     assert done.outputs["usage"]["output_tokens"] == 70
