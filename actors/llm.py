@@ -228,24 +228,26 @@ class LLMAgent:
             text = reply.get("text") or ""
             if reply.get("tool_calls"):
                 if not offered:
-                    raise OutputInvalid(self._quote(
-                        f"still calling tools after max_steps={self.cfg.max_steps} turns", text))  # fmt: skip
+                    limit = f"still calling tools after max_steps={self.cfg.max_steps} turns"
+                    raise OutputInvalid(self._quote(limit, text))
                 tool_turns += 1
                 await self._run_tools(task, effects, convo, reply)
                 continue
-            if self.cfg.output_schema is None:
-                convo.new.append({"role": "assistant", "content": text})
-                return text, text
-            attempts += 1
-            value, error = parse_output(text, self.cfg.output_schema)
+            schema = self.cfg.output_schema
+            value, error = parse_output(text, schema) if schema is not None else (text, None)
             if error is None:
                 convo.new.append({"role": "assistant", "content": text})
                 return text, value
+            attempts += 1
             if attempts >= self.cfg.output_attempts:
-                raise OutputInvalid(self._quote(
-                    f"no reply satisfied the output schema in {attempts} attempts: {error}", text))  # fmt: skip
-            convo.side += [{"role": "assistant", "content": text},
-                           {"role": "user", "content": f"That reply is invalid: {error}. {_schema_prompt(self.cfg.output_schema)}"}]  # fmt: skip
+                failed = f"no reply satisfied the output schema in {attempts} attempts: {error}"
+                raise OutputInvalid(self._quote(failed, text))
+            assert schema is not None
+            again = f"That reply is invalid: {error}. {_schema_prompt(schema)}"
+            convo.side += [
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": again},
+            ]
 
     def _quote(self, what: str, text: str) -> str:
         return f"agent {self.spec.agent_id!r}: {what}; last reply: {text[:_QUOTE_CHARS]!r}"
@@ -274,8 +276,10 @@ class LLMAgent:
         self, task: Task, effects: Effects, convo: Conversation, reply: dict[str, Any]
     ) -> None:
         calls = reply["tool_calls"]
-        convo.new.append({"role": "assistant", "content": reply.get("text") or "", "tool_calls": [
-            {"id": c["id"], "name": c["name"], "arguments": c["arguments"]} for c in calls]})  # fmt: skip
+        asked = [{"id": c["id"], "name": c["name"], "arguments": c["arguments"]} for c in calls]
+        convo.new.append(
+            {"role": "assistant", "content": reply.get("text") or "", "tool_calls": asked}
+        )
         results = await asyncio.gather(*(self._tool(task, effects, c) for c in calls))
         convo.new.extend(results)
 
@@ -397,11 +401,12 @@ def load_llm_agent(spec: AgentSpec, settings: Settings | None = None) -> Impleme
         return llm_implementation(build_llm_agent(spec, lambda task: LocalEffects()))
     from actors.events import EventBus
     from actors.llm_effects import LLMEffects
+    from actors.llm_tools import ray_delegation
     from cluster.store import connect_store
 
     store = connect_store(settings)
     delegate, schema_of = (
-        _ray_delegation(settings) if any(t.agent for t in spec.llm.tools or []) else (None, None)  # type: ignore[union-attr]
+        ray_delegation(settings) if any(t.agent for t in spec.llm.tools or []) else (None, None)  # type: ignore[union-attr]
     )
     agent = build_llm_agent(
         spec,
@@ -411,28 +416,3 @@ def load_llm_agent(spec: AgentSpec, settings: Settings | None = None) -> Impleme
         schema_of,
     )
     return llm_implementation(agent)
-
-
-def _ray_delegation(settings: Settings) -> tuple[Delegate, SchemaLookup]:
-    """Delegation from a replica: a PoolRouter fed by the tenant's supervisor (Ray calls)."""
-    import ray
-
-    from actors.router import PoolRouter, PoolView
-    from actors.system import supervisor_name
-    from cluster.settings import RAY_NAMESPACE
-
-    def source(capability: str, agent: str | None) -> PoolView:
-        supervisor = ray.get_actor(supervisor_name(settings.tenant), namespace=RAY_NAMESPACE)
-        pool: Any = ray.get(supervisor.get_pool.remote(capability, agent))
-        return pool
-
-    router = PoolRouter(source)
-
-    async def delegate(task: Task) -> Any:
-        return await router.run_async(task)
-
-    async def schema_of(capability: str) -> dict[str, Any]:
-        pool = await asyncio.to_thread(source, capability, None)
-        return dict(pool.schemas.get(capability, {}))
-
-    return delegate, schema_of

@@ -22,12 +22,15 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.llm_providers import ToolSpec
 from actors.models import MCPServer, Task, TaskResult, ToolRef
 from actors.skills import Skill, _input_model, load_entrypoint
 from cluster.errors import SpecInvalid
+
+if TYPE_CHECKING:
+    from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -296,3 +299,28 @@ class ToolBox:
     async def close(self) -> None:
         for connection in self._connections:
             await connection.close()
+
+
+def ray_delegation(settings: Settings) -> tuple[Delegate, SchemaLookup]:
+    """Delegation from a replica: a PoolRouter fed by the tenant's supervisor (Ray calls)."""
+    import ray
+
+    from actors.router import PoolRouter, PoolView
+    from actors.system import supervisor_name
+    from cluster.settings import RAY_NAMESPACE
+
+    def source(capability: str, agent: str | None) -> PoolView:
+        supervisor = ray.get_actor(supervisor_name(settings.tenant), namespace=RAY_NAMESPACE)
+        pool: Any = ray.get(supervisor.get_pool.remote(capability, agent))
+        return pool
+
+    router = PoolRouter(source)
+
+    async def delegate(task: Task) -> Any:
+        return await router.run_async(task)
+
+    async def schema_of(capability: str) -> dict[str, Any]:
+        pool = await asyncio.to_thread(source, capability, None)
+        return dict(pool.schemas.get(capability, {}))
+
+    return delegate, schema_of
