@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 import httpx
-from a2a.client import Client, ClientConfig, ClientFactory
+from a2a.client import A2AClientError, Client, ClientConfig, ClientFactory
 from a2a.helpers import get_message_text, new_message
 from a2a.types.a2a_pb2 import (
     GetTaskRequest,
@@ -84,7 +84,7 @@ class A2ARemoteAgent:
     def __init__(self, **config: Any) -> None:
         self.config = A2ARemoteConfig(**config)
         self._headers = self._auth_headers()
-        self._client: tuple[asyncio.AbstractEventLoop, Client] | None = None
+        self._client: tuple[asyncio.AbstractEventLoop, Client, httpx.AsyncClient] | None = None
         if not self.config.skills:
             self.forward = skill()(self._forwarder(None))
         for index, (capability, remote) in enumerate(self.config.skills.items()):
@@ -113,7 +113,11 @@ class A2ARemoteAgent:
         if self._client is None or self._client[0] is not loop:
             http = httpx.AsyncClient(headers=self._headers, timeout=self.config.timeout_s)
             factory = ClientFactory(ClientConfig(httpx_client=http, streaming=False))
-            self._client = (loop, await factory.create_from_url(self.config.url))
+            try:
+                self._client = (loop, await factory.create_from_url(self.config.url), http)
+            except BaseException:
+                await http.aclose()
+                raise
         return self._client[1]
 
     async def send(self, data: dict[str, Any], remote_skill: str | None = None) -> Any:
@@ -135,11 +139,14 @@ class A2ARemoteAgent:
             if last is None or not last.HasField("task"):
                 raise TaskFailed(f"{self.config.url} answered neither a task nor a message")
             return self._output(await self._ended(client, last.task))
-        except (A2AError, httpx.HTTPError) as exc:
-            self._client = None  # resolve the card again next time
+        except (A2AClientError, httpx.HTTPError) as exc:
+            # Resolve the card again next time (tasks still using this client keep it).
+            self._client = None
             raise TaskFailed(
                 f"A2A agent {self.config.url}: {exc}", "A2AUnavailable", True
             ) from None
+        except A2AError as exc:  # the remote agent refused the request itself
+            raise TaskFailed(f"A2A agent {self.config.url}: {exc}", type(exc).__name__) from None
 
     async def _ended(self, client: Client, task: A2ATask) -> A2ATask:
         """The task once the remote agent has finished (or stopped for input) with it."""

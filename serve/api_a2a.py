@@ -32,6 +32,7 @@ from a2a.types.a2a_pb2 import (
     StringList,
     TaskState,
 )
+from cachetools import LRUCache
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 from google.protobuf.json_format import MessageToDict
@@ -52,6 +53,8 @@ AgentName = Path(pattern=NAME, description="the agent's name (its newest active 
 #: The card extension whose params map each skill id to its input JSON schema.
 INPUT_SCHEMAS_URI = "urn:dafnck:a2a:input-schemas:v1"
 MODES = ["text/plain", "application/json"]
+#: Dispatchers an API replica keeps (one per tenant, agent version and URL).
+DISPATCHERS = 512
 
 
 def newest(records: list[AgentRecord]) -> AgentRecord:
@@ -173,8 +176,8 @@ class PlatformExecutor(AgentExecutor):
 
 def _dispatcher(request: Request, who: Caller, client: Client, record: AgentRecord) -> Any:
     """The SDK's JSON-RPC dispatcher for this agent version, one per replica and tenant."""
-    cache: dict[tuple[str, ...], JsonRpcDispatcher] = request.app.state.__dict__.setdefault(
-        "a2a_dispatchers", {}
+    cache: LRUCache[tuple[str, ...], JsonRpcDispatcher] = request.app.state.__dict__.setdefault(
+        "a2a_dispatchers", LRUCache(maxsize=DISPATCHERS)
     )
     url = _url(request, record.spec.name)
     key = (who.tenant, record.agent_id, url, str(record.updated_at))
