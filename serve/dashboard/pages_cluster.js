@@ -26,8 +26,11 @@ function clusterCard(o) {
   const total = o.ray?.resources || {};
   const free = o.ray?.available || {};
   const used = (k) => (total[k] || 0) - (free[k] || 0);
+  const parts = Object.entries(o.components || {}).filter(([name]) => name !== "pools");
   return section("Cluster",
-    h("p", {}, badge(o.status), ` store ${o.store_latency_ms} ms`),
+    h("p", {}, badge(o.status), o.store_latency_ms === null ? " store unreachable" : ` store ${o.store_latency_ms} ms`),
+    parts.length ? h("ul", { class: "components", "aria-label": "Components" },
+      parts.map(([name, part]) => h("li", {}, name, " ", badge(part.status)))) : null,
     h("div", { class: "stats" },
       stat("Nodes", o.ray?.nodes ?? "—", "nodes"),
       stat("CPUs in use", `${used("CPU").toFixed(1)} / ${total.CPU ?? 0}`, "cpus"),
@@ -55,9 +58,10 @@ function workCard(o, flow) {
 
 function poolsCard(o) {
   return section("Agents and pools",
-    table(["Agent", "Status", "Replicas", "In flight", "Done", "Restarts"],
+    table(["Agent", "Status", "Health", "Replicas", "In flight", "Done", "Restarts"],
       Object.entries(o.pools || {}).map(([id, p]) =>
-        [id, badge(p.status), `${p.running} / ${p.desired}`, p.in_flight, p.completed, p.restarts]),
+        [id, badge(p.status), badge(o.components?.pools?.[id]?.status || (p.running >= p.desired ? "ok" : "degraded")),
+          `${p.running} / ${p.desired}`, p.in_flight, p.completed, p.restarts]),
       { empty: "No agents yet." }));
 }
 
@@ -122,7 +126,7 @@ function removeControl(record, refresh) {
 
 function replicasDetails(id, pool) {
   const rows = Object.entries(pool?.replicas || {}).map(([name, r]) =>
-    [name, r.error ? `error: ${r.error}` : "ok", r.pid ?? "—", r.in_flight ?? 0, r.completed ?? 0, r.failed ?? 0,
+    [name, r.error ? `error: ${r.error}` : r.unresponsive ? "unresponsive" : "ok", r.pid ?? "—", r.in_flight ?? 0, r.completed ?? 0, r.failed ?? 0,
       r.uptime_s === undefined ? "—" : `${Math.round(r.uptime_s)} s`]);
   return h("details", { class: "replicas" }, h("summary", {}, `Replica health of ${id}`),
     table(["Replica", "Health", "PID", "In flight", "Done", "Failed", "Up"], rows, { empty: "No replica runs." }));

@@ -14,13 +14,11 @@ from typing import Any
 import httpx
 import pyotp
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from cluster.security import Security
 from cluster.security_models import Role
 from tests.integration.conftest import kill_tenant
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-expect = playwright_api.expect
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -82,7 +80,7 @@ def site(api_url: str, security: Security) -> Iterator[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    with playwright_api.sync_playwright() as pw:
+    with sync_playwright() as pw:
         launched = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
@@ -287,3 +285,19 @@ def test_the_api_keeps_its_paths_and_the_pages_their_files(site: dict[str, Any])
     assert needs == {"fetch": [], "left": ["fetch"], "right": ["fetch"], "merge": ["left", "right"]}
     me = http.get("/v1/me").json()
     assert me["role"] == "admin" and "agents:write" in me["permissions"]
+    before = http.get("/v1/overview").json()
+    done = http.post("/v1/executions", params={"wait": "true"},
+                     json={"workflow": "dash-flow", "inputs": {"seconds": 0.2}})  # fmt: skip
+    assert done.status_code == 200 and done.json()["status"] == "succeeded", done.text
+    deadline = time.monotonic() + 30  # replicas' counters reach the supervisor by its probes
+    while True:
+        after = http.get("/v1/overview").json()
+        ran = after["tasks"]["completed"] - before["tasks"]["completed"]
+        if ran >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert after["ray"]["nodes"] >= 1 and after["ray"]["resources"]["CPU"] > 0
+    assert after["tasks"]["completed"] - before["tasks"]["completed"] >= 4
+    assert after["tasks"]["busy_s"] - before["tasks"]["busy_s"] >= 0.6  # 3 steps of 0.2 s
+    counts = after["executions"]["counts"]
+    assert counts["succeeded"] == before["executions"]["counts"]["succeeded"] + 1
