@@ -122,6 +122,15 @@ def parse_output(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]:
     return value, None
 
 
+def whole_turns(history: list[Message]) -> list[Message]:
+    """Memory from its first user message on: bounding it may have cut a turn in two, and
+    providers refuse tool results whose call is gone."""
+    for i, message in enumerate(history):
+        if message.get("role") == "user":
+            return list(history[i:])
+    return []
+
+
 def _schema_prompt(schema: dict[str, Any]) -> str:
     return (
         "Reply with only a JSON value (no prose, no code fences) that satisfies this JSON "
@@ -205,7 +214,7 @@ class LLMAgent:
         session = task.input.get("session")
         history = await effects.memory_load(session) if session and self.cfg.memory else []
         convo = Conversation(
-            list(history), [{"role": "user", "content": render_prompt(task.input)}]
+            whole_turns(history), [{"role": "user", "content": render_prompt(task.input)}]
         )
         stream = TokenStream(self.events, task) if self.cfg.stream and self.events else None
         try:

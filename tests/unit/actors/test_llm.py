@@ -6,20 +6,22 @@ session, streamed tokens, and specs refused with the field named."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from actors.llm import LLMAgent, build_llm_agent, llm_implementation, render_prompt
 from actors.llm_effects import LLMEffects
 from actors.messages import DomainEvent
-from actors.models import AgentSpec, Task
+from actors.models import AgentSpec, LLMConfig, Task
 from cluster.errors import InputInvalid, OutputInvalid, SpecInvalid
 from cluster.store import Store
 from tests.fixtures.fake_llm import FakeLLM
 
 KEY_ENV = "DAFNCK_TEST_LLM_KEY"
+ROOT = str(Path(__file__).resolve().parents[3])
 
 
 def add(a: int, b: int) -> int:
@@ -192,6 +194,49 @@ async def test_a_prompt_without_a_string_is_refused_naming_the_field(
     with pytest.raises(InputInvalid, match="prompt"):
         await skills["text.answer"].run(Task(capability="text.answer", input={"question": "hi"}))
     assert llm.requests == []
+
+
+async def test_memory_cut_inside_a_turn_starts_at_its_next_user_message(
+    llm: FakeLLM, store: Store
+) -> None:
+    # A task with a tool call adds 4 messages; keeping 6 cuts the first task's turn in two.
+    llm.reply(tool_calls=[("c1", "add", {"a": 1, "b": 1})]).reply("2")
+    llm.reply(tool_calls=[("c2", "add", {"a": 2, "b": 2})]).reply("4").reply("ok")
+    spec = make_spec(llm, tools=[{"skill": f"{__name__}:add"}], memory={"max_messages": 6})
+    helper = agent(store, spec)
+    for prompt in ("1+1?", "2+2?", "thanks"):
+        await helper.run(task(prompt, session="s"))
+    sent = llm.requests[4]["body"]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "assistant", "user"]
+    assert sent[0]["content"] == "2+2?"
+
+
+class Reply(BaseModel):
+    answer: int
+
+
+def test_an_output_schema_may_be_a_pydantic_model_or_its_import_path() -> None:
+    direct = LLMConfig(provider="openai", model="m", output_schema=Reply)  # type: ignore[arg-type]
+    by_path = LLMConfig(provider="openai", model="m", output_schema=f"{__name__}:Reply")  # type: ignore[arg-type]
+    assert direct.output_schema == by_path.output_schema == Reply.model_json_schema()
+    with pytest.raises(ValidationError, match="output_schema"):
+        LLMConfig(provider="openai", model="m", output_schema="no.such:Model")  # type: ignore[arg-type]
+
+
+async def test_a_real_mcp_server_over_stdio_serves_the_agent(llm: FakeLLM, store: Store) -> None:
+    server = {
+        "command": ["python", "-m", "tests.fixtures.mcp_server"],
+        "cwd": ROOT,
+        "include": ["add"],
+    }
+    llm.reply(tool_calls=[("c1", "add", {"a": 20, "b": 22})]).reply("42")
+    helper = agent(store, make_spec(llm, "anthropic", tools=[{"mcp": server}]))
+    try:
+        assert (await helper.run(task("20+22?")))["output"] == "42"
+    finally:
+        await helper.tools.close()
+    assert [t["name"] for t in llm.requests[0]["body"]["tools"]] == ["add"]
+    assert tool_messages(llm.requests[1], "anthropic") == [("c1", "42", False)]
 
 
 def test_variables_fill_the_prompt_and_the_rest_is_appended() -> None:
