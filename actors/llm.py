@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import string
 import time
@@ -43,6 +44,8 @@ from cluster.errors import InputInvalid, OutputInvalid, SpecInvalid
 
 if TYPE_CHECKING:
     from cluster.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: A streamed piece of text goes out once this many characters or seconds have gathered.
 _FLUSH_CHARS = 64
@@ -166,6 +169,8 @@ class TokenStream:
         self.seq = 0
         self._buffer: list[str] = []
         self._last = time.monotonic()
+        #: The event bus failed once: the rest of the task is not streamed.
+        self.broken = False
 
     async def __call__(self, text: str) -> None:
         self._buffer.append(text)
@@ -180,7 +185,15 @@ class TokenStream:
         data = {"task": self.task.id, "execution": ctx.execution_id, "step": ctx.step_id,
                 "turn": self.turn, "seq": self.seq, "text": text, "done": done}  # fmt: skip
         self.seq += 1
-        await self.events.publish(DomainEvent(type="task.token", subject=self.task.id, data=data))
+        if self.broken:
+            return
+        try:
+            await self.events.publish(
+                DomainEvent(type="task.token", subject=self.task.id, data=data)
+            )
+        except Exception as exc:  # streaming is for watchers: it never fails the task
+            self.broken = True
+            log.warning("task %s: token events stopped: %s", self.task.id, exc)
 
 
 class LLMAgent:

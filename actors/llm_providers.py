@@ -171,6 +171,9 @@ class OpenAIProvider:
         self.model = cfg.model
         self._secret = api_key
         self._errors = (openai.OpenAIError, ValueError)
+        # OpenAI itself takes (and its newer models need) `max_completion_tokens`; the
+        # OpenAI-compatible servers behind a base_url know `max_tokens`.
+        self._limit = "max_tokens" if base_url(cfg) else "max_completion_tokens"
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url(cfg),
@@ -188,7 +191,7 @@ class OpenAIProvider:
         request: dict[str, Any] = {
             "model": self.cfg.model,
             "messages": to_openai(system, messages),
-            "max_tokens": self.cfg.max_tokens,
+            self._limit: self.cfg.max_tokens,
         }
         if self.cfg.temperature is not None:
             request["temperature"] = self.cfg.temperature

@@ -16,7 +16,7 @@ from actors.llm import LLMAgent, build_llm_agent, llm_implementation, render_pro
 from actors.llm_effects import LLMEffects
 from actors.messages import DomainEvent
 from actors.models import AgentSpec, LLMConfig, Task
-from cluster.errors import InputInvalid, OutputInvalid, SpecInvalid
+from cluster.errors import InputInvalid, OutputInvalid, SpecInvalid, StoreUnavailable
 from cluster.store import Store
 from tests.fixtures.fake_llm import FakeLLM
 
@@ -185,6 +185,21 @@ async def test_streamed_tokens_go_out_as_task_token_events(
     assert len(events.published) > 2
     assert [e.data["done"] for e in events.published][-2:] == [False, True]
     assert [e.data["seq"] for e in events.published] == list(range(len(events.published)))
+
+
+async def test_a_failing_event_bus_stops_the_stream_not_the_task(
+    llm: FakeLLM, store: Store
+) -> None:
+    class Broken(Events):
+        async def publish(self, event: DomainEvent) -> str:
+            await super().publish(event)
+            raise StoreUnavailable("Redis at redis://x is unreachable")
+
+    llm.reply("a reply long enough to be sent in more than one piece of streamed text " * 2)
+    events = Broken()
+    out = await agent(store, make_spec(llm, stream=True), events).run(task())
+    assert out["text"].startswith("a reply long enough")
+    assert len(events.published) == 1  # tried once, then left alone
 
 
 async def test_a_prompt_without_a_string_is_refused_naming_the_field(

@@ -67,6 +67,7 @@ async def test_a_reply_with_tool_calls_is_parsed_in_the_neutral_shape(
     body = sent["body"]
     if provider == "openai":
         assert body["messages"][0] == {"role": "system", "content": "be brief"}
+        assert body["max_tokens"] == 1024  # an OpenAI-compatible base_url: the classic name
         assert body["tools"][0]["function"]["name"] == "add"
     else:
         assert body["system"] == "be brief"
