@@ -15,7 +15,7 @@ import ray
 from actors.client import Client
 from actors.models import AgentSpec
 from actors.system import supervisor_name
-from cluster.llm_usage import UsageLedger
+from cluster.llm_usage import UsageLedger, WorkflowBudget
 from cluster.settings import RAY_NAMESPACE
 from tests.fixtures.fake_llm import FakeLLM
 from tests.integration.helpers import echo_spec, wait_until
@@ -95,3 +95,44 @@ def test_killed_mid_workflow_it_resumes_without_paying_twice(
     usage = UsageLedger(client.store).execution_report(execution.id)
     assert (usage["calls"], usage["input_tokens"], usage["output_tokens"]) == (2, 250, 50)
     assert done.steps["draft"].output["usage"]["replayed_calls"] == 1
+
+
+def test_a_step_past_the_workflow_budget_waits_for_approval_then_goes_on(
+    client: Client, tmp_path: Path
+) -> None:
+    key_file, notes = tmp_path / "openai.key", tmp_path / "notes.txt"
+    key_file.write_text("sk-budget-0123456789abcdef")
+    flow = MIXED.model_copy(
+        update={"name": "budgeted", "budget": WorkflowBudget(max_tokens=100, on_exceed="approval")}
+    )
+    with FakeLLM() as llm:
+        llm.reply(tool_calls=[("call_1", "record_note", {"path": str(notes), "note": "one"})],
+                  tokens=(100, 20))  # fmt: skip  # crosses the budget: the next turn is refused
+        llm.reply("approved text", tokens=(150, 30))
+        client.agents.apply([writer(llm.openai_url, key_file), echo_spec()])
+        client.workflows.define(flow)
+        execution = client.workflows.run("budgeted", {}, wait=False)
+
+        def at_gate() -> Any:
+            found = client.workflows.status(execution.id)
+            return found if found.status == ExecutionStatus.WAITING_APPROVAL else None
+
+        gated = wait_until(at_gate, 60, "the step held at its budget gate")
+        assert gated.steps["draft"].status == "waiting_approval"
+        assert len(llm.requests) == 1
+        wait_until(lambda: _approve(client, execution.id), 30, "the approval to be taken")
+        done = wait_until(lambda: finished(client, execution.id), 60, "the execution to end")
+        assert done.status == ExecutionStatus.SUCCEEDED, done.error
+        assert done.outputs == {"text": "approved text"}
+        assert len(llm.requests) == 2  # the first turn replayed after the approval
+        assert notes.read_text().splitlines() == ["one"]
+    usage = UsageLedger(client.store).execution_report(execution.id)
+    assert (usage["calls"], usage["input_tokens"] + usage["output_tokens"]) == (2, 300)
+
+
+def _approve(client: Client, execution_id: str) -> bool:
+    try:
+        client.workflows.approve(execution_id, "draft", by="ann", reason="worth it")
+    except Exception:  # the gate is not registered yet
+        return False
+    return True
