@@ -18,7 +18,7 @@ from rich.table import Table
 from cluster.errors import ConfigError, TaskFailed
 from cluster.progress import watch
 
-AGENTS = Path("configs/agents/llm-demo.yaml")
+AGENTS = Path("configs/agents/llm/repo-guide.yaml")
 LISTER = Path("configs/agents/review.yaml")
 WORKFLOW = Path("configs/workflows/llm-demo.yaml")
 NEEDS = (

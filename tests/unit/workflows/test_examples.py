@@ -21,7 +21,7 @@ from workflows.validate import topological_order
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 AGENTS = [
     spec
-    for name in ("review.yaml", "llm-demo.yaml")
+    for name in ("review.yaml", "llm/repo-guide.yaml")
     for spec, _ in parse_models(CONFIGS / "agents" / name, AgentSpec)
 ]
 CAPABILITIES = {c for spec in AGENTS for c in spec.capabilities}
