@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketClose
@@ -113,17 +114,27 @@ async def workflow_graph(
     return {"name": name, "version": found, "steps": steps}
 
 
+def _api_path(path: str) -> bool:
+    return path.split("/", 1)[0] in API_PREFIXES
+
+
 class DashboardFiles(StaticFiles):
     """`StaticFiles` that leaves the API's paths alone: they answer JSON 404, never a page."""
 
     async def get_response(self, path: str, scope: Scope) -> Response:
-        if path.split("/", 1)[0] in API_PREFIXES or scope["method"] not in ("GET", "HEAD"):
+        if _api_path(path) or scope["method"] not in ("GET", "HEAD"):
             raise HTTPException(status_code=404)
         response = await super().get_response(path, scope)
         response.headers.setdefault("Cache-Control", "no-cache")
         return response
 
+    #: The mount serving these files: named in the scope as a matched route is, so the
+    #: metrics label pages and files "/" rather than "unmatched".
+    mount: Mount | None = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _api_path(self.get_path(scope)):
+            scope["route"] = self.mount
         if scope["type"] == "websocket":  # an unknown WebSocket path: refuse, as Starlette does
             await WebSocketClose()(scope, receive, send)
             return
@@ -132,4 +143,7 @@ class DashboardFiles(StaticFiles):
 
 def install(app: FastAPI) -> None:
     """Mount the dashboard at `/`; call after every router is included, so routes win."""
-    app.mount("/", DashboardFiles(directory=STATIC_DIR, html=True), name="dashboard")
+    files = DashboardFiles(directory=STATIC_DIR, html=True)
+    files.mount = Mount("/", app=files, name="dashboard")
+    files.mount.path = "/"  # Mount keeps "" for "/"; the metrics' label says "/"
+    app.router.routes.append(files.mount)
