@@ -34,6 +34,7 @@ from cluster.errors import (
 from cluster.llm_limits import RateLimiter
 from cluster.llm_prices import Prices, default_prices
 from cluster.llm_usage import Charge, Usage, UsageLedger
+from cluster.metrics import record_tokens
 from cluster.redact import redact
 from cluster.store import Store
 
@@ -131,6 +132,8 @@ class LLMEffects:
                    self.task.context.workflow_id),
         )  # fmt: skip
         await pipe.execute()
+        record_tokens(provider, model, self.store.tenant, usage.input_tokens,
+                      usage.output_tokens, usage.cost_usd)  # fmt: skip
         await self.limiter.settle(provider, model, usage.tokens - estimated)
         return entry
 

@@ -9,12 +9,14 @@ never counts a call without caching it (or the other way round).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from cluster.contracts import Contract
-from cluster.store import Store
+
+if TYPE_CHECKING:  # a contract module (actors.models) imports this one: keep it light
+    from cluster.store import Store
 
 #: The totals every usage hash and every task result carry.
 TOTALS = ("input_tokens", "output_tokens", "cost_usd", "calls")

@@ -13,6 +13,7 @@ from actors.models import AgentSpec, BudgetConfig, LLMConfig, Task, TaskContext
 from cluster.errors import BudgetExceeded, BudgetNeedsApproval, TaskFailed, ToolMayHaveRun
 from cluster.llm_prices import Prices
 from cluster.llm_usage import UsageLedger, WorkflowBudget
+from cluster.metrics import REGISTRY
 from cluster.redact import MASK, register_secret
 from cluster.store import Store
 
@@ -59,8 +60,17 @@ def effects(store: Store, spec: AgentSpec | None = None, t: Task | None = None) 
     return LLMEffects.for_task(store, spec or agent(), t or task(), PRICES)
 
 
+def tokens_counted(tenant: str) -> float:
+    sample = REGISTRY.get_sample_value(
+        "dafnck_llm_tokens_total",
+        {"provider": "openai", "model": "gpt-4o-mini", "tenant": tenant, "direction": "input"},
+    )
+    return sample or 0.0
+
+
 async def test_a_resumed_task_replays_completed_replies_without_paying(store: Store) -> None:
     model = Model()
+    counted = tokens_counted(store.tenant)
     first = effects(store)
     reply = await first.model_call(0, model, estimated_tokens=100)
     again = effects(store)  # the same step attempt, run again after a crash
@@ -75,6 +85,7 @@ async def test_a_resumed_task_replays_completed_replies_without_paying(store: St
     assert tenant["models"]["openai/gpt-4o-mini"]["calls"] == 1
     execution = ledger.execution_report("e1")
     assert execution["steps"]["draft"]["output_tokens"] == 500
+    assert tokens_counted(store.tenant) - counted == 1000  # the metric, once too
 
 
 async def test_another_attempt_or_turn_calls_the_model_again(store: Store) -> None:
