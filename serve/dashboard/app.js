@@ -75,6 +75,7 @@ async function route() {
   header.hidden = false;
   document.getElementById("who").textContent = `${current.me.subject} · ${current.me.role} · ${current.me.tenant}`;
   for (const link of header.querySelectorAll("nav a")) {
+    link.hidden = !current.me.permissions.includes(link.dataset.needs);
     const active = path.startsWith(link.getAttribute("href").slice(1));
     if (active) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
