@@ -49,6 +49,7 @@ from cluster.streams import (
     last_id,
     stream_replies,
 )
+from cluster.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,8 @@ class CommunicationHub:
             update={
                 "tenant": tenant,
                 "correlation_id": message.correlation_id or message.id,
-                "trace_id": message.trace_id or new_traceparent(),
+                # The sender's span, so the handler's span joins its trace.
+                "trace_id": message.trace_id or current_traceparent() or new_traceparent(),
                 **where,
             }
         )

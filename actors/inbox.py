@@ -16,6 +16,7 @@ from typing import Any
 
 from actors.hub import CommunicationHub
 from actors.messages import Message
+from actors.observe import message_scope
 from actors.state import ReplicaState
 from cluster.errors import DafnckError
 from cluster.streams import Delivery, GroupReader
@@ -87,9 +88,10 @@ class InboxWorker:
             message = Message.from_fields(
                 delivery.fields, stream_id=delivery.id, delivery_count=delivery.delivery_count
             )
-            result = self.handler(message)
-            if inspect.isawaitable(result):
-                await result
+            with message_scope(message, self.agent, self.replica):
+                result = self.handler(message)
+                if inspect.isawaitable(result):
+                    await result
         except Exception:  # not acknowledged: redelivered, then dead-lettered
             self.failed += 1
             log.exception("handler of %s failed on %s", self.agent, delivery.id)

@@ -107,6 +107,26 @@ def task_scope(task: Task, agent_id: str, replica: str) -> Iterator[Callable[[An
         yield done
 
 
+@contextlib.contextmanager
+def message_scope(message: Any, agent: str, replica: str) -> Iterator[None]:
+    """Around a replica's message handler: a CONSUMER span child of the sender's, and ids."""
+    attributes = {
+        tracing.TENANT: message.tenant or None,
+        "dafnck.message_id": message.id,
+        "dafnck.agent": agent,
+        "dafnck.replica": replica,
+        "messaging.operation.type": "process",
+        "messaging.message.id": message.id,
+        "messaging.message.conversation_id": message.correlation_id,
+    }
+    with (
+        log_context(tenant=message.tenant, agent=agent, replica=replica),
+        tracing.span(f"process {message.type}", parent=message.trace_id,
+                     kind=SpanKind.CONSUMER, attributes=attributes, root=False),
+    ):  # fmt: skip
+        yield
+
+
 # -- workflows -------------------------------------------------------------------------------
 
 
@@ -271,4 +291,11 @@ class PoolGauges:
                 gauge.set(0, agent=gone)
 
 
-__all__ = ["PoolGauges", "TaskMeter", "TracedDispatcher", "WorkflowObserver", "task_scope"]
+__all__ = [
+    "PoolGauges",
+    "TaskMeter",
+    "TracedDispatcher",
+    "WorkflowObserver",
+    "message_scope",
+    "task_scope",
+]

@@ -16,6 +16,7 @@ from actors.messages import TOPIC, Message, MessageResult, QueueStatus, new_trac
 from cluster.errors import NotFound, QueueFull, SpecInvalid
 from cluster.store import Store
 from cluster.streams import GroupReader, after, async_unavailable_as_error
+from cluster.tracing import current_traceparent
 
 QUEUE_GROUP = "workers"
 _STREAM_ID = re.compile(r"^\d+-\d+$")
@@ -71,7 +72,7 @@ class MessageQueue:
             update={
                 "tenant": message.tenant or self.store.tenant,
                 "correlation_id": message.correlation_id or message.id,
-                "trace_id": message.trace_id or new_traceparent(),
+                "trace_id": message.trace_id or current_traceparent() or new_traceparent(),
             }
         )
         entry_id = str(await client.xadd(key, stamped.to_fields()))

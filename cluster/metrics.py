@@ -66,7 +66,13 @@ class MetricDef:
 
 
 class Metric:
-    """One metric in both backends; `inc`/`set`/`observe` take the labels as keywords."""
+    """One metric in both backends; `inc`/`set`/`observe` take the labels as keywords.
+
+    The Prometheus registry is updated at once (~1 us). Ray's metrics cost ~5-8 us a
+    record, too much for a task's hot path, so what goes to Ray is batched here (counter
+    sums, the last gauge value, histogram observations) and recorded by a background thread
+    every `FLUSH_S` (Ray itself exports every 10 s).
+    """
 
     def __init__(self, definition: MetricDef) -> None:
         bad = set(definition.labels) - ALLOWED_LABELS
@@ -77,6 +83,8 @@ class Metric:
         self._ray: Any = None
         self._children: dict[tuple[str, ...], Any] = {}
         self._tags: dict[tuple[str, ...], dict[str, str]] = {}
+        self._pending: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -91,6 +99,11 @@ class Metric:
     def observe(self, value: float, **labels: str) -> None:
         self._record("observe", value, labels)
 
+    def value(self, **labels: str) -> float | None:
+        """This process's value (a histogram's count), as `/metrics` shows it."""
+        suffix = {"counter": "_total", "gauge": "", "histogram": "_count"}[self.definition.kind]
+        return REGISTRY.get_sample_value(self.name + suffix, labels)
+
     def _record(self, verb: str, value: float, labels: dict[str, str]) -> None:
         key = tuple(str(labels[name]) for name in self.definition.labels)
         child = self._children.get(key)
@@ -98,15 +111,33 @@ class Metric:
             child = self._children[key] = self._prom.labels(*key) if key else self._prom
             self._tags[key] = dict(zip(self.definition.labels, key, strict=True))
         getattr(child, verb)(value)
+        if self._ray is False or (self._ray is None and not _ray_connected()):
+            return
+        with self._lock:
+            if verb == "inc":
+                self._pending[key] = self._pending.get(key, 0.0) + value
+            elif verb == "set":
+                self._pending[key] = value
+            else:
+                self._pending.setdefault(key, []).append(value)
+        _FLUSHER.dirty(self)
+
+    def flush_to_ray(self) -> None:
+        """Record what was batched since the last flush into `ray.util.metrics`."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
         ray_metric = self._ray if self._ray is not None else self._ray_metric()
-        if ray_metric:
-            getattr(ray_metric, verb)(value, tags=self._tags[key])
+        if not ray_metric:
+            return
+        verb = {"counter": "inc", "gauge": "set", "histogram": "observe"}[self.definition.kind]
+        record = getattr(ray_metric, verb)
+        for key, value in pending.items():
+            for one in value if isinstance(value, list) else [value]:
+                record(one, tags=self._tags[key])
 
     def _ray_metric(self) -> Any:
         """The `ray.util.metrics` twin, made once this process is connected to Ray."""
-        import ray
-
-        if not ray.is_initialized():
+        if not _ray_connected():
             return None
         from ray.util import metrics as ray_metrics
 
@@ -123,17 +154,60 @@ class Metric:
             self._ray = False
         return self._ray
 
-    def samples(self) -> dict[tuple[str, ...], float]:
-        """This process's values (counters and gauges; histograms give their count)."""
-        out = {}
-        for family in self._prom.collect():
-            for sample in family.samples:
-                if sample.name.endswith(("_total", "_count")) or family.type == "gauge":
-                    key = tuple(sample.labels.get(n, "") for n in self.definition.labels)
-                    if sample.name.endswith("_created"):
-                        continue
-                    out[key] = sample.value
-        return out
+
+_is_initialized: Any = None
+
+
+def _ray_connected() -> bool:
+    global _is_initialized
+    if _is_initialized is None:
+        import ray
+
+        _is_initialized = ray.is_initialized
+    return bool(_is_initialized())
+
+
+class _Flusher:
+    """One daemon thread per process: batched Ray records, and the watched caches."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def dirty(self, metric: Metric) -> None:
+        if self._thread is None:
+            self.start()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="dafnck-metrics",
+                                                daemon=True)  # fmt: skip
+                self._thread.start()
+
+    def flush(self) -> None:
+        sync_caches()
+        for metric in ALL:
+            if metric._pending:
+                metric.flush_to_ray()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(FLUSH_S)
+            try:
+                self.flush()
+            except Exception:  # a metrics hiccup must not end the loop
+                log.debug("metrics flush failed", exc_info=True)
+
+
+#: How often batched records reach Ray's metrics (and caches' counters the metrics).
+FLUSH_S = 1.0
+_FLUSHER = _Flusher()
+
+
+def flush() -> None:
+    """Push everything batched to Ray now (tests, and before a process exits)."""
+    _FLUSHER.flush()
 
 
 def _prometheus(d: MetricDef) -> Any:
@@ -220,23 +294,16 @@ def record_tokens(
 
 _caches: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, int]]] = weakref.WeakKeyDictionary()
 _sync_lock = threading.Lock()
-_sync_thread: threading.Thread | None = None
-#: How often a process pushes its caches' counters to the metrics (and so to Ray's export).
-CACHE_SYNC_S = 5.0
 
 
 def watch_cache(manager: Any) -> None:
     """Count a `CacheManager`'s hits and misses (it keeps plain ints: an L1 hit stays ~1 us).
 
-    Its counters reach the metrics on every `/metrics` scrape and every `CACHE_SYNC_S`.
+    Its counters reach the metrics on every `/metrics` scrape and every `FLUSH_S`.
     """
-    global _sync_thread
     with _sync_lock:
         _caches[manager] = {"l1": (0, 0), "l2": (0, 0)}
-        if _sync_thread is None:
-            _sync_thread = threading.Thread(target=_sync_loop, name="dafnck-cache-metrics",
-                                            daemon=True)  # fmt: skip
-            _sync_thread.start()
+    _FLUSHER.start()
 
 
 def sync_caches() -> None:
@@ -251,15 +318,6 @@ def sync_caches() -> None:
                 if misses > old_misses:
                     CACHE_MISSES.inc(misses - old_misses, level=level)
             _caches[manager] = now
-
-
-def _sync_loop() -> None:
-    while True:
-        time.sleep(CACHE_SYNC_S)
-        try:
-            sync_caches()
-        except Exception:  # a metrics hiccup must not end the loop
-            log.debug("cache metrics sync failed", exc_info=True)
 
 
 def count_deliveries(stream_key: str, delivery_counts: list[int]) -> None:
@@ -290,6 +348,7 @@ __all__ = [
     "Metric",
     "MetricDef",
     "count_deliveries",
+    "flush",
     "record_tokens",
     "stream_kind",
     "sync_caches",

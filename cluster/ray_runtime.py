@@ -150,12 +150,20 @@ def init_ray(
             logging_config=logging_config,
             log_to_driver=False,
             configure_logging=False,
+            job_config=ray.job_config.JobConfig(metadata=job_metadata(settings)),
         )
     except (ConnectionError, RuntimeError) as exc:
         raise ClusterUnavailable(f"cannot join the Ray cluster at {target!r}: {exc}") from None
     global _dashboard
     _dashboard = context.dashboard_url or ""
     return _dashboard_url()
+
+
+def job_metadata(settings: Settings) -> dict[str, str]:
+    """What the Ray dashboard's Jobs view shows about this driver."""
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:3]]) if sys.argv else "python"
+    return {"dafnck.tenant": settings.tenant, "dafnck.command": command[:200],
+            "dafnck.version": "0.1.0"}  # fmt: skip
 
 
 def _token_auth_on() -> None:

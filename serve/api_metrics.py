@@ -11,6 +11,7 @@ after its route template, child of an incoming `traceparent` header.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -52,7 +53,8 @@ def install(app: FastAPI) -> None:
         started = time.perf_counter()
         status = 500
         method = request.method if request.method in _METHODS else "OTHER"
-        request_id = request.headers.get("x-request-id")
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id  # the audit and the log lines say the same id
         with (
             log_context(request_id=request_id),
             tracing.span(f"HTTP {method}", parent=request.headers.get("traceparent"),
@@ -63,6 +65,7 @@ def install(app: FastAPI) -> None:
             try:
                 response = await call_next(request)
                 status = response.status_code
+                response.headers.setdefault("x-request-id", request_id)
                 return response
             finally:
                 route = route_template(request)

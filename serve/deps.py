@@ -93,7 +93,11 @@ def services(request: Request) -> Services:
 
 
 def request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    return (
+        request.headers.get("x-request-id")
+        or getattr(request.state, "request_id", None)  # set by the outermost middleware
+        or uuid.uuid4().hex
+    )
 
 
 def header_credential(headers: Mapping[str, str]) -> str | None:

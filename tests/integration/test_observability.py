@@ -160,6 +160,7 @@ def test_metrics_move_as_work_happens(
         if name.startswith("dafnck_"):
             assert {k for k, _ in labels} - {"le"} <= metrics.ALLOWED_LABELS, name
     # the same metric goes to Ray's export from this driver, with the same tag keys
+    metrics.flush()
     assert metrics.TASKS._ray and metrics.TASKS._ray.info["tag_keys"] == ("capability", "outcome")
 
 
