@@ -128,4 +128,10 @@ def test_a_canary_key_appears_nowhere(
     found += ["the actor table"] if canary in actors else []
     found += ["this process's logs"] if canary in caplog.text else []
     assert not found, f"the canary key leaked into: {found}"
-    assert any("/v1/usage" in r.request.url.path and r.status_code == 200 for r in responses)
+    usage = {
+        r.request.url.path: r.json() for r in responses if r.request.url.path.endswith("usage")
+    }
+    assert usage[f"/v1/executions/{eid}/usage"]["calls"] == 0  # a refused call costs nothing
+    assert usage[f"/v1/executions/{eid}/usage"]["workflow"] == "halfway"
+    assert usage["/v1/usage"]["tenant"] == tenant_settings.tenant
+    assert api.get("/v1/executions/nope/usage", headers=admin).status_code == 404
