@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import secrets
@@ -30,6 +31,7 @@ from standardwebhooks import Webhook
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential,
 )
@@ -70,6 +72,17 @@ class WebhookPolicy:
 
 class Retryable(Exception):
     """An attempt the receiver may accept later (5xx, 408, 429)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message, status)
+
+    @property
+    def status(self) -> int | None:
+        return self.args[1]  # type: ignore[no-any-return]
+
+
+class Refused(Retryable):
+    """The receiver refused the webhook for good (a 3xx or a 4xx other than 408 and 429)."""
 
 
 def webhook_key(store: Store, execution_id: str) -> str:
@@ -112,13 +125,17 @@ class WebhookDispatcher:
         executions: ExecutionStore,
         policy: WebhookPolicy | None = None,
         consumer: str = "supervisor",
+        sweep_s: float = 30.0,
     ) -> None:
         self.store = store
+        #: How often entries left unacknowledged (a delivery cut short by an outage) are
+        #: taken up again; the first sweep, at start, takes up those of a dead supervisor.
+        self.sweep_s = sweep_s
         self.executions = executions
         self.policy = policy or WebhookPolicy()
         self.consumer = consumer
         self.streams = [store.key("events", t) for t in END_TYPES]
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
         for stream in self.streams:  # now, so no end after the supervisor starts is missed
             try:
                 store.redis.xgroup_create(stream, GROUP, id="$", mkstream=True)
@@ -127,10 +144,13 @@ class WebhookDispatcher:
                     raise
 
     async def run(self) -> None:
-        """Deliver what was read but not acknowledged before a restart, then every new end."""
-        await self._read("0")
+        """Deliver every new end, and now and then what was read but not acknowledged."""
+        swept = -self.sweep_s
         while True:
             try:
+                if time.monotonic() - swept >= self.sweep_s:
+                    await self._read("0")
+                    swept = time.monotonic()
                 await self._read(">")
             except asyncio.CancelledError:
                 raise
@@ -140,9 +160,10 @@ class WebhookDispatcher:
 
     async def close(self) -> None:
         """Stop the deliveries under way (not acknowledged: read again on the next start)."""
-        for task in list(self._running):
+        running = list(self._running.values())
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _read(self, cursor: str) -> None:
         reply = await self.store.async_redis().xreadgroup(
@@ -154,25 +175,38 @@ class WebhookDispatcher:
         )
         for stream, entries in stream_replies(reply):
             for entry_id, fields in entries:
-                task = asyncio.create_task(self._handle(stream, entry_id, fields))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                if entry_id in self._running:  # a sweep finds the deliveries under way too
+                    continue
+                task = asyncio.create_task(self._handle(stream, entry_id, fields or {}))
+                self._running[entry_id] = task
+                task.add_done_callback(functools.partial(self._forget, entry_id))
+
+    def _forget(self, entry_id: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(entry_id, None)
 
     async def _handle(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
+        """Deliver the end's webhook (if it has one), then acknowledge the end.
+
+        An error before the outcome is recorded (Redis away) leaves the end unacknowledged,
+        for the next sweep; an entry that is not an event is acknowledged and dropped.
+        """
         try:
             event = DomainEvent.from_fields(fields)
-            execution_id = str(event.data.get("execution") or event.subject)
-            webhook_id = f"msg_{execution_id}_{entry_id}"
+        except ValueError:
+            log.warning("dropping %s of %s: not an event", entry_id, stream)
+            await self.store.async_redis().xack(stream, GROUP, entry_id)
+            return
+        execution_id = str(event.data.get("execution") or event.subject)
+        webhook_id = f"msg_{execution_id}_{entry_id}"
+        try:
             url, state, done_id = await self.store.async_redis().hmget(
                 webhook_key(self.store, execution_id), "url", "state", "webhook_id"
             )
             if url and not (state in ("delivered", "failed") and done_id == webhook_id):
                 await self.deliver(execution_id, url, webhook_id, event)
-        except asyncio.CancelledError:
-            raise  # not acknowledged: read again after the restart
+            await self.store.async_redis().xack(stream, GROUP, entry_id)
         except Exception:
-            log.exception("webhook of %s failed", entry_id, extra={"stream": stream})
-        await self.store.async_redis().xack(stream, GROUP, entry_id)
+            log.exception("webhook %s: trying again at the next sweep", webhook_id)
 
     async def deliver(self, execution_id: str, url: str, webhook_id: str, end: DomainEvent) -> None:
         """POST the execution's summary until it is accepted or the policy gives up."""
@@ -182,7 +216,8 @@ class WebhookDispatcher:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.max_attempts),
             wait=wait_exponential(multiplier=policy.base_s, max=policy.cap_s),
-            retry=retry_if_exception_type((Retryable, httpx.TransportError)),
+            retry=retry_if_exception_type((Retryable, httpx.TransportError))
+            & retry_if_not_exception_type(Refused),
             reraise=True,
         )
         status: int | None = None
@@ -193,8 +228,9 @@ class WebhookDispatcher:
                         status = await self._attempt(
                             http, execution_id, url, webhook_id, body, secret
                         )
-            except (Retryable, httpx.HTTPError, _Refused) as exc:
-                await self._outcome(execution_id, "failed", webhook_id, status, str(exc))
+            except (Retryable, httpx.HTTPError) as exc:
+                last = exc.status if isinstance(exc, Retryable) else None
+                await self._outcome(execution_id, "failed", webhook_id, last, str(exc))
                 return
         await self._outcome(execution_id, "delivered", webhook_id, status)
 
@@ -202,7 +238,7 @@ class WebhookDispatcher:
         self, http: httpx.AsyncClient, execution_id: str, url: str, webhook_id: str, body: str,
         secret: str,
     ) -> int:  # fmt: skip
-        """One signed POST; its status. Raises: Retryable, httpx.TransportError, _Refused."""
+        """One signed POST; its status. Raises: Retryable, Refused, httpx.HTTPError."""
         headers = signed_headers(secret, webhook_id, body, datetime.now(UTC))
         attempts = await self.store.async_redis().hincrby(
             webhook_key(self.store, execution_id), "attempts", 1
@@ -218,9 +254,9 @@ class WebhookDispatcher:
         if status >= 300:
             await self._append(execution_id, "webhook.attempt_failed", {**failed, "status": status})
         if status >= 500 or status in RETRY_STATUSES:
-            raise Retryable(f"{url} answered {status}")
+            raise Retryable(f"{url} answered {status}", status)
         if status >= 300:
-            raise _Refused(f"{url} answered {status}")
+            raise Refused(f"{url} answered {status}", status)
         return status
 
     async def _payload(self, execution_id: str, end: DomainEvent) -> dict[str, Any]:
@@ -262,7 +298,3 @@ class WebhookDispatcher:
             maxlen=MAX_EVENTS,
             approximate=True,
         )
-
-
-class _Refused(Exception):
-    """The receiver refused the webhook for good (a 3xx or 4xx other than 408 and 429)."""

@@ -20,7 +20,7 @@ from workflows.store import BlobStore, ExecutionStore
 FAST = WebhookPolicy(max_attempts=1000, base_s=0.02, cap_s=0.05)
 
 
-async def _until(check: Callable[[], bool], timeout_s: float = 20) -> None:
+async def _until(check: Callable[[], bool], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, "timed out"
@@ -33,14 +33,18 @@ def _end(execution_id: str) -> DomainEvent:
     )
 
 
-def test_an_undelivered_end_is_delivered_after_a_restart_with_the_same_id(
-    valkey_url: str, state_dir: Path
-) -> None:
+def _dispatcher_env(valkey_url: str, state_dir: Path) -> tuple[Store, ExecutionStore]:
     settings = load_settings(
         redis_url=valkey_url, state_dir=str(state_dir), tenant=f"wh{uuid.uuid4().hex[:8]}"
     )
-    store: Store = connect_store(settings)
-    executions = ExecutionStore(store, BlobStore(settings.blobs))
+    store = connect_store(settings)
+    return store, ExecutionStore(store, BlobStore(settings.blobs))
+
+
+def test_an_undelivered_end_is_delivered_after_a_restart_with_the_same_id(
+    valkey_url: str, state_dir: Path
+) -> None:
+    store, executions = _dispatcher_env(valkey_url, state_dir)
 
     async def scenario() -> None:
         with receiving(failures=10**6) as receiver:
@@ -71,5 +75,45 @@ def test_an_undelivered_end_is_delivered_after_a_restart_with_the_same_id(
         assert kinds.count("webhook.attempt_failed") >= 2
         for stream in again.streams:
             assert store.redis.xpending(stream, "webhooks")["pending"] == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_delivery_cut_short_is_taken_up_by_the_next_sweep(
+    valkey_url: str, state_dir: Path
+) -> None:
+    store, executions = _dispatcher_env(valkey_url, state_dir)
+
+    async def scenario() -> None:
+        with receiving(failures=10**6) as receiver:
+            register_webhook(store, "e2", WebhookSpec(url=receiver.url))  # type: ignore[arg-type]
+            dispatcher = WebhookDispatcher(store, executions, FAST, sweep_s=0.2)
+            running = asyncio.create_task(dispatcher.run())
+            await EventBus(store).publish(_end("e2"))
+            await _until(lambda: len(receiver.received) >= 2)
+            await dispatcher.close()  # the delivery dies; the loop reading ends goes on
+            receiver.failures = 0
+            key = store.key("webhook", "e2")
+            await _until(lambda: store.redis.hget(key, "state") == "delivered")
+            running.cancel()
+            await dispatcher.close()
+        assert len({headers["webhook-id"] for headers, _, _ in receiver.received}) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_refusal_is_not_retried(valkey_url: str, state_dir: Path) -> None:
+    store, executions = _dispatcher_env(valkey_url, state_dir)
+
+    async def scenario() -> None:
+        dispatcher = WebhookDispatcher(store, executions, FAST)
+        with receiving(failures=0) as receiver:
+            register_webhook(store, "e3", WebhookSpec(url=receiver.url + "/404"))  # type: ignore[arg-type]
+            receiver.status_for = {"/hook/404": 404}
+            end = _end("e3")
+            await dispatcher.deliver("e3", receiver.url + "/404", "msg_e3", end)
+        assert len(receiver.received) == 1
+        record = store.redis.hgetall(store.key("webhook", "e3"))
+        assert record["state"] == "failed" and record["last_status"] == "404"
 
     asyncio.run(scenario())
