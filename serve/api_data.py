@@ -20,6 +20,7 @@ from cluster.data_models import BACKUP_ID, BackupCriteria, DataMetadata, DataQue
 from cluster.errors import DafnckError, InputInvalid
 from cluster.security_models import Action
 from serve.deps import Caller, allowed
+from serve.errors import ErrorResponse
 
 router = APIRouter(tags=["data"])
 
@@ -84,7 +85,10 @@ def _version(if_match: str | None) -> int:
     return int(text)
 
 
-@router.patch("/v1/data/{object_id}")
+@router.patch(
+    "/v1/data/{object_id}",
+    responses={428: {"model": ErrorResponse, "description": "If-Match (the version) is missing"}},
+)
 async def update_object(
     response: Response,
     object_id: str = ObjectId,

@@ -19,7 +19,7 @@ from actors.models import new_id
 from actors.webhooks import WebhookSpec, register_webhook
 from cluster.security_models import Action
 from serve.deps import Caller, allowed
-from workflows.execution import Execution, ExecutionStatus
+from workflows.execution import Event, Execution, ExecutionStatus
 from workflows.spec import NAME
 
 router = APIRouter(prefix="/v1/executions", tags=["executions"])
@@ -52,11 +52,26 @@ class DecisionRequest(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
+class ExecutionsResponse(BaseModel):
+    executions: list[Execution]
+
+
+class EventEntry(BaseModel):
+    #: The event's stream id: the cursor to resume after it.
+    id: str
+    event: Event
+
+
+class EventsResponse(BaseModel):
+    events: list[EventEntry]
+    next_cursor: str | None
+
+
 def execution_json(execution: Execution) -> dict[str, Any]:
     return execution.model_dump(mode="json")
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, response_model=Execution)
 async def start_execution(
     request: ExecutionRequest,
     response: Response,
@@ -96,7 +111,7 @@ async def _wait(caller: Caller, execution_id: str, timeout_s: float) -> Executio
         await asyncio.sleep(WAIT_POLL_S)
 
 
-@router.get("")
+@router.get("", response_model=ExecutionsResponse)
 async def list_executions(
     status: ExecutionStatus | None = None,
     limit: int = Query(default=50, ge=1, le=1000),
@@ -107,7 +122,7 @@ async def list_executions(
     return {"executions": [execution_json(e) for e in found]}
 
 
-@router.get("/{execution_id}")
+@router.get("/{execution_id}", response_model=Execution)
 async def get_execution(
     execution_id: str = ExecutionId,
     caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
@@ -116,7 +131,7 @@ async def get_execution(
     return execution_json(await asyncio.to_thread(caller.client.workflows.status, execution_id))
 
 
-@router.post("/{execution_id}/pause")
+@router.post("/{execution_id}/pause", response_model=Execution)
 async def pause_execution(
     execution_id: str = ExecutionId,
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
@@ -125,7 +140,7 @@ async def pause_execution(
     return await _control(caller, execution_id, "pause")
 
 
-@router.post("/{execution_id}/resume")
+@router.post("/{execution_id}/resume", response_model=Execution)
 async def resume_execution(
     execution_id: str = ExecutionId,
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
@@ -134,7 +149,7 @@ async def resume_execution(
     return await _control(caller, execution_id, "resume")
 
 
-@router.post("/{execution_id}/cancel")
+@router.post("/{execution_id}/cancel", response_model=Execution)
 async def cancel_execution(
     execution_id: str = ExecutionId,
     body: DecisionRequest | None = Body(default=None),  # noqa: B008
@@ -145,7 +160,7 @@ async def cancel_execution(
     return await _control(caller, execution_id, "cancel", caller.principal.subject, reason)
 
 
-@router.post("/{execution_id}/retry")
+@router.post("/{execution_id}/retry", response_model=Execution)
 async def retry_execution(
     execution_id: str = ExecutionId,
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
@@ -166,7 +181,7 @@ async def _control(caller: Caller, execution_id: str, operation: str, *args: str
     return execution_json(done)
 
 
-@router.post("/{execution_id}/steps/{step}/approve")
+@router.post("/{execution_id}/steps/{step}/approve", response_model=Execution)
 async def approve_step(
     execution_id: str = ExecutionId,
     step: str = Path(pattern=r"^[a-z][a-z0-9_]*$", max_length=63),
@@ -180,7 +195,7 @@ async def approve_step(
     return await _decide(caller, execution_id, step, True, body)
 
 
-@router.post("/{execution_id}/steps/{step}/reject")
+@router.post("/{execution_id}/steps/{step}/reject", response_model=Execution)
 async def reject_step(
     execution_id: str = ExecutionId,
     step: str = Path(pattern=r"^[a-z][a-z0-9_]*$", max_length=63),
@@ -203,7 +218,7 @@ async def _decide(
     return execution_json(done)
 
 
-@router.get("/{execution_id}/events")
+@router.get("/{execution_id}/events", response_model=EventsResponse)
 async def execution_events(
     execution_id: str = ExecutionId,
     cursor: str = Query(default="0-0", pattern=STREAM_ID, description="`next_cursor` of a page"),

@@ -46,6 +46,12 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 Frame = tuple[str, dict[str, Any]]
 
 
+class EventStreamResponse(StreamingResponse):
+    """An SSE body; as a route's `response_class` it documents `text/event-stream`."""
+
+    media_type = "text/event-stream"
+
+
 def _resume_point(last_event_id: str | None, cursor: str | None) -> str:
     """`Last-Event-ID` wins over `?cursor=` (a browser's EventSource sends it on reconnect)."""
     point = last_event_id or cursor or "0-0"
@@ -106,7 +112,7 @@ async def _sse_body(frames: AsyncIterator[Frame | None]) -> AsyncIterator[bytes]
             yield b": keep-alive\n\n"
 
 
-@router.get("/v1/executions/{execution_id}/events/stream")
+@router.get("/v1/executions/{execution_id}/events/stream", response_class=EventStreamResponse)
 async def stream_execution_events(
     execution_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$"),
     cursor: str | None = Query(default=None, description="Resume after this stream id"),
@@ -239,7 +245,7 @@ async def bus_frames(
             yield None
 
 
-@router.get("/v1/events/stream")
+@router.get("/v1/events/stream", response_class=EventStreamResponse)
 async def stream_bus_events(
     type: str = Query(default="*", pattern=EVENT_TYPES, description="A type or glob: step.*"),
     cursor: str | None = Query(default=None, description="An event's `id`, to resume after"),

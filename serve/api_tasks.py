@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from actors.client import Client
 from actors.models import Task, TaskResult
-from actors.task_records import TaskRecords
+from actors.task_records import TaskRecords, TaskStatus
 from cluster.errors import DafnckError
 from cluster.security_models import Action
 from serve.deps import Caller, allowed
@@ -50,6 +51,23 @@ async def _run_recorded(client: Client, records: TaskRecords, task: Task) -> Non
     await records.finish(task.id, result)
 
 
+class TaskAccepted(BaseModel):
+    id: str
+    status: Literal["pending"]
+    location: str
+
+
+class TaskRecordResponse(BaseModel):
+    """A task's record: its status, the task, and its result once it ended."""
+
+    id: str
+    status: TaskStatus
+    task: Task
+    result: TaskResult | None
+    created_at: float
+    updated_at: float
+
+
 def _owned(task: Task, who: Caller) -> Task:
     """The task with its context's tenant set from the credential, whatever the body said."""
     context = task.context.model_copy(update={"tenant": who.tenant})
@@ -59,6 +77,7 @@ def _owned(task: Task, who: Caller) -> Task:
 @router.post(
     "/v1/tasks",
     status_code=202,
+    response_model=TaskAccepted,
     responses={200: {"model": TaskResult, "description": "with ?wait=true: the result"}},
 )
 async def submit_task(
@@ -94,7 +113,7 @@ async def start_task(who: Caller, task: Task, wait: bool) -> TaskResult | None:
     return None
 
 
-@router.get("/v1/tasks/{task_id}")
+@router.get("/v1/tasks/{task_id}", response_model=TaskRecordResponse)
 async def get_task(
     task_id: str,
     who: Caller = Depends(allowed(Action.TASKS_READ)),  # noqa: B008
@@ -103,7 +122,7 @@ async def get_task(
     return await TaskRecords(who.services.store.for_tenant(who.tenant)).get(task_id)
 
 
-@router.post("/v1/tasks/{task_id}/cancel")
+@router.post("/v1/tasks/{task_id}/cancel", response_model=TaskRecordResponse)
 async def cancel_task(
     task_id: str,
     response: Response,

@@ -69,7 +69,7 @@ def build_app(
         return await call_next(request)
 
     for name in ROUTER_MODULES:
-        app.include_router(importlib.import_module(name).router)
+        app.include_router(importlib.import_module(name).router, responses=errors.ERROR_RESPONSES)
     from serve import api_dashboard, api_metrics, idempotency
 
     api_dashboard.install(app)  # the pages at `/`, after every route so the API wins

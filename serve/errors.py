@@ -12,11 +12,47 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.errors import DafnckError, QueueFull, RateLimited
 
 log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: the error's type, a message naming the problem, and for bad input
+    every problem found (`{"field", "problem"}` or text)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    message: str
+    retryable: bool | None = None
+    problems: list[Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+_WHY = {
+    400: "Bad input or settings",
+    401: "No credential, or one that is invalid, expired or revoked",
+    403: "The caller's role does not allow this",
+    404: "Not found (also another tenant's ids)",
+    409: "The state does not allow this, or an Idempotency-Key reused with another body",
+    413: "The body is larger than 1 MiB",
+    422: "The input is invalid; every problem is listed",
+    429: "A rate limit or a full queue: retry after Retry-After seconds",
+    503: "The store or the cluster is unavailable (retryable)",
+}
+#: Error answers every route may give, declared in the OpenAPI document with their body.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why} for code, why in _WHY.items()
+}
 
 
 def error_body(type_: str, message: str, **extra: Any) -> dict[str, Any]:
