@@ -18,6 +18,7 @@ from actors.skills import Skill, build_skills, load_agent
 from actors.state import ReplicaState
 from cluster import telemetry
 from cluster.errors import DafnckError, SpecInvalid, TaskTimeout
+from cluster.redact import redact
 from cluster.settings import Settings
 from cluster.store import connect_store
 
@@ -94,9 +95,11 @@ def _error_info(exc: BaseException, task: Task, spec: AgentSpec) -> ErrorInfo:
     if isinstance(exc, TimeoutError):
         exc = TaskTimeout(f"task {task.id} timed out after {task.timeout_s or spec.timeout_s}s")
     if isinstance(exc, DafnckError):
-        return ErrorInfo(**exc.to_dict())
+        info = exc.to_dict()
+        return ErrorInfo(**{**info, "message": redact(info["message"])})
     log.warning("skill %s raised %s", task.capability, type(exc).__name__, exc_info=exc)
-    return ErrorInfo(type=type(exc).__name__, message=str(exc), retryable=False)
+    # The result is stored and shown (events, API): no key the replica holds goes with it.
+    return ErrorInfo(type=type(exc).__name__, message=redact(str(exc)), retryable=False)
 
 
 def _inbox(store: Any, spec: AgentSpec, replica: str, impl: Any, state: ReplicaState | None) -> Any:

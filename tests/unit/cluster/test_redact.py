@@ -39,3 +39,16 @@ def test_log_records_and_their_tracebacks_are_redacted() -> None:
     assert "provider answered 401 for key" in text and "ValueError" in text
     assert SECRET not in text
     assert text.count(MASK) >= 2
+
+
+async def test_a_task_failure_never_carries_a_registered_secret() -> None:
+    from actors.agent import AgentRuntime
+    from actors.models import AgentSpec, Task
+
+    register_secret(SECRET)
+    spec = AgentSpec(
+        name="agent", capabilities=["test.fail"], entrypoint="tests.fixtures.agents:fail"
+    )
+    runtime = AgentRuntime.build(spec, "acme/agent@1.0.0/1")
+    result = await runtime.run(Task(capability="test.fail", input={"message": f"key {SECRET}"}))
+    assert result.error is not None and result.error.message == f"key {MASK}"
