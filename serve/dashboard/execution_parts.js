@@ -109,6 +109,8 @@ export function stepDetails(step, state, execution) {
       field("Attempts", st.attempts ?? 0),
       field("Started", when(st.started_at)),
       field("Took", took),
+      st.child_execution ? field("Runs", h("a", { href: `#/executions/${encodeURIComponent(st.child_execution)}` },
+        `execution ${st.child_execution.slice(0, 12)}`)) : [],
       st.approval ? field("Approval", `${st.approval.decision} by ${st.approval.by}${st.approval.reason ? `: ${st.approval.reason}` : ""}`) : []),
     h("h4", {}, "Inputs (as written; the execution's inputs below)"), json(step.with),
     execution ? json(execution.inputs) : null,

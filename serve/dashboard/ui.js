@@ -106,7 +106,12 @@ export function every(ms, fn) {
   let stopped = false;
   let timer = null;
   let failing = false;
+  let first = null; // the first run's promise, once started
   const tick = async () => {
+    if (document.hidden && first) {
+      timer = setTimeout(tick, ms); // a hidden tab asks nothing of the API
+      return;
+    }
     try {
       await fn();
       failing = false;
@@ -116,7 +121,7 @@ export function every(ms, fn) {
     }
     if (!stopped) timer = setTimeout(tick, ms);
   };
-  const first = tick().then(() => {
+  first = tick().then(() => {
     if (!stopped) document.getElementById("main").dataset.ready = "true";
   });
   const stop = () => {
