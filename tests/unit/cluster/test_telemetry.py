@@ -168,3 +168,12 @@ def test_log_search_keeps_only_the_executions_json_lines(tmp_path: Path) -> None
     (tmp_path / "raylet.out").write_text(json.dumps(mine) + "\n")  # not one of ours
     found = read_local("abc", [tmp_path])
     assert [(r["message"], r["source"]) for r in found] == [("hi", "worker-1.err")]
+
+
+def test_the_grafana_dashboard_shows_every_metric() -> None:
+    path = Path(__file__).resolve().parents[3] / "configs/grafana/dafnck-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
+    missing = [m.name for m in metrics.ALL if m.name not in exprs]
+    assert not missing, f"metrics without a panel: {missing}"
+    assert "task_id" not in exprs and "execution_id" not in exprs
