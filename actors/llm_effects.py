@@ -92,10 +92,11 @@ class LLMEffects:
             async def answered() -> bool:
                 return await self.journal.reply(turn) is not None
 
-            async with self.journal.lease(f"turn:{self.attempt}:{turn}", answered) as mine:
+            lease = f"turn:{self.attempt}:{turn}"
+            async with self.journal.lease(lease, answered) as mine:
                 entry = await self.journal.reply(turn)
                 if entry is None and mine:
-                    entry = await self._pay(turn, call, estimated_tokens)
+                    entry = await self._pay(turn, call, estimated_tokens, lease)
                     self._usage.add(_usage_of(entry))
                     return dict(entry["reply"])
         assert entry is not None
@@ -104,7 +105,7 @@ class LLMEffects:
         return dict(entry["reply"])
 
     async def _pay(
-        self, turn: int, call: Callable[[], Awaitable[dict[str, Any]]], estimated: int
+        self, turn: int, call: Callable[[], Awaitable[dict[str, Any]]], estimated: int, lease: str
     ) -> dict[str, Any]:
         await self.check_budgets()
         provider, model = self.llm.provider, self.llm.model
@@ -131,10 +132,11 @@ class LLMEffects:
             Charge(provider, model, usage, self.execution_id, self.task.context.step_id,
                    self.task.context.workflow_id),
         )  # fmt: skip
-        await pipe.execute()
+        await self.limiter.settle(provider, model, usage.tokens - estimated, pipe)
+        self.journal.release_in(pipe, lease)
+        await pipe.execute()  # one write: the reply, its cost, the bucket, the lease
         record_tokens(provider, model, self.store.tenant, usage.input_tokens,
                       usage.output_tokens, usage.cost_usd)  # fmt: skip
-        await self.limiter.settle(provider, model, usage.tokens - estimated)
         return entry
 
     async def check_budgets(self) -> None:
@@ -224,7 +226,8 @@ class LLMEffects:
             error = {"type": type(exc).__name__, "message": redact(str(exc))}
             await self.journal.record(call_id, {**base, "status": "failed", "error": error})
             raise
-        await self.journal.record(call_id, {**base, "status": "succeeded", "result": result})
+        done = {**base, "status": "succeeded", "result": result}
+        await self.journal.record(call_id, done, release=f"call:{call_id}")
         return result
 
     # -- memory and usage -----------------------------------------------------------------

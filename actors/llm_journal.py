@@ -73,10 +73,13 @@ class Journal:
         raw = await self._redis().hget(self.calls_key, call_id)
         return json.loads(raw) if raw else None
 
-    async def record(self, call_id: str, entry: dict[str, Any]) -> None:
+    async def record(self, call_id: str, entry: dict[str, Any], release: str | None = None) -> None:
+        """Write the call's entry (and, in the same MULTI, let go of the lease `release`)."""
         pipe = self._redis().pipeline(transaction=True)
         pipe.hset(self.calls_key, call_id, dumps({**entry, "at": time.time()}))
         pipe.expire(self.calls_key, JOURNAL_TTL_S)
+        if release is not None:
+            self.release_in(pipe, release)
         await pipe.execute()
 
     async def calls(self) -> dict[str, dict[str, Any]]:
@@ -91,6 +94,11 @@ class Journal:
 
     async def lease_held(self, name: str) -> bool:
         return bool(await self._redis().exists(self.lease_key(name)))
+
+    def release_in(self, pipe: Any, name: str) -> None:
+        """Queue letting go of our lease on `pipe`, so the answer and the release are one
+        write (with `appendfsync always` every write is a disk flush)."""
+        pipe.eval(_RELEASE_LUA, 1, self.lease_key(name), self.owner)
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str, done: Callable[[], Awaitable[bool]]) -> AsyncIterator[bool]:

@@ -101,10 +101,14 @@ class RateLimiter:
             # Jitter, so replicas waiting on one bucket do not all retry at the same instant.
             await asyncio.sleep(min(wait_s, _MAX_SLEEP_S) * random.uniform(1.0, 1.2))
 
-    async def settle(self, provider: str, model: str, extra_tokens: int) -> None:
-        """Charge the tokens a call used beyond its estimate (a negative number gives back)."""
+    async def settle(self, provider: str, model: str, extra_tokens: int, pipe: Any = None) -> None:
+        """Charge the tokens a call used beyond its estimate (a negative number gives back);
+        with `pipe`, queued on that pipeline (a MULTI the caller executes) instead."""
         if extra_tokens:
-            await self._script()(**self._call_args(provider, model, "settle", extra_tokens))
+            args = self._call_args(provider, model, "settle", extra_tokens)
+            await self._script()(**args, client=pipe) if pipe is not None else await self._script()(
+                **args
+            )
 
 
 __all__ = ["RateLimiter"]

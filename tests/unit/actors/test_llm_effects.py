@@ -227,3 +227,13 @@ async def test_a_reply_without_usage_is_refused(store: Store) -> None:
 
     with pytest.raises(TaskFailed, match=r"usage\.input_tokens"):
         await effects(store).model_call(0, bare, 10)
+
+
+async def test_a_paid_call_settles_its_real_tokens_with_the_rate_limit(store: Store) -> None:
+    prices = Prices.model_validate({"providers": {"openai": {
+        "limits": {"requests_per_minute": 100, "tokens_per_minute": 10_000}}}})  # fmt: skip
+    fx = LLMEffects.for_task(store, agent(), task(), prices)
+    await fx.model_call(0, Model(tokens=(1000, 500)), estimated_tokens=10)
+    assert await fx.limiter.try_acquire("openai", "gpt-4o-mini", 8_000) == 0  # 8,500 were left
+    assert await fx.limiter.try_acquire("openai", "gpt-4o-mini", 600) > 0  # 500 are left
+    assert not await fx.journal.lease_held("turn:1:0")  # let go in the same write
