@@ -40,7 +40,7 @@ Delegate = Callable[[Task], Awaitable[TaskResult]]
 SchemaLookup = Callable[[str], Awaitable[dict[str, Any]]]
 #: What a tool returns to the model is cut to this many characters.
 MAX_RESULT_CHARS = 16_000
-#: Beyond a delegated task's own timeout, how long the caller waits for its answer.
+#: Beyond a delegated task's own timeout, how long the caller waits for its answer (at most).
 _DELEGATE_GRACE_S = 10.0
 
 
@@ -87,18 +87,24 @@ def agent_tool(ref: ToolRef, delegate: Delegate, schema: dict[str, Any]) -> Tool
 
     async def run(args: dict[str, Any], parent: Task) -> Any:
         task = delegated_task(parent, capability, args, timeout_s, name)
-        wait_s = (timeout_s or 300) + _DELEGATE_GRACE_S
-        async with asyncio.timeout(wait_s):
-            result = await delegate(task)
+        # The replica enforces the task's timeout and answers TaskTimeout; this bounds a
+        # replica that does not answer at all. Without a timeout the router's wait applies.
+        wait_s = timeout_s + min(_DELEGATE_GRACE_S, max(1.0, timeout_s)) if timeout_s else None
+        try:
+            async with asyncio.timeout(wait_s):
+                result = await delegate(task)
+        except TimeoutError:
+            raise ToolFailed(
+                f"the agent serving {capability!r} did not answer in {timeout_s}s"
+            ) from None
         if not result.ok:
             error = result.error
             raise ToolFailed(f"{error.type}: {error.message}" if error else "the agent failed")
         return result.output
 
     description = ref.description or f"Ask the agent serving {capability!r} to do it."
-    return Tool(
-        ToolSpec(name, description, schema or {"type": "object"}), run, ref.idempotent, timeout_s
-    )
+    # No ToolBox timeout on top: the delegated task carries its own.
+    return Tool(ToolSpec(name, description, schema or {"type": "object"}), run, ref.idempotent)
 
 
 def delegated_task(

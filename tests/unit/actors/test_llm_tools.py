@@ -146,7 +146,7 @@ async def test_a_delegation_past_its_timeout_is_a_tool_error() -> None:
     tool = box.get("slow_thing")
     assert tool is not None
     assert await box.run(tool, {}, PARENT) == {
-        "content": "error: the tool timed out after 0.2s",
+        "content": "error: the agent serving 'slow.thing' did not answer in 0.2s",
         "is_error": True,
     }
 
