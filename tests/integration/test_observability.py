@@ -5,6 +5,7 @@ killed replica and a stopped store."""
 from __future__ import annotations
 
 import json
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,6 +163,46 @@ def test_metrics_move_as_work_happens(
     # the same metric goes to Ray's export from this driver, with the same tag keys
     metrics.flush()
     assert metrics.TASKS._ray and metrics.TASKS._ray.info["tag_keys"] == ("capability", "outcome")
+
+
+#: Labels Ray adds to every exported sample (which process and node recorded it).
+RAY_LABELS = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId", "JobId",
+              "otel_scope_name", "otel_scope_schema_url", "otel_scope_version", "le"}  # fmt: skip
+
+
+def ray_export() -> dict[str, list[dict[str, str]]]:
+    """Ray's Prometheus export on this node: sample name -> the label sets it has."""
+    port = ray.nodes()[0]["MetricsExportPort"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    out: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("ray_dafnck_"):
+                out.setdefault(sample.name, []).append(dict(sample.labels))
+    return out
+
+
+def test_ray_exports_the_actors_metrics_with_bounded_labels(client: Client) -> None:
+    client.agents.apply([OBS_AGENT])
+    client.workflows.define(TWO_STEPS)
+    assert client.workflows.run("obs", {}).outputs == {"b": 3}
+    agent = {"agent": OBS_AGENT.agent_id}
+    wanted = {"ray_dafnck_pool_replicas_running": agent,  # the supervisor's reconcile
+              "ray_dafnck_executions_total": {"workflow": "obs", "outcome": "succeeded"},
+              "ray_dafnck_steps_total": {"workflow": "obs", "outcome": "succeeded"}}  # fmt: skip
+
+    def exported() -> dict[str, list[dict[str, str]]]:
+        found = ray_export()
+        for name, labels in wanted.items():
+            if not any(labels.items() <= s.items() for s in found.get(name, [])):
+                return {}
+        return found
+
+    found = wait_until(exported, 45, "the supervisor's metrics in Ray's export", interval_s=2)
+    for name, samples in found.items():
+        for labels in samples:
+            assert set(labels) - RAY_LABELS <= metrics.ALLOWED_LABELS, (name, labels)
 
 
 def test_log_lines_carry_the_ids_and_no_secret(client: Client) -> None:
