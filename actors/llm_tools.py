@@ -141,6 +141,9 @@ class MCPConnection:
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: A call failed below the tool (the server died, the session ended): reconnect.
+        self._broken = False
+        self._reopening = asyncio.Lock()
 
     def _target(self) -> Any:
         if self.server.url:
@@ -156,6 +159,7 @@ class MCPConnection:
 
     async def open(self) -> None:
         """Connect and list the server's tools. Raises: ToolFailed naming the server."""
+        self._ready, self._stop, self._broken = asyncio.Event(), asyncio.Event(), False
         self._task = asyncio.create_task(self._hold(), name="mcp-client")
         waiter = asyncio.create_task(self._ready.wait())
         await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -179,8 +183,22 @@ class MCPConnection:
         return self.server.url or " ".join(self.server.command or [])
 
     async def call(self, name: str, args: dict[str, Any]) -> Any:
-        """The tool's structured result (or its text). Raises: ToolFailed: the tool failed."""
-        result = await self.client.call_tool(name, args, read_timeout_seconds=self.timeout_s)
+        """The tool's structured result (or its text); a connection that failed before is
+        opened again first (the failed call itself is not repeated: it may have run).
+
+        Raises:
+            ToolFailed: the tool failed, or the server cannot be reached.
+        """
+        async with self._reopening:
+            if self._broken or self._task is None or self._task.done():
+                log.warning("MCP server %s: connecting again", self.where())
+                await self.close()
+                await self.open()
+        try:
+            result = await self.client.call_tool(name, args, read_timeout_seconds=self.timeout_s)
+        except Exception as exc:
+            self._broken = True
+            raise ToolFailed(f"MCP server {self.where()} failed: {_root(exc)}") from None
         text = "\n".join(getattr(c, "text", "") for c in result.content if getattr(c, "text", None))
         if result.is_error:
             raise ToolFailed(text or f"MCP tool {name!r} failed")

@@ -62,7 +62,7 @@ async def check_mcp(server: MCPServer) -> None:
     box = ToolBox([ToolRef(mcp=server, name="calc")])
     try:
         specs = {s.name: s for s in await box.specs()}
-        assert set(specs) == {"calc_add", "calc_shout", "calc_refuse"}
+        assert set(specs) == {"calc_add", "calc_shout", "calc_refuse", "calc_crash"}
         assert specs["calc_add"].parameters["required"] == ["a", "b"]
         add, refuse = box.get("calc_add"), box.get("calc_refuse")
         assert add is not None and refuse is not None
@@ -76,6 +76,21 @@ async def check_mcp(server: MCPServer) -> None:
 
 async def test_mcp_tools_over_stdio() -> None:
     await check_mcp(STDIO)
+
+
+async def test_a_dead_mcp_server_fails_its_call_and_is_started_again_for_the_next() -> None:
+    box = ToolBox([ToolRef(mcp=STDIO.model_copy(update={"include": ["add", "crash"]}))])
+    try:
+        await box.specs()
+        add, crash = box.get("add"), box.get("crash")
+        assert add is not None and crash is not None
+        died = await box.run(crash, {}, PARENT)
+        assert (
+            died["is_error"] and "MCP server python -m tests.fixtures.mcp_server" in died["content"]
+        )
+        assert await box.run(add, {"a": 1, "b": 2}, PARENT) == {"content": "3", "is_error": False}
+    finally:
+        await box.close()
 
 
 @pytest.fixture
@@ -101,7 +116,7 @@ def mcp_http() -> Iterator[str]:
 
 
 async def test_mcp_tools_over_streamable_http(mcp_http: str) -> None:
-    await check_mcp(MCPServer(url=mcp_http, include=["add", "shout", "refuse"]))
+    await check_mcp(MCPServer(url=mcp_http, include=["add", "shout", "refuse", "crash"]))
 
 
 async def test_an_unreachable_mcp_server_is_a_clear_error() -> None:
