@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 #: A caller that found a pool scaled to zero counts as load for this long (it polls again
 #: well within it while it waits).
 WAKE_WINDOW_S = 5.0
+#: Longer than a caller's pool view lives (`PoolRouter` ttl_s, 2 s in clients).
+RETIRE_GRACE_S = 3.0
 
 
 class EventSink(Protocol):
@@ -78,6 +80,8 @@ class Pool:
     autoscaler: PoolAutoscaler | None = None
     #: When a caller last found the pool scaled to zero and waited for a replica.
     demand_at: float = -1e9
+    #: Replicas taking no new tasks, stopped once idle: name -> (handle, since when).
+    retiring: dict[str, tuple[Any, float]] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -96,6 +100,8 @@ class Supervisor:
         self._lock = asyncio.Lock()
         #: Set when a caller waits on a pool scaled to zero: the reconcile loop runs at once.
         self.wake = asyncio.Event()
+        #: A retiring replica is stopped no sooner than callers' pool views expire.
+        self.retire_grace_s = RETIRE_GRACE_S
         self._requested: list[dict[str, float]] = []
 
     def _prefix(self, agent_id: str) -> str:
@@ -258,10 +264,35 @@ class Supervisor:
             name, slot = self._next_name(record.agent_id), pool.free_slot()
             pool.replicas[name] = self.launcher.start(record.spec, name, slot)
             pool.slots[name] = slot
+        # An autoscaled pool shrinks gracefully: a surplus replica takes no new tasks and is
+        # stopped once idle, so a routine downscale never fails the tasks it holds.
+        graceful = record.status == AgentStatus.ACTIVE and record.spec.autoscaling is not None
         for name in self._least_loaded(pool)[: max(0, len(pool.replicas) - want)]:
-            self.launcher.stop(pool.replicas.pop(name))
+            handle = pool.replicas.pop(name)
             pool.health.pop(name, None)
-            pool.slots.pop(name, None)
+            if graceful:
+                pool.retiring[name] = (handle, time.monotonic())
+            else:
+                self.launcher.stop(handle)
+                pool.slots.pop(name, None)
+        await self._retire(pool)
+
+    async def _retire(self, pool: Pool) -> None:
+        """Stop retiring replicas that are idle once no caller's pool view can list them
+        (or that outlived the task timeout); the slot stays taken until then."""
+        if not pool.retiring:
+            return
+        health = await self.launcher.probe({n: h for n, (h, _) in pool.retiring.items()})
+        now = time.monotonic()
+        for name, report in health.items():
+            handle, since = pool.retiring[name]
+            idle = report is None or not report.get("in_flight")
+            age = now - since
+            if (idle and age >= self.retire_grace_s) or age >= pool.record.spec.timeout_s:
+                del pool.retiring[name]
+                pool.slots.pop(name, None)
+                if report is not None:
+                    self.launcher.stop(handle)
 
     @staticmethod
     def _least_loaded(pool: Pool) -> list[str]:
@@ -318,9 +349,10 @@ class Supervisor:
         return f"{self._prefix(agent_id)}{number}"
 
     def _stop_all(self, pool: Pool) -> None:
-        for handle in pool.replicas.values():
+        for handle in [*pool.replicas.values(), *(h for h, _ in pool.retiring.values())]:
             self.launcher.stop(handle)
         pool.replicas.clear()
+        pool.retiring.clear()
         pool.health.clear()
         pool.slots.clear()
 
@@ -345,6 +377,7 @@ class Supervisor:
                 "completed": sum(r.get("completed", 0) for r in reports),
                 "restarts": pool.restarts,
                 "pending": sum(1 for r in reports if r.get("pending")),
+                "retiring": len(pool.retiring),
                 "autoscaling": pool.record.spec.autoscaling is not None,
                 "replicas": {n: pool.health.get(n, {}) for n in pool.replicas},
             }

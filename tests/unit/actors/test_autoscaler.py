@@ -158,10 +158,18 @@ def test_load_reported_by_replicas_grows_and_shrinks_the_pool(
         assert supervisor.registry.get("echo@1.0.0").desired_replicas == 4
         for replica in launcher.live.values():
             replica.in_flight = 0
-        busy = launcher.started[-1]
-        busy.in_flight = 1
+        kept, draining = launcher.started[0], launcher.started[-1]
+        kept.in_flight = draining.in_flight = 1  # load 2: one replica is enough
         await supervisor.reconcile()
-        assert list(launcher.live.values()) == [busy]  # the idle ones stopped, not the busy one
+        assert list(supervisor.get_pool("test.echo").replicas) == [kept.name]
+        assert len(launcher.live) == 4  # the rest retire: no new tasks, stopped once idle
+        assert launcher.stopped == []
+        supervisor.retire_grace_s = 0  # callers' pool views have expired
+        await supervisor.reconcile()
+        assert sorted(launcher.live) == sorted([kept.name, draining.name])  # still working
+        draining.in_flight = 0
+        await supervisor.reconcile()
+        assert list(launcher.live.values()) == [kept]
 
     asyncio.run(scenario())
     scaled = [e.data for e in events.seen if e.type == "agent.autoscaled"]
@@ -172,6 +180,8 @@ def test_an_idle_pool_scales_to_zero_and_a_caller_wakes_it(
     parts: tuple[Supervisor, FakeLauncher, Events],
 ) -> None:
     supervisor, launcher, events = parts
+
+    supervisor.retire_grace_s = 0
 
     async def scenario() -> None:
         await supervisor.create_agent(spec(idle_to_zero_s=0.05))
