@@ -30,6 +30,8 @@ STREAM_ID = r"^\d+-\d+$"
 WAIT_POLL_S = 0.1
 
 ExecutionId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+#: A step id, or one item of a for_each step (`analyse[3]`), which a budget gate may hold.
+StepKey = Path(pattern=r"^[a-z][a-z0-9_]*(\[\d+\])?$", max_length=72)
 
 
 class ExecutionRequest(BaseModel):
@@ -184,7 +186,7 @@ async def _control(caller: Caller, execution_id: str, operation: str, *args: str
 @router.post("/{execution_id}/steps/{step}/approve", response_model=Execution)
 async def approve_step(
     execution_id: str = ExecutionId,
-    step: str = Path(pattern=r"^[a-z][a-z0-9_]*$", max_length=63),
+    step: str = StepKey,
     body: DecisionRequest | None = Body(default=None),  # noqa: B008
     caller: Caller = Depends(allowed(Action.EXECUTIONS_APPROVE)),  # noqa: B008
 ) -> dict[str, Any]:
@@ -198,7 +200,7 @@ async def approve_step(
 @router.post("/{execution_id}/steps/{step}/reject", response_model=Execution)
 async def reject_step(
     execution_id: str = ExecutionId,
-    step: str = Path(pattern=r"^[a-z][a-z0-9_]*$", max_length=63),
+    step: str = StepKey,
     body: DecisionRequest | None = Body(default=None),  # noqa: B008
     caller: Caller = Depends(allowed(Action.EXECUTIONS_APPROVE)),  # noqa: B008
 ) -> dict[str, Any]:

@@ -139,3 +139,20 @@ def test_a_budget_needs_a_limit() -> None:
     with pytest.raises(ValidationError, match="on_exceed"):
         spec({"name": "x", "budget": {"max_tokens": 5, "on_exceed": "pause"},
               "steps": [{"id": "a", "uses": "a.b"}]})  # fmt: skip
+
+
+async def test_each_fan_out_item_past_the_budget_has_its_own_gate(
+    store: Store, tmp_path: Path
+) -> None:
+    flow = spec({
+        "name": "fan", "budget": {"max_tokens": 10, "on_exceed": "approval"},
+        "outputs": {"r": "${{ steps.write.output }}"},
+        "steps": [{"id": "write", "uses": "text.write", "for_each": {"items": "[1, 2]"}}],
+    })  # fmt: skip
+    engine = engine_with(store, tmp_path, BudgetDispatcher(), flow)
+    execution = await engine.execute("fan")
+    for item in ("write[0]", "write[1]"):
+        await waiting(engine, execution.id, item)
+        await engine.decide(execution.id, item, True, by="ann")
+    done = await engine.wait(execution.id, 10)
+    assert done.outputs == {"r": ["done at attempt 1", "done at attempt 1"]}
