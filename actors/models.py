@@ -3,8 +3,6 @@ and what the registry keeps (`AgentRecord`). The CLI, the API and the actors sha
 
 from __future__ import annotations
 
-import importlib
-import re
 import time
 import uuid
 from enum import StrEnum
@@ -171,15 +169,10 @@ class BudgetConfig(Contract):
 
 
 def _schema_of(value: Any) -> Any:
-    """A pydantic model (or `module:Model`) becomes its JSON schema; a dict passes as is."""
+    """A pydantic model (from Python) becomes its JSON schema; a dict passes as is. A
+    `module:Model` string is not imported: specs also arrive over HTTP."""
     from pydantic import BaseModel
 
-    if isinstance(value, str) and re.match(ENTRYPOINT, value):
-        module, _, attr = value.partition(":")
-        try:
-            value = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot import {module}:{attr}: {exc}") from None
     if isinstance(value, type) and issubclass(value, BaseModel):
         return value.model_json_schema()
     return value
@@ -204,7 +197,7 @@ class LLMConfig(Contract):
     max_retries: int = Field(default=2, ge=0, le=10)
     #: Stream the reply's tokens to live consumers as `task.token` events.
     stream: bool = False
-    #: JSON schema (or a pydantic model, or `module:Model`) the final reply must satisfy.
+    #: JSON schema (or, from Python, a pydantic model) the final reply must satisfy.
     output_schema: Annotated[dict[str, Any] | None, BeforeValidator(_schema_of)] = None
     #: How often the model is asked for a reply that parses and validates.
     output_attempts: int = Field(default=3, ge=1, le=20)
