@@ -26,11 +26,17 @@ from cluster.logs import log_context
 log = logging.getLogger(__name__)
 
 
+#: Tasks a meter tracks at most; beyond, the oldest is counted as abandoned.
+_MAX_OPEN = 100_000
+_ABANDONED = TaskResult(task_id="-", status="failed", error={"type": "Abandoned", "message": ""})
+
+
 class TaskMeter:
     """Counts one router's tasks from first send to final result (retries included)."""
 
     def __init__(self) -> None:
-        self._open: dict[str, tuple[float, Span | None]] = {}
+        #: task id -> (start, span, capability)
+        self._open: dict[str, tuple[float, Span | None, str]] = {}
         self._in_flight: dict[str, int] = {}
 
     def begin(self, task: Task) -> Task:
@@ -47,23 +53,29 @@ class TaskMeter:
             )
             context = task.context.model_copy(update={"traceparent": tracing.traceparent_of(span)})
             task = task.model_copy(update={"context": context})
-        self._open[task.id] = (time.perf_counter(), span)
+        if len(self._open) >= _MAX_OPEN:  # results never collected: forget the oldest
+            self._settle(next(iter(self._open)), _ABANDONED)
+        self._open[task.id] = (time.perf_counter(), span, task.capability)
         count = self._in_flight[task.capability] = self._in_flight.get(task.capability, 0) + 1
         metrics.TASKS_IN_FLIGHT.set(count, capability=task.capability)
         return task
 
     def end(self, task: Task, result: TaskResult) -> None:
-        opened = self._open.pop(task.id, None)
+        """Called with the final result (after the last retry)."""
+        self._settle(task.id, result)
+
+    def _settle(self, task_id: str, result: TaskResult) -> None:
+        opened = self._open.pop(task_id, None)
         if opened is None:
             return
-        started, span = opened
+        started, span, capability = opened
         outcome = result.status if result.ok or result.error is None else "failed"
-        metrics.TASKS.inc(capability=task.capability, outcome=outcome)
+        metrics.TASKS.inc(capability=capability, outcome=outcome)
         metrics.TASK_SECONDS.observe(
-            time.perf_counter() - started, capability=task.capability, outcome=outcome
+            time.perf_counter() - started, capability=capability, outcome=outcome
         )
-        count = self._in_flight[task.capability] = self._in_flight[task.capability] - 1
-        metrics.TASKS_IN_FLIGHT.set(count, capability=task.capability)
+        count = self._in_flight[capability] = self._in_flight[capability] - 1
+        metrics.TASKS_IN_FLIGHT.set(count, capability=capability)
         if span is not None:
             span.set_attribute("dafnck.agent", result.agent)
             span.set_attribute("dafnck.attempts", result.attempts)

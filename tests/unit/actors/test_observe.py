@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from actors import observe
 from actors.health import overall, pool_status
 from actors.models import Task, TaskContext, TaskResult
 from actors.observe import PoolGauges, TaskMeter, TracedDispatcher, WorkflowObserver
@@ -44,6 +45,16 @@ def test_the_meter_counts_a_task_once_across_its_retries() -> None:
     assert metrics.TASKS.value(capability="meter.a", outcome="failed") == done + 1
     assert metrics.TASKS_IN_FLIGHT.value(capability="meter.a") == 0
     assert sent.context.traceparent is None  # untraced: no span, no envelope change
+
+
+def test_tasks_never_collected_are_counted_abandoned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(observe, "_MAX_OPEN", 2)
+    meter = TaskMeter()
+    abandoned = metrics.TASKS.value(capability="meter.c", outcome="failed") or 0
+    for _ in range(3):
+        meter.begin(Task(capability="meter.c"))
+    assert metrics.TASKS.value(capability="meter.c", outcome="failed") == abandoned + 1
+    assert metrics.TASKS_IN_FLIGHT.value(capability="meter.c") == 2
 
 
 def test_a_traced_task_carries_its_client_span_to_the_replica(
