@@ -219,6 +219,16 @@ class LLMConfig(Contract):
                 raise ValueError(f"not a valid JSON schema: {exc.message}") from None
         return value
 
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _a_name_not_a_key(cls, value: Any) -> Any:
+        if isinstance(value, str) and ("-" in value or len(value) > 64):
+            # Never quote the value: it may be the key itself.
+            raise ValueError(
+                "names an environment variable (like OPENAI_API_KEY), never the key itself"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_key_ref(self) -> LLMConfig:
         if self.api_key_env and self.api_key_file:

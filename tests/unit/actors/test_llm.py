@@ -271,6 +271,7 @@ def test_variables_fill_the_prompt_and_the_rest_is_appended() -> None:
         ),
         ({"tools": [{"skill": "no.such.module:fn"}]}, "llm.tools[0]"),
         ({"output_schema": {"type": "no-such-type"}}, "llm.output_schema"),
+        ({"api_key_env": "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"}, "llm.api_key_env"),
     ],
 )
 def test_bad_specs_are_refused_naming_the_field(
@@ -285,6 +286,14 @@ def test_bad_specs_are_refused_naming_the_field(
         assert any(p.startswith(f"{field}:") for p in exc.problems), exc.problems
     else:
         pytest.fail(f"{llm_fields} was accepted")
+
+
+def test_a_key_written_where_its_variable_is_named_is_refused_without_quoting_it() -> None:
+    key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+    with pytest.raises(ValidationError) as caught:
+        LLMConfig(provider="openai", model="m", api_key_env=key)
+    (error,) = caught.value.errors()
+    assert "never the key itself" in error["msg"] and key not in error["msg"]
 
 
 def test_an_llm_spec_needs_its_llm_section_and_a_python_spec_refuses_one() -> None:
