@@ -129,4 +129,15 @@ class Journal:
                 await self._redis().eval(_REFRESH_LUA, 1, key, self.owner, ttl_ms)
 
 
-__all__ = ["JOURNAL_TTL_S", "LEASE_TTL_S", "Journal", "dumps"]
+def execution_tool_calls(store: Store, execution_id: str) -> dict[str, dict[str, Any]]:
+    """Every journalled tool call of an execution, by step then call id (for operators:
+    a call marked `may_have_run` is one whose effect a person should check)."""
+    prefix = store.key("llm", "journal", execution_id, "")
+    found: dict[str, dict[str, Any]] = {}
+    for key in store.call(lambda: list(store.redis.scan_iter(match=f"{prefix}*", count=500))):
+        raw = store.call(store.redis.hgetall, key)
+        found[key[len(prefix) :]] = {call: json.loads(entry) for call, entry in raw.items()}
+    return dict(sorted(found.items()))
+
+
+__all__ = ["JOURNAL_TTL_S", "LEASE_TTL_S", "Journal", "dumps", "execution_tool_calls"]

@@ -1,5 +1,6 @@
 """What LLM calls cost: the tenant's token and cost totals (per model, or one workflow's),
-and one execution's (per step). Read-only, for every role that reads executions."""
+and one execution's (per step); and the execution's journalled tool calls. Read-only, for
+every role that reads executions."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from actors.llm_journal import execution_tool_calls
 from cluster.llm_usage import UsageLedger
 from cluster.security_models import Action
 from serve.api_executions import ExecutionId
@@ -43,3 +45,16 @@ async def execution_usage(
     execution = await asyncio.to_thread(caller.client.workflows.status, execution_id)
     report = await asyncio.to_thread(_ledger(caller).execution_report, execution_id)
     return {"execution_id": execution.id, "workflow": execution.workflow, **report}
+
+
+@router.get("/v1/executions/{execution_id}/tool-calls")
+async def execution_tool_calls_route(
+    execution_id: str = ExecutionId,
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
+) -> dict[str, Any]:
+    """Each step's journalled tool calls: name, arguments, status (`started`, `succeeded`,
+    `failed`, `may_have_run`), result or error. Raises: NotFound."""
+    execution = await asyncio.to_thread(caller.client.workflows.status, execution_id)
+    store = caller.services.store.for_tenant(caller.tenant)
+    steps = await asyncio.to_thread(execution_tool_calls, store, execution.id)
+    return {"execution_id": execution.id, "steps": steps}

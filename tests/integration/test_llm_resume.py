@@ -13,6 +13,7 @@ import pytest
 import ray
 
 from actors.client import Client
+from actors.llm_journal import execution_tool_calls
 from actors.models import AgentSpec
 from actors.system import supervisor_name
 from cluster.llm_usage import UsageLedger, WorkflowBudget
@@ -94,6 +95,8 @@ def test_killed_mid_workflow_it_resumes_without_paying_twice(
         assert asked[1] == asked[2]  # turn 1 never completed, so it was asked again
     usage = UsageLedger(client.store).execution_report(execution.id)
     assert (usage["calls"], usage["input_tokens"], usage["output_tokens"]) == (2, 250, 50)
+    journal = execution_tool_calls(client.store, execution.id)
+    assert journal["draft"]["call_1"]["status"] == "succeeded"
     assert done.steps["draft"].output["usage"]["replayed_calls"] == 1
 
 

@@ -113,7 +113,7 @@ def test_a_canary_key_appears_nowhere(
     responses += [run, task] + [
         api.get(path, headers=admin)
         for path in (f"/v1/executions/{eid}", f"/v1/executions/{eid}/events?limit=1000",
-                     f"/v1/executions/{eid}/usage", "/v1/usage", "/metrics")
+                     f"/v1/executions/{eid}/usage", f"/v1/executions/{eid}/tool-calls", "/v1/usage", "/metrics")
     ]  # fmt: skip
     assert execution["status"] == "failed"
     assert execution["steps"]["first"]["status"] == "succeeded"
@@ -135,3 +135,6 @@ def test_a_canary_key_appears_nowhere(
     assert usage[f"/v1/executions/{eid}/usage"]["workflow"] == "halfway"
     assert usage["/v1/usage"]["tenant"] == tenant_settings.tenant
     assert api.get("/v1/executions/nope/usage", headers=admin).status_code == 404
+    assert all(r.status_code in (200, 201, 202) for r in responses), [
+        (r.request.url.path, r.status_code) for r in responses
+    ]

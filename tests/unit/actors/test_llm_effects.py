@@ -237,3 +237,22 @@ async def test_a_paid_call_settles_its_real_tokens_with_the_rate_limit(store: St
     assert await fx.limiter.try_acquire("openai", "gpt-4o-mini", 8_000) == 0  # 8,500 were left
     assert await fx.limiter.try_acquire("openai", "gpt-4o-mini", 600) > 0  # 500 are left
     assert not await fx.journal.lease_held("turn:1:0")  # let go in the same write
+
+
+async def test_operators_see_every_journalled_call_of_an_execution(store: Store) -> None:
+    from actors.llm_journal import execution_tool_calls
+
+    async def ok() -> str:
+        return "fine"
+
+    await effects(store).tool_call("c1", "lookup", {"q": 1}, ok)
+    await (await started_by_a_runner_that_died(store)).journal.record(
+        "c9", {"name": "charge", "args": {}, "status": "may_have_run"}
+    )
+    calls = execution_tool_calls(store, "e1")
+    assert {c: e["status"] for c, e in calls["draft"].items()} == {
+        "c1": "succeeded",
+        "c9": "may_have_run",
+    }
+    assert calls["draft"]["c1"]["args"] == {"q": 1} and calls["draft"]["c1"]["result"] == "fine"
+    assert execution_tool_calls(store, "other") == {}
