@@ -44,7 +44,7 @@ TRACE_ROUTE = "/v1/executions/{execution_id}/trace"
 @router.get("/v1/me")
 async def me(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:  # noqa: B008
     """The caller: subject, tenant, role, the actions it may take, and optional API features."""
-    routes = {getattr(r, "path", "") for r in request.app.routes}
+    paths = request.app.openapi().get("paths", {})  # built once, then cached by FastAPI
     principal = who.principal
     return {
         "subject": principal.subject,
@@ -52,7 +52,7 @@ async def me(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
         "role": principal.role.value,
         "kind": principal.kind,
         "permissions": sorted(a.value for a in PERMISSIONS[principal.role]),
-        "features": {"trace": TRACE_ROUTE in routes},
+        "features": {"trace": TRACE_ROUTE in paths},
     }
 
 

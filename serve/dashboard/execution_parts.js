@@ -5,6 +5,7 @@ import { api, socketUrl, endSession } from "./api.js";
 import { h, badge, when, json } from "./ui.js";
 
 const TERMINAL = ["succeeded", "failed", "cancelled"];
+const MAX_SPANS = 80;
 
 /**
  * Follow the execution's events over `WS /v1/ws/executions/{id}`: each frame goes to
@@ -64,7 +65,7 @@ function bars(rows) {
     const width = Math.max(((end - r.start) / span) * 100, 0.5);
     const took = r.end ? `${((r.end - r.start) * 1000).toFixed(0)} ms` : "running";
     return h("li", {},
-      h("span", { class: "tl-label" }, r.label),
+      h("span", { class: "tl-label", style: r.depth ? `padding-left:${r.depth * 0.6}rem` : null, title: r.label }, r.label),
       h("span", { class: "tl-track" },
         h("span", { class: `tl-bar s-${r.status}`, style: `left:${left}%;width:${width}%`, title: `${r.label}: ${took}` })),
       h("span", { class: "tl-took" }, took));
@@ -76,11 +77,18 @@ export async function timeline(execution, traced) {
   if (traced) {
     const { spans } = await api(`/v1/executions/${encodeURIComponent(execution.id)}/trace`);
     if (spans && spans.length) {
-      const rows = [...spans].sort((a, b) => a.start_ms - b.start_ms).map((s) => ({
-        label: s.name, start: s.start_ms / 1000, end: s.end_ms ? s.end_ms / 1000 : null,
-        status: s.status === "error" || s.status === "ERROR" ? "failed" : "succeeded",
+      const parents = new Map(spans.map((s) => [s.span_id, s.parent_id]));
+      const depth = (s) => {
+        let d = 0;
+        for (let p = s.parent_id; p && parents.has(p) && d < 8; p = parents.get(p)) d += 1;
+        return d;
+      };
+      const rows = [...spans].sort((a, b) => a.start_ms - b.start_ms).slice(0, MAX_SPANS).map((s) => ({
+        label: s.name, depth: depth(s), start: s.start_ms / 1000, end: s.end_ms ? s.end_ms / 1000 : null,
+        status: String(s.status).toLowerCase() === "error" ? "failed" : "succeeded",
       }));
-      return h("div", {}, h("p", { class: "hint" }, "From the execution's trace."), bars(rows));
+      const more = spans.length > MAX_SPANS ? ` (the first ${MAX_SPANS} of ${spans.length} spans)` : "";
+      return h("div", {}, h("p", { class: "hint" }, `From the execution's trace${more}.`), bars(rows));
     }
   }
   const rows = Object.entries(execution.steps || {})

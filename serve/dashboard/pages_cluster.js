@@ -1,7 +1,7 @@
 // Overview (cluster health, pools, throughput, executions) and Agents (the registry, with
 // scale, status and remove), both refreshed every couple of seconds.
 
-import { api } from "./api.js";
+import { api, can } from "./api.js";
 import { h, table, badge, section, bytes, every, actionButton, notify } from "./ui.js";
 
 const REFRESH_MS = 2000;
@@ -85,7 +85,7 @@ export async function overviewPage(main) {
 function scaleControl(record, refresh) {
   const { min, max } = record.spec.replicas;
   const input = h("input", { type: "number", min, max, value: record.desired_replicas, class: "narrow",
-    "aria-label": `replicas of ${record.spec.name}`, name: "replicas" });
+    "aria-label": `replicas of ${record.spec.name}`, name: "replicas", disabled: !can("agents:write") });
   const button = actionButton("Scale", "agents:write", async () => {
     await api(`/v1/agents/${encodeURIComponent(record.spec.name)}/scale`,
       { method: "POST", body: { replicas: Number(input.value) } });
@@ -97,7 +97,7 @@ function scaleControl(record, refresh) {
 
 function statusControl(record, refresh) {
   const id = `${record.spec.name}@${record.spec.version}`;
-  const select = h("select", { "aria-label": `status of ${id}` },
+  const select = h("select", { "aria-label": `status of ${id}`, disabled: !can("agents:write") },
     ["active", "draining", "disabled"].map((s) => h("option", { value: s, selected: s === record.status }, s)));
   const button = actionButton("Set", "agents:write", async () => {
     await api(`/v1/agents/${encodeURIComponent(id)}/status`, { method: "PUT", body: { status: select.value } });

@@ -7,6 +7,8 @@ import { drawGraph } from "./graph.js";
 import { liveExecution, timeline, stepDetails, eventItem } from "./execution_parts.js";
 
 const REFRESH_MS = 2000;
+const TIMELINE_MS = 1500;
+const TERMINAL = ["succeeded", "failed", "cancelled"];
 const link = (href, text) => h("a", { href }, text);
 const execLink = (id) => link(`#/executions/${encodeURIComponent(id)}`, id.slice(0, 12));
 
@@ -136,7 +138,6 @@ export async function executionPage(main, id) {
     render();
     live.ensure(execution);
   };
-  let lastTimeline = 0;
   function render() {
     status.replaceChildren(badge(execution.status));
     status.dataset.status = execution.status;
@@ -146,10 +147,6 @@ export async function executionPage(main, id) {
     const step = graph.steps.find((s) => s.id === selected);
     detailBox.replaceChildren(step ? stepDetails(step, execution.steps[step.id], execution)
       : h("p", { class: "empty" }, "Select a step in the graph to see its inputs and output."));
-    if (Date.now() - lastTimeline > 1500) {
-      lastTimeline = Date.now();
-      timeline(execution, features.trace).then((node) => timelineBox.replaceChildren(node)).catch(alertError);
-    }
   }
   main.replaceChildren(
     h("h1", {}, "Execution ", h("code", {}, id.slice(0, 12)), " ", status),
@@ -170,9 +167,17 @@ export async function executionPage(main, id) {
     },
     async onChange() {
       execution = await api(`/v1/executions/${encodeURIComponent(id)}`);
-      lastTimeline = 0;
       render();
     },
   });
-  return () => live.close();
+  // Spans reach the trace a second or so after they end: keep drawing it a while after the end.
+  let endedTicks = 0;
+  const stopTimeline = every(TIMELINE_MS, async () => {
+    if (TERMINAL.includes(execution.status) && (endedTicks += 1) > 4) return;
+    timelineBox.replaceChildren(await timeline(execution, features.trace));
+  });
+  return () => {
+    live.close();
+    stopTimeline();
+  };
 }

@@ -177,7 +177,10 @@ def test_an_operator_runs_the_platform_from_the_dashboard(
     fills = {status: fill for step in seen.values() for status, fill in step}
     assert len({fills["pending"], fills["running"], fills["succeeded"]}) == 3, fills  # colours
     page.locator("ol.events li[data-type='execution.succeeded']").wait_for()
-    expect(page.locator("ul.timeline li")).to_have_count(4)
+    # The timeline comes from the execution's trace: a span per step, under the execution's.
+    page.get_by_text("From the execution's trace").wait_for()
+    for step in ("fetch", "left", "right", "merge"):
+        expect(page.locator(".tl-label", has_text=f"step {step}")).to_have_count(1)
     page.locator("g.node[data-step=right]").focus()  # the keyboard selects a step too
     page.keyboard.press("Enter")
     page.get_by_role("heading", name="Step right").wait_for()
@@ -287,6 +290,7 @@ def test_the_api_keeps_its_paths_and_the_pages_their_files(site: dict[str, Any])
     assert needs == {"fetch": [], "left": ["fetch"], "right": ["fetch"], "merge": ["left", "right"]}
     me = http.get("/v1/me").json()
     assert me["role"] == "admin" and "agents:write" in me["permissions"]
+    assert me["features"] == {"trace": True}
     before = http.get("/v1/overview").json()
     done = http.post("/v1/executions", params={"wait": "true"},
                      json={"workflow": "dash-flow", "inputs": {"seconds": 0.2}})  # fmt: skip
