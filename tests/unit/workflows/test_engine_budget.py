@@ -51,7 +51,7 @@ def engine_with(
 
 
 async def waiting(engine: Any, execution_id: str, step: str = "write") -> None:
-    for _ in range(250):
+    for _ in range(500):  # 10 s: the machine may be busy
         run = engine.runs.get(execution_id)
         if run is not None and step in run.gates:
             return
