@@ -124,7 +124,8 @@ class LLMEffects:
         usage.cost_usd = self.prices.cost_usd(
             provider, str(reply.get("model") or model), usage.input_tokens, usage.output_tokens
         )
-        entry = {"reply": reply, "cost_usd": usage.cost_usd}
+        # As a replay will see it (JSON), so a first run and a replay go on alike.
+        entry = {"reply": _json_safe(reply), "cost_usd": usage.cost_usd}
         pipe = self.store.async_redis().pipeline(transaction=True)
         self.journal.save_reply(pipe, turn, entry)
         self.ledger.charge(
