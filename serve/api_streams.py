@@ -249,10 +249,14 @@ async def bus_frames(
 async def stream_bus_events(
     type: str = Query(default="*", pattern=EVENT_TYPES, description="A type or glob: step.*"),
     cursor: str | None = Query(default=None, description="An event's `id`, to resume after"),
+    subject: str | None = Query(
+        default=None, max_length=300, description="Only events about this: a task id for task.token"
+    ),
     last_event_id: str | None = Header(default=None),
     caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
 ) -> StreamingResponse:
-    """Domain events (agents, executions, steps) as SSE; resumes after `Last-Event-ID`.
+    """Domain events (agents, executions, steps, an LLM task's tokens) as SSE; resumes
+    after `Last-Event-ID`.
 
     Without a cursor the stream starts with the events published from now on.
 
@@ -261,8 +265,15 @@ async def stream_bus_events(
     positions = parse_bus_cursor(last_event_id or cursor)
     if not (last_event_id or cursor):
         positions = await _now(caller, type)
-    body = _sse_body(bus_frames(caller, type, positions))
+    frames = bus_frames(caller, type, positions)
+    body = _sse_body(_about(frames, subject) if subject else frames)
     return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def _about(frames: AsyncIterator[Frame | None], subject: str) -> AsyncIterator[Frame | None]:
+    """Only the frames whose event is about `subject` (others become keep-alives)."""
+    async for frame in frames:
+        yield frame if frame is None or frame[1].get("subject") == subject else None
 
 
 async def _now(caller: Caller, pattern: str) -> dict[str, str]:

@@ -12,14 +12,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from actors.client import Client
 from actors.messages import DomainEvent
 from actors.models import AgentSpec
 from cluster.errors import SpecInvalid
 from cluster.llm_demo import WORKFLOW, demo_specs
+from cluster.settings import Settings
 from tests.fixtures.fake_llm import FakeLLM
+from tests.integration import test_api_executions as shared
 from tests.integration.helpers import REPO_ROOT, echo_spec
+from tests.integration.test_api_executions import Keys
+
+keys = shared.keys  # fixture: API keys of the test's tenant
+
+
+@pytest.fixture
+def api(tenant_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The API's ASGI app with the routes these tests use."""
+    import serve.app
+
+    routers = ["serve.api_health", "serve.api_agents", "serve.api_tasks", "serve.api_streams"]
+    monkeypatch.setattr(serve.app, "ROUTER_MODULES", routers)
+    with TestClient(serve.app.build_app(tenant_settings)) as client:
+        yield client
+
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -128,3 +146,32 @@ def test_delegation_to_a_python_pool_provider_errors_and_a_key_that_does_not_res
     assert any(p.startswith("llm.api_key_env:") for p in caught.value.problems), caught.value
     assert "DAFNCK_TEST_NEVER_SET" in str(caught.value)
     assert {r.spec.name for r in client.agents.ls()} == {"delegator", "echo"}
+
+
+def test_a_client_follows_one_llm_tasks_tokens_over_sse(
+    api: TestClient, keys: Keys, llm: FakeLLM, key_file: str
+) -> None:
+    admin = keys()
+    spec = {"name": "streamer", "kind": "llm", "capabilities": ["text.stream"],
+            "llm": {"provider": "anthropic", "model": "m-1", "base_url": llm.anthropic_url,
+                    "api_key_file": key_file, "stream": True}}  # fmt: skip
+    created = api.post("/v1/agents", json=spec, headers=admin)
+    assert created.status_code in (200, 201), created.text
+    texts = {"first": "the first task's answer, " * 5, "second": "and the second one's, " * 5}
+    for task_id, text in texts.items():
+        llm.reply(text)
+        body = {"id": task_id, "capability": "text.stream", "input": {"prompt": "hi"}}
+        done = api.post("/v1/tasks?wait=true", json=body, headers=admin)
+        assert done.status_code == 200 and done.json()["output"]["text"] == text, done.text
+
+    url = "/v1/events/stream?type=task.token&subject=second&cursor=0-0"
+    pieces: list[dict[str, Any]] = []
+    with api.stream("GET", url, headers=admin) as live:
+        for line in live.iter_lines():
+            if line.startswith("data: "):
+                pieces.append(json.loads(line[6:]))
+                if pieces[-1]["data"]["done"]:
+                    break
+    assert {p["subject"] for p in pieces} == {"second"}
+    assert "".join(p["data"]["text"] for p in pieces) == texts["second"]
+    assert [p["data"]["seq"] for p in pieces] == list(range(len(pieces)))
