@@ -1,8 +1,8 @@
-"""LLM agents in real pools on the session Ray, their model a local server speaking
-OpenAI's wire protocol: the LLM demo's workflow (a python agent, then an llm agent with a
-python tool and JSON output), delegation to a python agent's pool, provider errors retried
-by the SDK alone, and a missing key refused when the agent is created (one tenant for the
-last three, to spare a supervisor start)."""
+"""LLM agents in real pools on the session Ray, their model a local server speaking each
+provider's wire protocol: the LLM demo's workflow (a python agent, then an llm agent with a
+python tool and JSON output); delegation to a python agent's pool, provider errors retried
+by the SDK alone and a missing key refused when the agent is created (one tenant, to spare
+a supervisor start); and one task's tokens followed over SSE through the API."""
 
 from __future__ import annotations
 
