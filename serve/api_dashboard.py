@@ -72,19 +72,23 @@ async def overview(
     who: Caller = Depends(allowed(Action.AGENTS_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """The supervisor's health report (nodes, resources, system actors, pools), task totals
-    (the pages turn two readings into tasks per second and latency) and execution counts."""
+    (the pages turn two readings into tasks per second and latency) and, for roles that may
+    read executions, their counts by status (None otherwise)."""
+    reads_executions = Action.EXECUTIONS_READ in PERMISSIONS[who.principal.role]
     health, recent = await asyncio.gather(
         asyncio.to_thread(who.client.health),
-        asyncio.to_thread(who.client.workflows.ls, RECENT_EXECUTIONS),
-    )
+        asyncio.to_thread(who.client.workflows.ls, RECENT_EXECUTIONS) if reads_executions
+        else asyncio.sleep(0, result=[]),
+    )  # fmt: skip
     counts = {status.value: 0 for status in ExecutionStatus}
     for execution in recent:
         counts[execution.status.value] += 1
+    executions = {"counts": counts, "of_recent": len(recent)} if reads_executions else None
     return {
         **health,
         "at": time.time(),
         "tasks": _pool_totals(health.get("pools", {})),
-        "executions": {"counts": counts, "of_recent": len(recent)},
+        "executions": executions,
     }
 
 

@@ -43,17 +43,19 @@ function clusterCard(o) {
 }
 
 function workCard(o, flow) {
-  const counts = o.executions.counts;
+  const counts = o.executions?.counts;
   return section("Work",
     h("div", { class: "stats" },
       stat("Tasks / s", flow.rate === null ? "…" : flow.rate.toFixed(1), "rate"),
       stat("Mean latency", flow.latencyMs === null ? "—" : `${flow.latencyMs.toFixed(0)} ms`, "latency"),
       stat("Tasks in flight", o.tasks.in_flight, "in-flight"),
-      stat("Running", counts.running + counts.pending, "running"),
-      stat("Waiting for approval", counts.waiting_approval, "waiting"),
-      stat("Paused", counts.paused, "paused"),
-      stat("Failed", counts.failed, "failed")),
-    h("p", { class: "hint" }, `Executions counted among the newest ${o.executions.of_recent}.`));
+      counts ? [
+        stat("Running", counts.running + counts.pending, "running"),
+        stat("Waiting for approval", counts.waiting_approval, "waiting"),
+        stat("Paused", counts.paused, "paused"),
+        stat("Failed", counts.failed, "failed"),
+      ] : null),
+    counts ? h("p", { class: "hint" }, `Executions counted among the newest ${o.executions.of_recent}.`) : null);
 }
 
 function poolsCard(o) {

@@ -307,3 +307,6 @@ def test_the_api_keeps_its_paths_and_the_pages_their_files(site: dict[str, Any])
     assert after["tasks"]["busy_s"] - before["tasks"]["busy_s"] >= 0.6  # 3 steps of 0.2 s
     counts = after["executions"]["counts"]
     assert counts["succeeded"] == before["executions"]["counts"]["succeeded"] + 1
+    machine = http.post("/v1/keys", json={"role": "agent", "name": "bot"}).json()["secret"]
+    seen_by_agent = httpx.get(f"{site['url']}/v1/overview", headers={"X-API-Key": machine})
+    assert seen_by_agent.status_code == 200 and seen_by_agent.json()["executions"] is None
