@@ -110,7 +110,7 @@ export function drawGraph(steps, onSelect) {
     const title = el("title", {}, step.id);
     group.append(title, el("rect", { width: NODE_W, height: NODE_H, rx: 8 }));
     group.append(el("text", { x: 10, y: 19, class: "label" }, clip(step.id, 18)));
-    const sub = `${step.approval ? "⏸ " : ""}${step.for_each ? "⋯ " : ""}${step.uses}`;
+    const sub = `${step.approval ? "gate · " : ""}${step.for_each ? "each · " : ""}${step.uses}`;
     group.append(el("text", { x: 10, y: 36, class: "sub" }, clip(sub, 22)));
     group.setAttribute("aria-label", `step ${step.id}: pending`);
     group.addEventListener("click", () => onSelect(step.id));
