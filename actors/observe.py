@@ -37,7 +37,9 @@ class TaskMeter:
     def __init__(self) -> None:
         #: task id -> (start, span, capability)
         self._open: dict[str, tuple[float, Span | None, str]] = {}
-        self._in_flight: dict[str, int] = {}
+        #: capability -> tasks sent and not settled (polled into dafnck_tasks_in_flight)
+        self.in_flight: dict[str, int] = {}
+        metrics.watch_in_flight(self)
 
     def begin(self, task: Task) -> Task:
         """Called on every send; the first one starts the clock (and the span, if traced)."""
@@ -56,8 +58,7 @@ class TaskMeter:
         if len(self._open) >= _MAX_OPEN:  # results never collected: forget the oldest
             self._settle(next(iter(self._open)), _ABANDONED)
         self._open[task.id] = (time.perf_counter(), span, task.capability)
-        count = self._in_flight[task.capability] = self._in_flight.get(task.capability, 0) + 1
-        metrics.TASKS_IN_FLIGHT.set(count, capability=task.capability)
+        self.in_flight[task.capability] = self.in_flight.get(task.capability, 0) + 1
         return task
 
     def end(self, task: Task, result: TaskResult) -> None:
@@ -74,8 +75,7 @@ class TaskMeter:
         metrics.TASK_SECONDS.observe(
             time.perf_counter() - started, capability=capability, outcome=outcome
         )
-        count = self._in_flight[capability] = self._in_flight[capability] - 1
-        metrics.TASKS_IN_FLIGHT.set(count, capability=capability)
+        self.in_flight[capability] -= 1
         if span is not None:
             span.set_attribute("dafnck.agent", result.agent)
             span.set_attribute("dafnck.attempts", result.attempts)

@@ -105,11 +105,11 @@ class Metric:
         return REGISTRY.get_sample_value(self.name + suffix, labels)
 
     def _record(self, verb: str, value: float, labels: dict[str, str]) -> None:
-        key = tuple(str(labels[name]) for name in self.definition.labels)
+        key = tuple(map(labels.__getitem__, self.definition.labels))
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self._prom.labels(*key) if key else self._prom
-            self._tags[key] = dict(zip(self.definition.labels, key, strict=True))
+            self._tags[key] = {n: str(v) for n, v in zip(self.definition.labels, key, strict=True)}
         getattr(child, verb)(value)
         if self._ray is False or (self._ray is None and not _ray_connected()):
             return
@@ -186,7 +186,7 @@ class _Flusher:
                 self._thread.start()
 
     def flush(self) -> None:
-        sync_caches()
+        sync()
         for metric in ALL:
             if metric._pending:
                 metric.flush_to_ray()
@@ -228,7 +228,7 @@ TASKS = _m("dafnck_tasks", "counter", "Tasks finished, by capability and outcome
 TASK_SECONDS = _m("dafnck_task_duration_seconds", "histogram",
                   "Task latency seen by the caller, retries included.", "capability", "outcome")  # fmt: skip
 TASKS_IN_FLIGHT = _m("dafnck_tasks_in_flight", "gauge",
-                     "Tasks this process has sent and not yet settled.", "capability")  # fmt: skip
+                     "Tasks this process has sent and not yet settled (polled).", "capability")  # fmt: skip
 # -- pools (the supervisor) ---------------------------------------------------------------
 POOL_DESIRED = _m(
     "dafnck_pool_replicas_desired", "gauge", "Replicas the pool should have.", "agent"
@@ -320,6 +320,36 @@ def sync_caches() -> None:
             _caches[manager] = now
 
 
+_meters: weakref.WeakSet[Any] = weakref.WeakSet()
+_capabilities_seen: set[str] = set()
+
+
+def watch_in_flight(meter: Any) -> None:
+    """Report a router's `in_flight` (capability -> tasks) as `dafnck_tasks_in_flight`.
+
+    Polled like the caches, so a task's send and result touch no gauge.
+    """
+    _meters.add(meter)
+    _FLUSHER.start()
+
+
+def sync_in_flight() -> None:
+    """Set the in-flight gauge to the sum over this process's routers."""
+    totals: dict[str, int] = dict.fromkeys(_capabilities_seen, 0)
+    for meter in list(_meters):
+        for capability, count in list(meter.in_flight.items()):
+            totals[capability] = totals.get(capability, 0) + count
+    _capabilities_seen.update(totals)
+    for capability, count in totals.items():
+        TASKS_IN_FLIGHT.set(count, capability=capability)
+
+
+def sync() -> None:
+    """Bring polled values (caches, routers' in-flight) into the metrics now."""
+    sync_caches()
+    sync_in_flight()
+
+
 def count_deliveries(stream_key: str, delivery_counts: list[int]) -> None:
     """A reader's batch: first deliveries and redeliveries, by stream kind."""
     if not delivery_counts:
@@ -351,6 +381,9 @@ __all__ = [
     "flush",
     "record_tokens",
     "stream_kind",
+    "sync",
     "sync_caches",
+    "sync_in_flight",
     "watch_cache",
+    "watch_in_flight",
 ]

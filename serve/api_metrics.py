@@ -21,7 +21,7 @@ from prometheus_client import generate_latest as _generate_latest
 
 from cluster import tracing
 from cluster.logs import log_context
-from cluster.metrics import HTTP_REQUESTS, HTTP_SECONDS, REGISTRY, sync_caches
+from cluster.metrics import HTTP_REQUESTS, HTTP_SECONDS, REGISTRY, sync
 from serve.deps import Caller, caller
 
 #: The metrics this module records (kept as names for callers of the old module).
@@ -34,7 +34,7 @@ router = APIRouter(tags=["metrics"])
 @router.get("/metrics", response_class=Response)
 async def metrics(who: Caller = Depends(caller)) -> Response:  # noqa: B008
     """Prometheus text exposition; any authenticated caller may scrape."""
-    sync_caches()
+    sync()
     return Response(_generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

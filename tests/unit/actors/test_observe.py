@@ -37,12 +37,14 @@ def test_the_meter_counts_a_task_once_across_its_retries() -> None:
     task = Task(capability="meter.a")
     done = metrics.TASKS.value(capability="meter.a", outcome="failed") or 0
     sent = meter.begin(task)
+    metrics.sync()  # the gauge is polled
     assert metrics.TASKS_IN_FLIGHT.value(capability="meter.a") == 1
     assert meter.begin(sent) is sent  # a retry: same task id, nothing new
     failed = TaskResult(task_id=task.id, status="failed", error={"type": "X", "message": "m"})
     meter.end(sent, failed)
     meter.end(sent, failed)  # settled once only
     assert metrics.TASKS.value(capability="meter.a", outcome="failed") == done + 1
+    metrics.sync()
     assert metrics.TASKS_IN_FLIGHT.value(capability="meter.a") == 0
     assert sent.context.traceparent is None  # untraced: no span, no envelope change
 
@@ -54,6 +56,7 @@ def test_tasks_never_collected_are_counted_abandoned(monkeypatch: pytest.MonkeyP
     for _ in range(3):
         meter.begin(Task(capability="meter.c"))
     assert metrics.TASKS.value(capability="meter.c", outcome="failed") == abandoned + 1
+    metrics.sync()
     assert metrics.TASKS_IN_FLIGHT.value(capability="meter.c") == 2
 
 
