@@ -31,7 +31,9 @@ def ray_session() -> Iterator[None]:
         yield
         return
     python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    # "local": a new cluster of our own, never one another process left running here.
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         namespace=RAY_NAMESPACE,
