@@ -392,6 +392,7 @@ def submit(
         **({"submission_id": submission_id} if submission_id else {}),
     )  # fmt: skip
     jobs.workflow_name(file)  # a missing or nameless file fails here, not on the cluster
+    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per file uploaded
     client = jobs.job_client(jobs.dashboard_address(settings, _State.address))
     job_id, submitted = jobs.submit(client, job)
     console.print(f"job {job_id} " + ("submitted" if submitted else "already submitted"))

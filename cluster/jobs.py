@@ -121,22 +121,33 @@ def dashboard_address(settings: Settings, address: str | None) -> str:
     return dashboard
 
 
-def submit(client: Any, job: JobSubmission) -> tuple[str, bool]:
-    """Submit the job unless one with its submission id exists; returns (id, submitted)."""
+def submit(client: Any, job: JobSubmission, agent_wait_s: float = 60) -> tuple[str, bool]:
+    """Submit the job unless one with its submission id exists; returns (id, submitted).
+
+    A head whose job agent is still starting ("No available agent") is asked again for up
+    to `agent_wait_s`.
+
+    Raises:
+        DafnckError: the job server refused the job.
+    """
     if _info(client, job.submission_id) is not None:
         return job.submission_id, False
-    try:
-        client.submit_job(
-            entrypoint=job.entrypoint(),
-            submission_id=job.submission_id,
-            runtime_env=job.runtime_env,
-            metadata=job.metadata(),
-        )
-    except RuntimeError as exc:
-        if "already exists" in str(exc):  # another submitter won the race
-            return job.submission_id, False
-        raise DafnckError(f"the job server refused the job: {exc}") from None
-    return job.submission_id, True
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            client.submit_job(
+                entrypoint=job.entrypoint(),
+                submission_id=job.submission_id,
+                runtime_env=job.runtime_env,
+                metadata=job.metadata(),
+            )
+            return job.submission_id, True
+        except RuntimeError as exc:
+            if "already exists" in str(exc):  # another submitter won the race
+                return job.submission_id, False
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise DafnckError(f"the job server refused the job: {exc}") from None
+        time.sleep(1)
 
 
 def _info(client: Any, submission_id: str) -> Any | None:

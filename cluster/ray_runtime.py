@@ -77,6 +77,8 @@ def start_head(settings: Settings, num_cpus: int | None = None) -> dict[str, Any
         "--port", str(free_port()),
         "--dashboard-host", "127.0.0.1",
         "--dashboard-port", str(free_port()),
+        # Its default (52365) is taken when another Ray runs here; without it no job runs.
+        "--dashboard-agent-listen-port", str(free_port()),
         "--disable-usage-stats",
     ]  # fmt: skip
     if num_cpus is not None:

@@ -1,0 +1,87 @@
+"""A workflow submitted as a Ray job: `dafnck submit` sends `dafnck agents apply && dafnck run`
+through `JobSubmissionClient` to a cluster started by `dafnck up` (dashboard on, token
+auth on); the job's driver joins that cluster and its store, the workflow succeeds, and its
+output is in the job's logs. The submission id is the idempotency key.
+
+The real CLI in subprocesses against its own Ray head and Valkey (its own state directory),
+as tests/chaos/test_down_up.py does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DAFNCK = str(BIN / "dafnck")
+
+
+@pytest.fixture
+def env() -> Iterator[dict[str, str]]:
+    state = Path(tempfile.mkdtemp(prefix="dkjob"))  # short: Ray's socket paths live under it
+    env = {
+        **os.environ,
+        "DAFNCK_STATE_DIR": str(state),
+        "DAFNCK_API_PORT": "0",  # the job server is Ray's dashboard; the API is not needed
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `dafnck` for the job
+    }
+    env.pop("RAY_ADDRESS", None)
+    yield env
+    subprocess.run([DAFNCK, "down"], env=env, cwd=REPO, capture_output=True, timeout=120)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def dafnck(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DAFNCK, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_workflow_submitted_as_a_ray_job_runs_on_the_cluster_and_logs_there(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    up = dafnck(env, "up", "--num-cpus", "2")
+    assert up.returncode == 0, up.stderr
+    dashboard = re.search(r"Ray dashboard\s+(http://\S+)", up.stdout)
+    assert dashboard, up.stdout
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "a.py").write_text("def f(x):\n    if x:\n        return 1\n    return 2\n")
+    report = tmp_path / "review.md"
+    args = [
+        "submit", "configs/workflows/review.yaml", "--agents", "configs/agents/review.yaml",
+        "--input", f"root={code}", "--input", f"output={report}",
+        "--submission-id", "review-once", "--wait", "--timeout", "240",
+    ]  # fmt: skip
+
+    first = dafnck(env, *args)
+    assert first.returncode == 0, f"{first.stdout}\n{first.stderr}"
+    assert "job review-once submitted" in first.stdout
+    assert "agent file-analyser@" in first.stdout  # the job's log: agents applied ...
+    assert "job review-once: SUCCEEDED" in first.stdout
+    assert report.read_text().startswith("# Code review of")  # ... and the workflow ran
+
+    again = dafnck(env, *args)  # the same submission id: nothing runs twice
+    assert again.returncode == 0, again.stderr
+    assert "job review-once already submitted" in again.stdout
+
+    info = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from cluster.jobs import job_client; "
+         "print(job_client(sys.argv[1]).get_job_info('review-once').metadata)",
+         dashboard.group(1)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    assert "'tenant': 'default'" in info.stdout and "'workflow': 'review'" in info.stdout
