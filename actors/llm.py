@@ -427,9 +427,10 @@ def load_llm_agent(spec: AgentSpec, settings: Settings | None = None) -> Impleme
     from cluster.store import connect_store
 
     store = connect_store(settings)
-    delegate, schema_of = (
-        ray_delegation(settings) if any(t.agent for t in spec.llm.tools or []) else (None, None)  # type: ignore[union-attr]
-    )
+    delegation: tuple[Delegate | None, SchemaLookup | None] = (None, None)
+    if spec.llm is not None and any(t.agent for t in spec.llm.tools):
+        delegation = ray_delegation(settings)
+    delegate, schema_of = delegation
     agent = build_llm_agent(
         spec,
         lambda task: LLMEffects.for_task(store, spec, task),

@@ -286,12 +286,14 @@ def to_openai(system: str, messages: list[Message]) -> list[dict[str, Any]]:
         if m["role"] == "tool":
             out.append({"role": "tool", "tool_call_id": m["tool_call_id"], "content": m["content"]})
         elif m["role"] == "assistant" and m.get("tool_calls"):
-            out.append({
-                "role": "assistant", "content": m.get("content") or None,
-                "tool_calls": [{"id": c["id"], "type": "function",
-                                "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
-                               for c in m["tool_calls"]],
-            })  # fmt: skip
+            calls = [
+                {"id": c["id"], "type": "function",
+                 "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+                for c in m["tool_calls"]
+            ]  # fmt: skip
+            out.append(
+                {"role": "assistant", "content": m.get("content") or None, "tool_calls": calls}
+            )
         else:
             out.append({"role": m["role"], "content": m.get("content") or ""})
     return out
@@ -369,8 +371,12 @@ def to_anthropic(messages: list[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in messages:
         if m["role"] == "tool":
-            block = {"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": m["content"],
-                     "is_error": bool(m.get("is_error"))}  # fmt: skip
+            block = {
+                "type": "tool_result",
+                "tool_use_id": m["tool_call_id"],
+                "content": m["content"],
+                "is_error": bool(m.get("is_error")),
+            }
             if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], list):
                 out[-1]["content"].append(block)
             else:
@@ -379,8 +385,10 @@ def to_anthropic(messages: list[Message]) -> list[dict[str, Any]]:
             blocks: list[dict[str, Any]] = (
                 [{"type": "text", "text": m["content"]}] if m.get("content") else []
             )
-            blocks += [{"type": "tool_use", "id": c["id"], "name": c["name"], "input": c["arguments"]}
-                       for c in m.get("tool_calls") or []]  # fmt: skip
+            for c in m.get("tool_calls") or []:
+                blocks.append(
+                    {"type": "tool_use", "id": c["id"], "name": c["name"], "input": c["arguments"]}
+                )
             out.append(
                 {"role": "assistant", "content": blocks or [{"type": "text", "text": "(no reply)"}]}
             )
