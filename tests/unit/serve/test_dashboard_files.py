@@ -25,6 +25,8 @@ def test_the_pages_are_served_from_the_package(client: TestClient) -> None:
     index = client.get("/")
     assert index.status_code == 200 and 'src="app.js"' in index.text
     assert index.headers["cache-control"] == "no-cache"
+    assert "frame-ancestors 'none'" in index.headers["content-security-policy"]
+    assert index.headers["x-frame-options"] == "DENY"
     for name in ("app.js", "api.js", "graph.js", "style.css", "favicon.svg"):
         assert (STATIC_DIR / name).is_file()
         assert client.get(f"/{name}").status_code == 200, name
