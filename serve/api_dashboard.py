@@ -137,6 +137,10 @@ def _api_path(path: str) -> bool:
 class DashboardFiles(StaticFiles):
     """`StaticFiles` that leaves the API's paths alone: they answer JSON 404, never a page."""
 
+    #: The mount serving these files: named in the scope as a matched route is, so the
+    #: metrics label pages and files "/" rather than "unmatched".
+    mount: Mount | None = None
+
     async def get_response(self, path: str, scope: Scope) -> Response:
         if _api_path(path) or scope["method"] not in ("GET", "HEAD"):
             raise HTTPException(status_code=404)
@@ -144,10 +148,6 @@ class DashboardFiles(StaticFiles):
         response.headers.setdefault("Cache-Control", "no-cache")
         response.headers.update(SECURITY_HEADERS)
         return response
-
-    #: The mount serving these files: named in the scope as a matched route is, so the
-    #: metrics label pages and files "/" rather than "unmatched".
-    mount: Mount | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _api_path(self.get_path(scope)):
