@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from opentelemetry.trace import Span, SpanKind
 
 from actors.models import Task, TaskResult
-from cluster import metrics, tracing
+from cluster import logs, metrics, tracing
 from cluster.logs import log_context
 
 log = logging.getLogger(__name__)
@@ -94,29 +94,46 @@ def _task_attributes(task: Task) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def task_scope(task: Task, agent_id: str, replica: str) -> Iterator[Callable[[Any], Any]]:
-    """Around a replica's task: its SERVER span and the ids on its log lines.
+class task_scope:
+    """Around a replica's task: its SERVER span (when it carries a traceparent) and the ids
+    on its log lines. `with` yields `done(result)`, which marks a failed result on the span.
 
-    Yields `done(result_dict_or_model)`, which marks a failed result on the span.
+    A class, not a generator: it runs on every task, and this costs a few microseconds less.
     """
-    ctx = task.context
-    attributes = {**_task_attributes(task), "dafnck.agent": agent_id, "dafnck.replica": replica}
-    with (
-        log_context(tenant=ctx.tenant, agent=agent_id, replica=replica, task_id=task.id,
-                    workflow=ctx.workflow_id, execution_id=ctx.execution_id,
-                    step_id=ctx.step_id),
-        tracing.span(f"agent.run {task.capability}", parent=ctx.traceparent,
-                     kind=SpanKind.SERVER, attributes=attributes, root=False) as span,
-    ):  # fmt: skip
 
-        def done(result: Any) -> Any:
-            error = getattr(result, "error", None)
-            if error is not None:
-                tracing.mark_error(span, getattr(error, "type", "failed"))
-            return result
+    __slots__ = ("_agent", "_replica", "_span", "_span_cm", "_task", "_token")
 
-        yield done
+    def __init__(self, task: Task, agent_id: str, replica: str) -> None:
+        self._task, self._agent, self._replica = task, agent_id, replica
+        self._span_cm: Any = None
+        self._span: Any = None
+
+    def __enter__(self) -> Callable[[Any], Any]:
+        task, ctx = self._task, self._task.context
+        self._token = logs.push(
+            tenant=ctx.tenant, agent=self._agent, replica=self._replica, task_id=task.id,
+            workflow=ctx.workflow_id, execution_id=ctx.execution_id, step_id=ctx.step_id,
+        )  # fmt: skip
+        if ctx.traceparent and tracing.enabled():
+            attributes = {**_task_attributes(task), "dafnck.agent": self._agent,
+                          "dafnck.replica": self._replica}  # fmt: skip
+            self._span_cm = tracing.span(f"agent.run {task.capability}", parent=ctx.traceparent,
+                                         kind=SpanKind.SERVER, attributes=attributes)  # fmt: skip
+            self._span = self._span_cm.__enter__()
+        return self._done
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            if self._span_cm is not None:
+                self._span_cm.__exit__(*exc_info)
+        finally:
+            logs.pop(self._token)
+
+    def _done(self, result: Any) -> Any:
+        error = getattr(result, "error", None)
+        if error is not None and self._span is not None:
+            tracing.mark_error(self._span, getattr(error, "type", "failed"))
+        return result
 
 
 @contextlib.contextmanager

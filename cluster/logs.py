@@ -53,6 +53,15 @@ def current() -> dict[str, str]:
     return _context.get() or {}
 
 
+def push(**ids: str | None) -> contextvars.Token[dict[str, str] | None]:
+    """`log_context` without a generator, for hot paths: undo it with `pop(token)`."""
+    return _context.set({**current(), **{k: v for k, v in ids.items() if v}})
+
+
+def pop(token: contextvars.Token[dict[str, str] | None]) -> None:
+    _context.reset(token)
+
+
 @contextlib.contextmanager
 def log_context(**ids: str | None) -> Iterator[None]:
     """Add ids (None values are ignored) to every record logged in the block."""
@@ -134,4 +143,13 @@ def _redact_record(record: logging.LogRecord) -> None:
         record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
 
 
-__all__ = ["FIELDS", "current", "install", "json_lines_in_worker", "log_context", "redact"]
+__all__ = [
+    "FIELDS",
+    "current",
+    "install",
+    "json_lines_in_worker",
+    "log_context",
+    "pop",
+    "push",
+    "redact",
+]

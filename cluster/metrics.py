@@ -79,6 +79,7 @@ class Metric:
         if bad:
             raise ValueError(f"metric {definition.name!r} uses unbounded labels {sorted(bad)}")
         self.definition = definition
+        self._names = definition.labels
         self._prom = _prometheus(definition)
         self._ray: Any = None
         self._children: dict[tuple[str, ...], Any] = {}
@@ -91,36 +92,39 @@ class Metric:
         return self.definition.name
 
     def inc(self, value: float = 1.0, **labels: str) -> None:
-        self._record("inc", value, labels)
+        key = tuple(map(labels.__getitem__, self._names))
+        (self._children.get(key) or self._child(key)).inc(value)
+        if self._ray is not False and (self._ray is not None or _ray_connected()):
+            with self._lock:
+                self._pending[key] = self._pending.get(key, 0.0) + value
+            _FLUSHER.dirty(self)
 
     def set(self, value: float, **labels: str) -> None:
-        self._record("set", value, labels)
+        key = tuple(map(labels.__getitem__, self._names))
+        (self._children.get(key) or self._child(key)).set(value)
+        if self._ray is not False and (self._ray is not None or _ray_connected()):
+            with self._lock:
+                self._pending[key] = value
+            _FLUSHER.dirty(self)
 
     def observe(self, value: float, **labels: str) -> None:
-        self._record("observe", value, labels)
+        key = tuple(map(labels.__getitem__, self._names))
+        (self._children.get(key) or self._child(key)).observe(value)
+        if self._ray is not False and (self._ray is not None or _ray_connected()):
+            with self._lock:
+                self._pending.setdefault(key, []).append(value)
+            _FLUSHER.dirty(self)
 
     def value(self, **labels: str) -> float | None:
         """This process's value (a histogram's count), as `/metrics` shows it."""
         suffix = {"counter": "_total", "gauge": "", "histogram": "_count"}[self.definition.kind]
         return REGISTRY.get_sample_value(self.name + suffix, labels)
 
-    def _record(self, verb: str, value: float, labels: dict[str, str]) -> None:
-        key = tuple(map(labels.__getitem__, self.definition.labels))
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._prom.labels(*key) if key else self._prom
-            self._tags[key] = {n: str(v) for n, v in zip(self.definition.labels, key, strict=True)}
-        getattr(child, verb)(value)
-        if self._ray is False or (self._ray is None and not _ray_connected()):
-            return
-        with self._lock:
-            if verb == "inc":
-                self._pending[key] = self._pending.get(key, 0.0) + value
-            elif verb == "set":
-                self._pending[key] = value
-            else:
-                self._pending.setdefault(key, []).append(value)
-        _FLUSHER.dirty(self)
+    def _child(self, key: tuple[str, ...]) -> Any:
+        """The Prometheus child of a label set seen for the first time."""
+        child = self._children[key] = self._prom.labels(*key) if key else self._prom
+        self._tags[key] = {n: str(v) for n, v in zip(self._names, key, strict=True)}
+        return child
 
     def flush_to_ray(self) -> None:
         """Record what was batched since the last flush into `ray.util.metrics`."""
