@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from actors.llm import LLMAgent, build_llm_agent, llm_implementation, render_prompt
+from actors.llm import LLMAgent, build_llm_agent, llm_implementation
+from actors.llm_conversation import render_prompt
 from actors.llm_effects import LLMEffects
 from actors.messages import DomainEvent
 from actors.models import AgentSpec, LLMConfig, Task

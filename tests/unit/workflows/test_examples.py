@@ -53,7 +53,7 @@ def test_both_examples_load_and_validate(workflows: dict[str, WorkflowSpec]) -> 
 def test_the_llm_demo_hands_the_listed_files_to_the_guide(
     workflows: dict[str, WorkflowSpec],
 ) -> None:
-    from actors.llm import render_prompt
+    from actors.llm_conversation import render_prompt
 
     spec = workflows["llm-demo"]
     context: dict[str, Any] = {"inputs": spec.check_inputs({"root": "/repo"}), "steps": {}}
