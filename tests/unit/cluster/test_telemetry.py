@@ -177,3 +177,21 @@ def test_the_grafana_dashboard_shows_every_metric() -> None:
     missing = [m.name for m in metrics.ALL if m.name not in exprs]
     assert not missing, f"metrics without a panel: {missing}"
     assert "task_id" not in exprs and "execution_id" not in exprs
+
+
+def test_status_shows_each_component_and_pool() -> None:
+    from rich.console import Console
+
+    from cluster.cli_obs import components_table
+
+    health = {"components": {
+        "store": {"status": "unavailable", "latency_ms": None, "url": "redis://h:1"},
+        "ray": {"status": "ok", "nodes": 2, "dead_nodes": 0},
+        "pools": {"a@1.0.0": {"status": "degraded", "running": 1, "desired": 2,
+                              "restarts": 3, "load": 4}},
+    }}  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(components_table(health))
+    text = console.export_text()
+    assert "store" in text and "unavailable" in text and "redis://h:1" in text
+    assert "pool a@1.0.0" in text and "1/2 replicas, load 4, restarts 3" in text
