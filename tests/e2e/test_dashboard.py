@@ -200,6 +200,22 @@ def test_an_operator_runs_the_platform_from_the_dashboard(
     )  # fmt: skip
     scene.shot("approval")
 
+    # Rejected (the execution fails), retried (the gate waits again), then cancelled.
+    refused = start(site, "dash-gate")
+    scene.go(f"/executions/{refused}")
+    page.get_by_label("Reason").fill("not today")
+    page.get_by_role("button", name="Reject ship").click()
+    page.locator("#execution-status[data-status=failed]").wait_for()
+    page.locator("g.node[data-step=ship]").click()
+    page.get_by_text("Rejected:").wait_for()
+    page.get_by_role("button", name="Retry").click()
+    page.get_by_role("button", name="Approve ship").wait_for()
+    page.get_by_label("Reason").fill("changed my mind")
+    page.get_by_role("button", name="Cancel").click()
+    page.locator("#execution-status[data-status=cancelled]").wait_for()
+    record = site["http"].get(f"/v1/executions/{refused}").json()
+    assert record["error"]["message"] == "changed my mind", record
+
     # Pause while it runs: running steps finish, nothing new starts until resumed.
     slow = start(site, "dash-flow", {"seconds": 2.0})
     scene.go(f"/executions/{slow}")
