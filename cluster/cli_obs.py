@@ -91,8 +91,11 @@ def execution_logs(execution_id: str, log_dirs: list[Path] | None = None) -> lis
 
     dirs = local_log_dirs() if log_dirs is None else log_dirs
     records = read_local(execution_id, dirs)
-    if log_dirs is None and ray.is_initialized() and len(ray.nodes()) > 1:
-        records += read_remote(execution_id, ray.get_runtime_context().get_node_id())
+    if log_dirs is None and ray.is_initialized():
+        if not dirs:  # a Ray Client driver: every node is remote
+            records += read_remote(execution_id, None)
+        elif len(ray.nodes()) > 1:
+            records += read_remote(execution_id, ray.get_runtime_context().get_node_id())
     return sorted(records, key=lambda r: int(r.get("timestamp_ns") or 0))
 
 
