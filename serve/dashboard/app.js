@@ -17,6 +17,7 @@ const ROUTES = [
   [/^\/data$/, dataPage, "Data"],
 ];
 
+const TENANT_KEY = "dafnck.tenant";
 const main = document.getElementById("main");
 const header = document.querySelector("header.top");
 let cleanup = null;
@@ -28,7 +29,7 @@ function loginPage() {
   const form = h("form", { class: "card login", "aria-label": "Log in" },
     h("h1", {}, "Log in to DafnckMachine"),
     loginMessage ? h("p", { class: "notice", role: "status" }, loginMessage) : null,
-    field("Tenant", "tenant", { value: "default", autocomplete: "organization" }),
+    field("Tenant", "tenant", { value: localStorage.getItem(TENANT_KEY) || "default", autocomplete: "organization" }),
     field("Username", "username", { autocomplete: "username" }),
     field("Password", "password", { type: "password", autocomplete: "current-password" }),
     field("One-time code (if your account has TOTP)", "totp", {
@@ -43,6 +44,7 @@ function loginPage() {
     button.disabled = true;
     try {
       await login(data);
+      localStorage.setItem(TENANT_KEY, data.tenant); // not a secret: saves typing it again
       loginMessage = "";
       // Back to the page the session ended on, or the overview.
       const target = location.hash && location.hash !== "#/login" ? location.hash : "#/overview";

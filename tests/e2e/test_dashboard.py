@@ -258,6 +258,8 @@ def test_an_operator_runs_the_platform_from_the_dashboard(
 
     page.get_by_role("button", name="Log out").click()
     page.get_by_text("You are logged out.").wait_for()
+    assert scene.no_horizontal_overflow()
+    scene.shot("phone-login")
     assert scene.errors == []
     page.close()
 
