@@ -32,6 +32,7 @@ from actors.models import (
 )
 from actors.registry import AgentRegistry
 from actors.router import PoolRouter, PoolView
+from cluster import metrics
 from cluster.errors import AgentNotFound, DafnckError, SpecInvalid
 
 log = logging.getLogger(__name__)
@@ -318,6 +319,7 @@ class Supervisor:
         pool.record = self.registry.set_desired_replicas(record.agent_id, decision.desired)
         log.info("autoscaling %s: %d -> %d replicas (%s, %d in flight)", record.agent_id,
                  decision.current, decision.desired, decision.reason, in_flight)  # fmt: skip
+        metrics.POOL_AUTOSCALED.inc(agent=record.agent_id, outcome=decision.reason)
         await self._tell("agent.autoscaled", record.agent_id, **decision.as_event_data())
 
     def _request_resources(self) -> None:

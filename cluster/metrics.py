@@ -241,6 +241,8 @@ POOL_RUNNING = _m("dafnck_pool_replicas_running", "gauge", "Replicas alive in th
 POOL_QUEUE = _m("dafnck_pool_queue_depth", "gauge",
                 "Tasks the pool's replicas hold (running and queued).", "agent")  # fmt: skip
 POOL_RESTARTS = _m("dafnck_pool_restarts", "counter", "Dead replicas replaced.", "agent")
+POOL_AUTOSCALED = _m("dafnck_pool_autoscaled", "counter",
+                     "Autoscaling decisions, by reason (load, idle, wake).", "agent", "outcome")  # fmt: skip
 # -- workflows (the supervisor's engine) --------------------------------------------------
 EXECUTIONS = _m("dafnck_executions", "counter", "Executions ended, by workflow and outcome.",
                 "workflow", "outcome")  # fmt: skip

@@ -15,6 +15,7 @@ from actors.messages import DomainEvent
 from actors.models import AgentSpec, Autoscaling, Replicas
 from actors.registry import AgentRegistry
 from actors.supervisor import Supervisor
+from cluster import metrics
 from cluster.store import Store
 from tests.unit.actors.fakes import FakeLauncher
 
@@ -194,9 +195,11 @@ def test_an_idle_pool_scales_to_zero_and_a_caller_wakes_it(
         await supervisor.reconcile()
         assert len(supervisor.get_pool("test.echo").replicas) == 1
 
+    woken_before = metrics.POOL_AUTOSCALED.value(agent="echo@1.0.0", outcome="wake") or 0
     asyncio.run(scenario())
     reasons = [e.data["reason"] for e in events.seen if e.type == "agent.autoscaled"]
     assert reasons == ["idle", "wake"]
+    assert metrics.POOL_AUTOSCALED.value(agent="echo@1.0.0", outcome="wake") == woken_before + 1
 
 
 def test_replicas_waiting_for_resources_ask_rays_autoscaler_for_room(
