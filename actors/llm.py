@@ -45,6 +45,7 @@ from actors.llm_tools import Delegate, SchemaLookup, ToolBox
 from actors.models import AgentSpec, LLMConfig, Task
 from actors.skills import Implementation, Skill, _problems
 from cluster.errors import InputInvalid, OutputInvalid, SpecInvalid
+from cluster.tracing import llm_span, llm_usage, tool_span
 
 if TYPE_CHECKING:
     from cluster.settings import Settings
@@ -170,7 +171,14 @@ class LLMAgent:
             stream.turn = turn
 
         async def call() -> dict[str, Any]:
-            return await self.provider.complete(system, messages, tools, stream)
+            with llm_span(self.cfg.provider, self.cfg.model) as span:  # GenAI conventions
+                reply = await self.provider.complete(system, messages, tools, stream)
+                usage = reply.get("usage") or {}
+                llm_usage(span, input_tokens=usage.get("input_tokens"),
+                          output_tokens=usage.get("output_tokens"),
+                          response_model=reply.get("model"),
+                          finish_reasons=[str(reply.get("stop_reason") or "stop")])  # fmt: skip
+                return reply
 
         convo.turns += 1
         return await effects.model_call(turn, call, convo.estimate_tokens(self.cfg.max_tokens))
@@ -198,7 +206,8 @@ class LLMAgent:
         else:
 
             async def run() -> dict[str, Any]:
-                return await self.tools.run(tool, call["arguments"], task)
+                with tool_span(name):
+                    return await self.tools.run(tool, call["arguments"], task)
 
             outcome = await effects.tool_call(
                 call["id"], name, call["arguments"], run, idempotent=tool.idempotent

@@ -23,13 +23,16 @@ from actors.models import AgentSpec
 from actors.system import ensure_supervisor
 from cluster import metrics, tracing
 from cluster.cli_obs import execution_logs
+from cluster.llm_demo import WORKFLOW, demo_specs
 from cluster.security import Security
 from cluster.security_models import Role
 from cluster.settings import Settings
+from cluster.span_store import execution_spans
 from cluster.store import connect_store
 from cluster.valkey import free_port, start_server
 from serve.app import build_app
-from tests.integration.helpers import wait_until
+from tests.fixtures.fake_llm import FakeLLM
+from tests.integration.helpers import REPO_ROOT, wait_until
 from workflows.spec import WorkflowSpec
 
 pytestmark = pytest.mark.timeout(180)
@@ -163,6 +166,44 @@ def test_metrics_move_as_work_happens(
     # the same metric goes to Ray's export from this driver, with the same tag keys
     metrics.flush()
     assert metrics.TASKS._ray and metrics.TASKS._ray.info["tag_keys"] == ("capability", "outcome")
+
+
+def test_the_trace_reaches_the_model_and_tool_calls(
+    client: Client, tenant_settings: Settings, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "main.py").write_text('"""The entry point."""\n')
+    key = tmp_path / "openai.key"
+    key.write_text("sk-observability-test-key-1234\n")
+    with FakeLLM() as llm:
+        llm.reply(tool_calls=[("c1", "outline", {"path": str(repo / "main.py")})], tokens=(120, 30))
+        answer = {"picks": [{"path": "main.py", "why": "it is the entry point"}]}
+        llm.reply(json.dumps(answer), tokens=(300, 40))
+        lister, guide = demo_specs(None)
+        assert guide.llm is not None
+        cfg = guide.llm.model_copy(update={"base_url": llm.openai_url, "api_key_file": str(key)})
+        client.agents.apply([lister, guide.model_copy(update={"llm": cfg})])
+        client.workflows.define(REPO_ROOT / WORKFLOW)
+        done = client.workflows.run("llm-demo", {"root": str(repo)}, timeout_s=120)
+    assert done.status.value == "succeeded", done.error
+    store = connect_store(tenant_settings)
+
+    def spans() -> list[dict[str, Any]]:
+        found = execution_spans(store.redis, tenant_settings.tenant, done.id)
+        calls = [s for s in found if s["name"].startswith("chat ")]
+        return found if len(calls) == 2 and by_name(found, "execute_tool outline") else []
+
+    found = wait_until(spans, 30, "the model and tool call spans")
+    ids = {s["span_id"]: s for s in found}
+    for call in [s for s in found if s["name"].startswith("chat ")]:
+        assert ids[call["parent_id"]]["name"].startswith("agent.run ")
+        assert call["kind"] == "client" and call["service"] == "dafnck-agent"
+        assert call["attributes"]["gen_ai.provider.name"] == "openai"
+        assert call["attributes"]["gen_ai.request.model"] == cfg.model
+        assert call["attributes"]["gen_ai.usage.input_tokens"] in (120, 300)
+    (tool,) = by_name(found, "execute_tool outline")
+    assert ids[tool["parent_id"]]["name"].startswith("agent.run ")
 
 
 #: Labels Ray adds to every exported sample (which process and node recorded it).
