@@ -13,7 +13,7 @@ How to instrument (e.g. an LLM agent; the API below is kept small and stable):
         telemetry.llm_usage(span, input_tokens=n_in, output_tokens=n_out,
                             response_model=reply.model, finish_reasons=["stop"])
     telemetry.record_tokens("openai", model, tenant, n_in, n_out, cost_usd=cost)
-    telemetry.LLM_CALLS.inc(provider="openai", model=model, outcome="succeeded")
+    # (llm_span counts the call in dafnck_llm_calls_total, by outcome)
 
     # a tool call the model asked for
     with telemetry.tool_span("search"):

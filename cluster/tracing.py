@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from cluster import metrics
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,8 @@ def llm_span(
     operation: str = "chat",
     attributes: Mapping[str, Any] | None = None,
 ) -> Iterator[Span]:
-    """A CLIENT span for one model call, named and tagged per the GenAI conventions."""
+    """A CLIENT span for one model call, named and tagged per the GenAI conventions; it
+    also counts the call in `dafnck_llm_calls_total` by outcome."""
     attrs = {
         "gen_ai.operation.name": operation,
         "gen_ai.provider.name": provider,
@@ -257,8 +259,13 @@ def llm_span(
         "gen_ai.request.model": model,
         **(attributes or {}),
     }
-    with span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attrs) as s:
-        yield s
+    outcome = "failed"
+    try:
+        with span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attrs) as s:
+            yield s
+        outcome = "succeeded"
+    finally:
+        metrics.LLM_CALLS.inc(provider=provider, model=model, outcome=outcome)
 
 
 def llm_usage(

@@ -108,6 +108,7 @@ def test_spans_reach_the_store_with_their_parents_across_an_envelope(
         tracing.llm_span("openai", "gpt-4o-mini") as call,
     ):
         tracing.llm_usage(call, input_tokens=3, output_tokens=5, finish_reasons=["stop"])
+    assert metrics.LLM_CALLS.value(provider="openai", model="gpt-4o-mini", outcome="succeeded")
     with tracing.span("untraced", root=False) as nothing:
         assert not nothing.is_recording()
     tracing.flush()
