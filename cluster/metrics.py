@@ -9,6 +9,8 @@ values are bounded by configuration (capabilities, agents, workflows, models), n
     from cluster import metrics
     metrics.TASKS.inc(capability="code.review", outcome="succeeded")
     metrics.TASK_SECONDS.observe(0.12, capability="code.review", outcome="succeeded")
+
+A new metric gets a panel in `configs/grafana/dafnck-dashboard.json` (a test checks both).
 """
 
 from __future__ import annotations
