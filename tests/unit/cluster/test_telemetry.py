@@ -196,3 +196,29 @@ def test_status_shows_each_component_and_pool() -> None:
     text = console.export_text()
     assert "store" in text and "unavailable" in text and "redis://h:1" in text
     assert "pool a@1.0.0" in text and "1/2 replicas, load 4, restarts 3" in text
+
+
+@pytest.mark.parametrize(
+    ("choice", "endpoint", "kind"),
+    [("otlp-grpc", "http://127.0.0.1:4317", "OTLPSpanExporter"),
+     ("otlp-http", "http://127.0.0.1:4318/v1/traces", "OTLPSpanExporter"),
+     ("console", None, "ConsoleSpanExporter"),
+     ("redis", None, "RedisSpanExporter"),
+     ("none", None, None)],
+)  # fmt: skip
+def test_the_exporter_comes_from_settings(
+    settings: Settings, choice: str, endpoint: str | None, kind: str | None
+) -> None:
+    chosen = load_settings(redis_url=settings.redis_url, state_dir=str(settings.state_dir),
+                           trace_exporter=choice, trace_endpoint=endpoint)  # fmt: skip
+    exporter = tracing._exporter(chosen, None)
+    assert (type(exporter).__name__ if exporter else None) == kind
+    if choice.startswith("otlp"):
+        assert ("grpc" in type(exporter).__module__) == (choice == "otlp-grpc")
+
+
+def test_an_unknown_exporter_is_a_settings_error() -> None:
+    from cluster.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trace_exporter"):
+        load_settings(trace_exporter="jaeger")
