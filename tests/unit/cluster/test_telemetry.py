@@ -222,3 +222,42 @@ def test_an_unknown_exporter_is_a_settings_error() -> None:
 
     with pytest.raises(ConfigError, match="trace_exporter"):
         load_settings(trace_exporter="jaeger")
+
+
+def test_spans_reach_an_otlp_http_collector(settings: Settings) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    received: list[bytes] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    tracing.shutdown()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1/traces"
+        chosen = load_settings(state_dir=str(settings.state_dir), trace_exporter="otlp-http",
+                               trace_endpoint=url)  # fmt: skip
+        assert tracing.setup_tracing(chosen, "unit")
+        with tracing.llm_span("anthropic", "claude-x"):
+            pass
+        tracing.flush()
+    finally:
+        tracing.shutdown()
+        server.shutdown()
+    request = ExportTraceServiceRequest.FromString(received[0])
+    (span,) = request.resource_spans[0].scope_spans[0].spans
+    assert span.name == "chat claude-x"
+    assert {a.key for a in span.attributes} >= {"gen_ai.request.model", "gen_ai.provider.name"}
