@@ -1,6 +1,7 @@
 """Several nodes: a head and two worker nodes (`ray.cluster_utils.Cluster`) on this machine.
 
-A pool whose replicas need the workers' custom resource spreads over both workers; one
+A pool whose replicas need the workers' custom resource and select their node label
+spreads over both workers; one
 worker is then removed without warning while 40 tasks and a fan-out workflow run. The pool
 comes back at full size on the surviving worker, every task completes (its side effect
 recorded once in Redis, keyed by the task), and the workflow succeeds.
@@ -77,7 +78,12 @@ def scenario() -> None:
                         "include_dashboard": False, "_system_config": FAST_FAILURE},
     )  # fmt: skip
     workers = [
-        cluster.add_node(num_cpus=1, resources={"worker": 4}, object_store_memory=SMALL_STORE)
+        cluster.add_node(
+            num_cpus=1,
+            resources={"worker": 4},
+            object_store_memory=SMALL_STORE,
+            labels={"dafnck.io/pool": "cpu"},
+        )
         for _ in range(2)
     ]
     cluster.wait_for_nodes()
@@ -106,7 +112,8 @@ def _run(cluster: Any, workers: list[Any], url: str, state: Path) -> dict[str, A
     spec = AgentSpec(
         name="recorder", capabilities=["chaos.record"],
         entrypoint="tests.fixtures.scale_agents:record", replicas={"min": 4, "max": 4},
-        max_concurrency=8, resources={"custom": {"worker": 1}}, timeout_s=60,
+        max_concurrency=8, timeout_s=60,
+        resources={"custom": {"worker": 1}, "node_labels": {"dafnck.io/pool": "cpu"}},
         retry={"max_attempts": 5, "backoff_s": 0.2},
     )  # fmt: skip
     client.agents.apply(spec)
