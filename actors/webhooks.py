@@ -39,7 +39,7 @@ from tenacity import (
 from actors.messages import DomainEvent
 from cluster.contracts import Contract
 from cluster.store import Store
-from cluster.streams import MAX_BLOCK_MS, stream_replies
+from cluster.streams import MAX_BLOCK_MS, cancel_and_wait, stream_replies
 from workflows.execution import Event
 from workflows.store import MAX_EVENTS, ExecutionStore
 
@@ -160,10 +160,8 @@ class WebhookDispatcher:
 
     async def close(self) -> None:
         """Stop the deliveries under way (not acknowledged: read again on the next start)."""
-        running = list(self._running.values())
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        for task in list(self._running.values()):
+            await cancel_and_wait(task)  # redis.asyncio can absorb a single cancel
 
     async def _read(self, cursor: str) -> None:
         reply = await self.store.async_redis().xreadgroup(

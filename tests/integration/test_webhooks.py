@@ -14,16 +14,17 @@ from actors.messages import DomainEvent
 from actors.webhooks import WebhookDispatcher, WebhookPolicy, WebhookSpec, register_webhook
 from cluster.settings import load_settings
 from cluster.store import Store, connect_store
+from cluster.streams import cancel_and_wait
 from tests.fixtures.webhook_receiver import receiving
 from workflows.store import BlobStore, ExecutionStore
 
 FAST = WebhookPolicy(max_attempts=1000, base_s=0.02, cap_s=0.05)
 
 
-async def _until(check: Callable[[], bool], timeout_s: float = 60) -> None:
+async def _until(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
 
 
@@ -54,16 +55,18 @@ def test_an_undelivered_end_is_delivered_after_a_restart_with_the_same_id(
             bus = EventBus(store)
             await bus.publish(_end("e1"))
             await bus.publish(_end("no-hook"))  # acknowledged without a call
-            await _until(lambda: len(receiver.received) >= 2)
-            await first.close()  # the supervisor dies mid-retry
-            running.cancel()
+            await _until(lambda: len(receiver.received) >= 2, "two failed attempts")
+            await cancel_and_wait(running)  # the supervisor dies mid-retry
+            await first.close()
 
             receiver.failures = 0
-            again = WebhookDispatcher(store, executions, FAST)  # the restarted supervisor
+            # The restarted supervisor: a new process, so new connections.
+            fresh = connect_store(load_settings(redis_url=store.url, tenant=store.tenant))
+            again = WebhookDispatcher(fresh, executions, FAST)
             running = asyncio.create_task(again.run())
             key = store.key("webhook", "e1")
-            await _until(lambda: store.redis.hget(key, "state") == "delivered")
-            running.cancel()
+            await _until(lambda: store.redis.hget(key, "state") == "delivered", "the delivery")
+            await cancel_and_wait(running)
             await again.close()
 
         ids = {headers["webhook-id"] for headers, _, _ in receiver.received}
@@ -72,7 +75,7 @@ def test_an_undelivered_end_is_delivered_after_a_restart_with_the_same_id(
         assert int(store.redis.hget(key, "attempts")) >= len(statuses) >= 3
         kinds = [e.type for _, e in executions.events("e1")]
         assert kinds.count("webhook.delivered") == 1
-        assert kinds.count("webhook.attempt_failed") >= 2
+        assert kinds.count("webhook.attempt_failed") >= 1  # the last may die with its process
         for stream in again.streams:
             assert store.redis.xpending(stream, "webhooks")["pending"] == 0
 
@@ -90,12 +93,12 @@ def test_a_delivery_cut_short_is_taken_up_by_the_next_sweep(
             dispatcher = WebhookDispatcher(store, executions, FAST, sweep_s=0.2)
             running = asyncio.create_task(dispatcher.run())
             await EventBus(store).publish(_end("e2"))
-            await _until(lambda: len(receiver.received) >= 2)
+            await _until(lambda: len(receiver.received) >= 2, "two failed attempts")
             await dispatcher.close()  # the delivery dies; the loop reading ends goes on
             receiver.failures = 0
             key = store.key("webhook", "e2")
-            await _until(lambda: store.redis.hget(key, "state") == "delivered")
-            running.cancel()
+            await _until(lambda: store.redis.hget(key, "state") == "delivered", "the sweep")
+            await cancel_and_wait(running)
             await dispatcher.close()
         assert len({headers["webhook-id"] for headers, _, _ in receiver.received}) == 1
 
