@@ -11,7 +11,14 @@ import httpx
 import pytest
 from a2a.client import ClientConfig, ClientFactory
 from a2a.helpers import new_data_part, new_message, new_text_part
-from a2a.types.a2a_pb2 import GetTaskRequest, Role, SendMessageRequest, StreamResponse, TaskState
+from a2a.types.a2a_pb2 import (
+    GetTaskRequest,
+    ListTasksRequest,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    TaskState,
+)
 from google.protobuf.json_format import MessageToDict
 
 from actors.a2a_wire import parts_output
@@ -82,6 +89,13 @@ def test_card_names_skills_schemas_and_bearer_auth(
     assert schemas["test.echo"]["required"] == ["text"]
 
 
+async def _listed(url: str, key: str) -> list[str]:
+    """The ids `ListTasks` answers for the agent at `url`."""
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as http:
+        client = await ClientFactory(ClientConfig(httpx_client=http)).create_from_url(url)
+        return [t.id for t in (await client.list_tasks(ListTasksRequest())).tasks]
+
+
 def test_sdk_client_sends_data_and_text_and_gets_the_task(
     api_url: str, tenants: tuple[Tenant, Tenant], published: None
 ) -> None:
@@ -91,6 +105,7 @@ def test_sdk_client_sends_data_and_text_and_gets_the_task(
     assert sent.task.status.state == TaskState.TASK_STATE_COMPLETED, MessageToDict(sent)
     assert parts_output(list(sent.task.artifacts[0].parts))["text"] == "abab"
     assert got.task.id == sent.task.id and got.task.status.state == TaskState.TASK_STATE_COMPLETED
+    assert sent.task.id in asyncio.run(_listed(f"{api_url}/a2a/a2a-echo", key))
 
     text = new_message([new_text_part("hello")], role=Role.ROLE_USER)
     events = asyncio.run(_ask(f"{api_url}/a2a/a2a-shout", key, text, streaming=True))
