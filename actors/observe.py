@@ -178,10 +178,37 @@ class TracedDispatcher:
         self.observer = observer
 
     async def run(self, request: Any) -> Any:
+        eid, step = request.execution_id, request.step_id
+        span = self._span(request)
+        with (
+            tracing.use_span(span),
+            log_context(execution_id=eid, step_id=step, workflow=self.observer.workflow_of(eid)),
+        ):
+            log.info("step %s attempt %d runs %s", step, request.attempt, request.target)
+            try:
+                outcome = await self.inner.run(request)
+            except BaseException as exc:
+                log.info(
+                    "step %s attempt %d stopped: %s", step, request.attempt, type(exc).__name__
+                )
+                tracing.end_span(span, type(exc).__name__)
+                raise
+            error = None if outcome.ok else getattr(outcome, "error", None)
+            failure = None if outcome.ok else (error.type if error is not None else "failed")
+            if failure is None:
+                log.info("step %s attempt %d succeeded", step, request.attempt)
+            else:
+                log.info("step %s attempt %d failed: %s: %s", step, request.attempt, failure,
+                         error.message if error is not None else "")  # fmt: skip
+        tracing.end_span(span, failure)
+        return outcome
+
+    def _span(self, request: Any) -> Span:
+        """The attempt's span, child of the execution's (none when the execution has none)."""
         parent = self.observer.execution_span(request.execution_id)
         if parent is None:
-            return await self.inner.run(request)
-        span = tracing.start_span(
+            return tracing.INVALID_SPAN
+        return tracing.start_span(
             f"step {request.step_id}",
             parent=parent,
             attributes={
@@ -192,18 +219,6 @@ class TracedDispatcher:
                 "dafnck.uses": request.target,
             },
         )
-        with (
-            tracing.use_span(span),
-            log_context(execution_id=request.execution_id, step_id=request.step_id),
-        ):
-            try:
-                outcome = await self.inner.run(request)
-            except BaseException as exc:
-                tracing.end_span(span, type(exc).__name__)
-                raise
-        error = getattr(outcome, "error", None)
-        tracing.end_span(span, error.type if error is not None and not outcome.ok else None)
-        return outcome
 
 
 _EXECUTION_END = {"execution.succeeded", "execution.failed", "execution.cancelled"}
@@ -235,6 +250,10 @@ class WorkflowObserver:
         except Exception:  # telemetry must never fail a commit
             log.debug("could not observe %s", event.type, exc_info=True)
 
+    def workflow_of(self, execution_id: str) -> str | None:
+        run = self.engine.runs.get(execution_id) if self.engine is not None else None
+        return run.execution.workflow if run is not None else None
+
     def execution_span(self, execution_id: str) -> Span | None:
         span = self._spans.get(execution_id)
         if span is not None and execution_id not in self._named:
@@ -255,19 +274,13 @@ class WorkflowObserver:
         workflow = run.execution.workflow if run is not None else "unknown"
         if kind in ("execution.started", "execution.recovered", "execution.retried"):
             self._open(execution_id, event, run)
+            with (
+                tracing.use_span(self._spans.get(execution_id, tracing.INVALID_SPAN)),
+                log_context(execution_id=execution_id, tenant=self.tenant),
+            ):
+                log.info("execution %s %s", execution_id, kind.partition(".")[2])
         elif kind in _EXECUTION_END:
-            outcome = kind.partition(".")[2]
-            metrics.EXECUTIONS.inc(workflow=workflow, outcome=outcome)
-            if run is not None:
-                metrics.EXECUTION_SECONDS.observe(
-                    event.at - run.execution.created_at, workflow=workflow, outcome=outcome
-                )
-            span = self._spans.pop(execution_id, None)
-            if span is not None:
-                if execution_id not in self._named:
-                    self._name(execution_id, span)
-                self._named.discard(execution_id)
-                tracing.end_span(span, None if outcome == "succeeded" else outcome)
+            self._ended(execution_id, event, run, workflow, kind.partition(".")[2])
         elif kind in _STEP_END:
             state = run.execution.steps.get(event.step) if run is not None else None
             started = state.started_at if state is not None else None
@@ -277,6 +290,23 @@ class WorkflowObserver:
                 metrics.STEP_SECONDS.observe(event.at - started, workflow=workflow, outcome=outcome)
         if self.engine is not None:
             metrics.EXECUTIONS_RUNNING.set(len(self.engine.runs), tenant=self.tenant)
+
+    def _ended(self, execution_id: str, event: Any, run: Any, workflow: str, outcome: str) -> None:
+        metrics.EXECUTIONS.inc(workflow=workflow, outcome=outcome)
+        if run is not None:
+            metrics.EXECUTION_SECONDS.observe(
+                event.at - run.execution.created_at, workflow=workflow, outcome=outcome
+            )
+        span = self._spans.pop(execution_id, tracing.INVALID_SPAN)
+        if execution_id not in self._named:
+            self._name(execution_id, span)
+        self._named.discard(execution_id)
+        with (
+            tracing.use_span(span),
+            log_context(execution_id=execution_id, workflow=workflow, tenant=self.tenant),
+        ):
+            log.info("execution %s of %s %s", execution_id, workflow, outcome)
+        tracing.end_span(span, None if outcome == "succeeded" else outcome)
 
     def _open(self, execution_id: str, event: Any, run: Any) -> None:
         if execution_id in self._spans or not tracing.enabled():

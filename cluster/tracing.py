@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 _PROPAGATOR = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer = trace.NoOpTracer()
-_INVALID = trace.INVALID_SPAN
+_INVALID = INVALID_SPAN = trace.INVALID_SPAN
 #: Span attributes that say whose span it is (the span store keys by them).
 TENANT = "dafnck.tenant"
 EXECUTION = "dafnck.execution_id"
@@ -298,6 +298,7 @@ def tool_span(tool: str, attributes: Mapping[str, Any] | None = None) -> Iterato
 
 __all__ = [
     "EXECUTION",
+    "INVALID_SPAN",
     "TENANT",
     "active",
     "context_from",

@@ -254,15 +254,27 @@ def test_log_lines_carry_the_ids_and_no_secret(client: Client) -> None:
 
     def lines() -> list[dict[str, Any]]:
         found = execution_logs(execution.id)
-        return found if {r.get("step_id") for r in found} >= {"a", "b"} else []
+        replica_steps = {r.get("step_id") for r in found if r.get("agent")}
+        ended = [r for r in found if "succeeded" in r["message"] and "execution" in r["message"]]
+        return found if replica_steps >= {"a", "b"} and ended else []
 
-    records = wait_until(lines, 30, "the replica's log lines of both steps")
-    for record in records:
+    records = wait_until(lines, 30, "the supervisor's and replica's log lines of both steps")
+    for record in records:  # every line found carries the execution and, where known, more
         assert record["execution_id"] == execution.id
-        assert record["tenant"] == client.settings.tenant
-        assert record["agent"] == OBS_AGENT.agent_id
         assert record["trace_id"] and record["actor_id"]  # the span's and Ray's own ids
-        assert "hunter2" not in json.dumps(record) and "password=***" in record["message"]
+        assert "hunter2" not in json.dumps(record)
+    replica = [r for r in records if r.get("agent")]
+    for record in replica:
+        assert record["tenant"] == client.settings.tenant
+        assert record["agent"] == OBS_AGENT.agent_id and record["step_id"] in ("a", "b")
+        assert record["task_id"] and "password=***" in record["message"]
+    supervisor = [r["message"] for r in records if not r.get("agent")]
+    assert (
+        "step a attempt 1 succeeded" in supervisor
+        and "step b attempt 1 runs obs.work" in supervisor
+    )
+    assert {r.get("workflow") for r in records if r["message"].startswith("step ")} == {"obs"}
+    assert len({r["actor_id"] for r in records}) >= 2  # lines of the supervisor and a replica
 
 
 def test_health_reports_a_killed_replica(client: Client) -> None:
