@@ -101,9 +101,10 @@ def execution_logs(execution_id: str, log_dirs: list[Path] | None = None) -> lis
 
 def print_records(console: Console, records: list[dict[str, Any]]) -> None:
     for r in records:
-        where = " ".join(str(r[k]) for k in ("agent", "step_id") if r.get(k))
+        who = r.get("agent") or r.get("actor_name") or r.get("source")
+        where = " ".join(str(v) for v in (who, r.get("step_id")) if v)
         console.print(
-            f"{r.get('asctime', '')} {r.get('levelname', ''):7} [{where or r.get('source')}] "
+            f"{r.get('asctime', '')} {r.get('levelname', ''):7} [{where}] "
             f"{r.get('message', '')}",
             markup=False, highlight=False,
         )  # fmt: skip
