@@ -135,13 +135,9 @@ class WebhookDispatcher:
         self.policy = policy or WebhookPolicy()
         self.consumer = consumer
         self.streams = [store.key("events", t) for t in END_TYPES]
+        #: The end streams known to have our consumer group.
+        self._grouped: list[str] = []
         self._running: dict[str, asyncio.Task[None]] = {}
-        for stream in self.streams:  # now, so no end after the supervisor starts is missed
-            try:
-                store.redis.xgroup_create(stream, GROUP, id="$", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
 
     async def run(self) -> None:
         """Deliver every new end, and now and then what was read but not acknowledged."""
@@ -154,7 +150,9 @@ class WebhookDispatcher:
                 await self._read(">")
             except asyncio.CancelledError:
                 raise
-            except Exception:  # an outage of Redis must not end the loop
+            except Exception as exc:  # an outage of Redis must not end the loop
+                if "NOGROUP" in str(exc):  # a stream was deleted: find the groups again
+                    self._grouped.clear()
                 log.exception("reading execution ends failed; trying again")
                 await asyncio.sleep(1)
 
@@ -163,11 +161,31 @@ class WebhookDispatcher:
         for task in list(self._running.values()):
             await cancel_and_wait(task)  # redis.asyncio can absorb a single cancel
 
+    async def _groups(self) -> list[str]:
+        """The end streams with our consumer group, made (from their first entry) on streams
+        that appeared: nothing is written before an execution ends, so a new tenant stays
+        empty (a restore needs that), and no end is missed."""
+        redis_ = self.store.async_redis()
+        for stream in self.streams:
+            if stream in self._grouped or not await redis_.exists(stream):
+                continue
+            try:
+                await redis_.xgroup_create(stream, GROUP, id="0")
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._grouped.append(stream)
+        return self._grouped
+
     async def _read(self, cursor: str) -> None:
+        streams = await self._groups()
+        if not streams:
+            await asyncio.sleep(MAX_BLOCK_MS / 1000)
+            return
         reply = await self.store.async_redis().xreadgroup(
             GROUP,
             self.consumer,
-            dict.fromkeys(self.streams, cursor),
+            dict.fromkeys(streams, cursor),
             count=100,
             block=MAX_BLOCK_MS if cursor == ">" else None,
         )

@@ -76,8 +76,8 @@ def test_an_undelivered_end_is_delivered_after_a_restart_with_the_same_id(
         kinds = [e.type for _, e in executions.events("e1")]
         assert kinds.count("webhook.delivered") == 1
         assert kinds.count("webhook.attempt_failed") >= 1  # the last may die with its process
-        for stream in again.streams:
-            assert store.redis.xpending(stream, "webhooks")["pending"] == 0
+        ends = store.key("events", "execution.failed")
+        assert store.redis.xpending(ends, "webhooks")["pending"] == 0
 
     asyncio.run(scenario())
 
@@ -120,3 +120,17 @@ def test_a_refusal_is_not_retried(valkey_url: str, state_dir: Path) -> None:
         assert record["state"] == "failed" and record["last_status"] == "404"
 
     asyncio.run(scenario())
+
+
+def test_a_new_tenant_stays_empty_until_an_execution_ends(valkey_url: str, state_dir: Path) -> None:
+    """A restore needs an empty tenant: the dispatcher of a new supervisor writes nothing."""
+    store, executions = _dispatcher_env(valkey_url, state_dir)
+
+    async def scenario() -> None:
+        dispatcher = WebhookDispatcher(store, executions, FAST, sweep_s=0.1)
+        running = asyncio.create_task(dispatcher.run())
+        await asyncio.sleep(1.5)
+        await cancel_and_wait(running)
+
+    asyncio.run(scenario())
+    assert list(store.redis.scan_iter(match=store.key("*"))) == []
