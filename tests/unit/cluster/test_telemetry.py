@@ -261,3 +261,26 @@ def test_spans_reach_an_otlp_http_collector(settings: Settings) -> None:
     (span,) = request.resource_spans[0].scope_spans[0].spans
     assert span.name == "chat claude-x"
     assert {a.key for a in span.attributes} >= {"gen_ai.request.model", "gen_ai.provider.name"}
+
+
+def test_the_span_store_keeps_only_the_newest_traces(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from cluster import span_store
+
+    monkeypatch.setattr(span_store, "_TRIM_EVERY_S", 0.0)
+    exporter = span_store.RedisSpanExporter(store.redis, "cap", max_spans=3, max_traces=2)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    for execution in ("e1", "e2", "e3"):
+        with tracer.start_as_current_span("root", attributes={tracing.EXECUTION: execution}):
+            for _ in range(5):
+                tracer.start_span("child").end()
+    assert execution_spans(store.redis, "cap", "e1") == []  # the oldest trace went
+    kept = execution_spans(store.redis, "cap", "e3")
+    assert [s["name"] for s in kept] == ["root", "child", "child"]  # its last 3 spans
+    assert store.redis.zcard("dafnck:cap:traces") == 2
