@@ -86,6 +86,7 @@ class RedisSpanExporter(SpanExporter):
         self._max_spans = max_spans
         self._max_traces = max_traces
         self._trimmed_at: dict[str, float] = {}
+        self._warned_at = 0.0
 
     @classmethod
     def from_url(cls, url: str, tenant: str, ttl_s: float = 86_400) -> RedisSpanExporter:
@@ -120,7 +121,9 @@ class RedisSpanExporter(SpanExporter):
             for tenant in traces:
                 self._trim(tenant, now)
         except redis.RedisError as exc:  # tracing must never take the platform down
-            log.warning("could not store %d spans: %s", len(spans), exc)
+            if now - self._warned_at > _WARN_EVERY_S:  # an outage: say so once a minute
+                self._warned_at = now
+                log.warning("could not store %d spans: %s", len(spans), exc)
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
@@ -150,6 +153,7 @@ class RedisSpanExporter(SpanExporter):
 
 #: How often an exporter looks for traces beyond its tenant's cap.
 _TRIM_EVERY_S = 5.0
+_WARN_EVERY_S = 60.0
 
 
 def execution_spans(client: Any, tenant: str, execution_id: str) -> list[dict[str, Any]]:
