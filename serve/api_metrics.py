@@ -53,7 +53,8 @@ def install(app: FastAPI) -> None:
         started = time.perf_counter()
         status = 500
         method = request.method if request.method in _METHODS else "OTHER"
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        given = request.headers.get("x-request-id")  # Serve's proxy sets it and answers it
+        request_id = given or uuid.uuid4().hex
         request.state.request_id = request_id  # the audit and the log lines say the same id
         with (
             log_context(request_id=request_id),
@@ -65,7 +66,8 @@ def install(app: FastAPI) -> None:
             try:
                 response = await call_next(request)
                 status = response.status_code
-                response.headers.setdefault("x-request-id", request_id)
+                if not given:
+                    response.headers["x-request-id"] = request_id
                 return response
             finally:
                 route = route_template(request)
