@@ -1,7 +1,8 @@
 """A workflow submitted as a Ray job: `dafnck submit` sends `dafnck agents apply && dafnck run`
 through `JobSubmissionClient` to a cluster started by `dafnck up` (dashboard on, token
 auth on); the job's driver joins that cluster and its store, the workflow succeeds, and its
-output is in the job's logs. The submission id is the idempotency key.
+output is in the job's logs. The submission id is the idempotency key. Ray's own
+`ray job submit --working-dir . -- dafnck run ...` runs the same.
 
 The real CLI in subprocesses against its own Ray head and Valkey (its own state directory),
 as tests/chaos/test_down_up.py does.
@@ -20,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.scale_agents import stop_cluster
+
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
+
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -38,7 +42,7 @@ def env() -> Iterator[dict[str, str]]:
     }
     env.pop("RAY_ADDRESS", None)
     yield env
-    subprocess.run([DAFNCK, "down"], env=env, cwd=REPO, capture_output=True, timeout=120)
+    stop_cluster(state)
     shutil.rmtree(state, ignore_errors=True)
 
 
@@ -75,6 +79,19 @@ def test_a_workflow_submitted_as_a_ray_job_runs_on_the_cluster_and_logs_there(
     again = dafnck(env, *args)  # the same submission id: nothing runs twice
     assert again.returncode == 0, again.stderr
     assert "job review-once already submitted" in again.stdout
+
+    # Ray's own CLI, as Ray users submit: the same `dafnck run` as the job's entrypoint.
+    ray_cli = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", dashboard.group(1),
+         "--working-dir", ".", "--runtime-env", "configs/runtime_env.yaml",
+         "--submission-id", "via-ray", "--", "dafnck", "run", "configs/workflows/review.yaml",
+         "--input", f"root={code}", "--input", f"output={tmp_path / 'again.md'}"],
+        env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert ray_cli.returncode == 0, f"{ray_cli.stdout[-3000:]}\n{ray_cli.stderr[-3000:]}"
+    assert "Job 'via-ray' succeeded" in ray_cli.stdout
+    assert (tmp_path / "again.md").read_text().startswith("# Code review of")
 
     info = subprocess.run(
         [sys.executable, "-c",

@@ -2,16 +2,13 @@
 
 Each runs in its own Jupyter kernel (nbclient); the first one's `connect()` starts a Ray
 head and the embedded Valkey under a temporary state directory (DAFNCK_STATE_DIR), the
-others join it, and `dafnck down` stops it at the end. They are committed with their
+others join it, and it is stopped at the end. They are committed with their
 outputs cleared, so a diff shows code, not results.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +17,10 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.fixtures.scale_agents import stop_cluster
+
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
-DAFNCK = str(Path(sys.executable).parent / "dafnck")
 #: Notebook -> how many figures it draws.
 FIGURES = {"01-quickstart.ipynb": 0, "02-workflows-and-data.ipynb": 1, "03-scaling.ipynb": 1}
 
@@ -31,9 +29,8 @@ FIGURES = {"01-quickstart.ipynb": 0, "02-workflows-and-data.ipynb": 1, "03-scali
 def cluster_env() -> Iterator[dict[str, str]]:
     state = Path(tempfile.mkdtemp(prefix="dknb"))  # short: Ray's socket paths live under it
     env = {"DAFNCK_STATE_DIR": str(state), "DAFNCK_API_PORT": "0"}
-    full = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | env
     yield env
-    subprocess.run([DAFNCK, "down"], env=full, cwd=REPO, capture_output=True, timeout=120)
+    stop_cluster(state)
     shutil.rmtree(state, ignore_errors=True)
 
 
