@@ -33,6 +33,10 @@ class AgentRuntime:
         self.replica = replica
         self.skills = skills
         self.in_flight = 0
+        #: Tasks that arrived and wait for one of the `max_concurrency` slots: with
+        #: `in_flight`, the load the pool autoscaler sizes the pool by.
+        self.queued = 0
+        self._slots = asyncio.Semaphore(spec.max_concurrency)
         self.completed = 0
         self.failed = 0
         #: Seconds spent running tasks: with `completed + failed`, the mean task latency.
@@ -48,7 +52,18 @@ class AgentRuntime:
         return {cap: s.info for cap, s in self.skills.items()}
 
     async def run(self, task: Task) -> TaskResult:
-        """Run one task; failures become a failed `TaskResult`, never an exception."""
+        """Run one task once a slot is free; failures become a failed `TaskResult`."""
+        self.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued -= 1
+        try:
+            return await self._run(task)
+        finally:
+            self._slots.release()
+
+    async def _run(self, task: Task) -> TaskResult:
         started = time.time()
         self.in_flight += 1
         try:
@@ -84,6 +99,7 @@ class AgentRuntime:
             "agent": self.spec.agent_id,
             "pid": os.getpid(),
             "in_flight": self.in_flight,
+            "queued": self.queued,
             "completed": self.completed,
             "failed": self.failed,
             "busy_s": round(self.busy_s, 6),

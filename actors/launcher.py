@@ -21,6 +21,8 @@ PROBE_TIMEOUT_S = 10.0
 #: A replica silent this long is looked up in the GCS: still waiting for resources?
 PENDING_CHECK_S = 1.0
 _PENDING_STATES = {"PENDING_CREATION", "DEPENDENCIES_UNREADY"}
+#: Calls a replica takes in at once (running or waiting for a slot); Ray queues the rest.
+MAX_ACCEPTED = 10_000
 
 
 class RayLauncher:
@@ -35,7 +37,9 @@ class RayLauncher:
             name=name,
             namespace=RAY_NAMESPACE,
             lifetime="detached",
-            max_concurrency=spec.max_concurrency,
+            # Ray lets the queued ones in too: the replica holds them at its own semaphore,
+            # so its probe reports them (what the pool autoscaler sizes the pool by).
+            max_concurrency=min(spec.max_concurrency + spec.max_queued, MAX_ACCEPTED),
             num_cpus=res.num_cpus,
             num_gpus=res.num_gpus,
             memory=res.memory_mb * 1024 * 1024 if res.memory_mb else None,

@@ -311,7 +311,8 @@ class Supervisor:
         if scaler is None or scaler.policy != record.spec.autoscaling:
             scaler = pool.autoscaler = PoolAutoscaler.for_spec(record.spec)
         assert scaler is not None
-        in_flight = sum(int(pool.health.get(n, {}).get("in_flight", 0)) for n in pool.replicas)
+        reports = [pool.health.get(n, {}) for n in pool.replicas]
+        in_flight = sum(int(r.get("in_flight", 0)) + int(r.get("queued", 0)) for r in reports)
         waiting = int(time.monotonic() - pool.demand_at < WAKE_WINDOW_S)
         decision = scaler.decide(record.desired_replicas, in_flight, waiting)
         if decision is None:

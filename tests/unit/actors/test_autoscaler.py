@@ -224,3 +224,23 @@ def test_replicas_waiting_for_resources_ask_rays_autoscaler_for_room(
         assert launcher.requests[-1] == []  # withdrawn, so idle nodes can go
 
     asyncio.run(scenario())
+
+
+def test_a_replica_reports_tasks_waiting_for_a_slot_as_queued() -> None:
+    from actors.agent import AgentRuntime
+    from actors.models import Task
+
+    slow = AgentSpec(name="s", capabilities=["test.slow"], entrypoint="tests.fixtures.agents:slow",
+                     max_concurrency=1)  # fmt: skip
+    runtime = AgentRuntime.build(slow, "t/s@1.0.0/1")
+
+    async def scenario() -> None:
+        task = Task(capability="test.slow", input={"seconds": 0.2})
+        running = [asyncio.create_task(runtime.run(task)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        health = runtime.health()
+        assert (health["in_flight"], health["queued"]) == (1, 2)
+        assert all(r.ok for r in await asyncio.gather(*running))
+        assert (runtime.health()["in_flight"], runtime.health()["queued"]) == (0, 0)
+
+    asyncio.run(scenario())
