@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.valkey import stop_valkey
 from tests.fixtures.scale_agents import stop_cluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
@@ -63,14 +64,23 @@ def test_a_workflow_submitted_as_a_ray_job_runs_on_the_cluster_and_logs_there(
     code.mkdir()
     (code / "a.py").write_text("def f(x):\n    if x:\n        return 1\n    return 2\n")
     report = tmp_path / "review.md"
+    # The job's driver sees another state directory: it must find the store through the
+    # supervisor it joins, not start an embedded one of its own.
+    elsewhere = tmp_path / "elsewhere"
+    runtime_env = tmp_path / "runtime_env.yaml"
+    runtime_env.write_text(f"working_dir: .\nenv_vars: {{DAFNCK_STATE_DIR: '{elsewhere}'}}\n")
     args = [
         "submit", "configs/workflows/review.yaml", "--agents", "configs/agents/review.yaml",
-        "--input", f"root={code}", "--input", f"output={report}",
-        "--submission-id", "review-once", "--wait", "--timeout", "240",
+        "--input", f"root={code}", "--input", f"output={report}", "--runtime-env",
+        str(runtime_env), "--submission-id", "review-once", "--wait", "--timeout", "240",
     ]  # fmt: skip
 
     first = dafnck(env, *args)
+    own_store = (elsewhere / "valkey").exists()
+    if own_store:
+        stop_valkey(elsewhere)
     assert first.returncode == 0, f"{first.stdout}\n{first.stderr}"
+    assert not own_store, "the job's driver started a store of its own"
     assert "job review-once submitted" in first.stdout
     assert "agent file-analyser@" in first.stdout  # the job's log: agents applied ...
     assert "job review-once: SUCCEEDED" in first.stdout
