@@ -120,3 +120,16 @@ def test_bad_submission_inputs_are_named(tmp_path: Path) -> None:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_the_llm_agent_beside_its_model_selects_the_gpu_nodes_and_the_local_proxy() -> None:
+    from actors.models import AgentSpec
+
+    spec = AgentSpec.model_validate(load(CONFIGS / "cluster" / "llm-agent-beside-model.yaml"))
+    assert spec.kind == "llm" and spec.llm is not None
+    assert spec.resources.node_labels == {"dafnck.io/pool": "gpu"}
+    assert spec.llm.base_url == "http://localhost:8000/v1"
+    gpu_nodes = load(CONFIGS / "cluster" / "ray-cluster.yaml")["available_node_types"][
+        "ray.worker.gpu"
+    ]
+    assert gpu_nodes["labels"] == spec.resources.node_labels
