@@ -13,7 +13,9 @@ from packaging.version import Version
 from pydantic import (
     BeforeValidator,
     Field,
+    ModelWrapValidatorHandler,
     PlainValidator,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -277,10 +279,33 @@ class AgentSpec(Contract):
             raise ValueError("capabilities must not repeat")
         return value
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _entrypoint_beside_the_rest(
+        cls, data: Any, handler: ModelWrapValidatorHandler[AgentSpec]
+    ) -> AgentSpec:
+        """A python agent's missing entrypoint is reported together with every other problem."""
+        missing = (
+            isinstance(data, dict)
+            and data.get("kind", "python") == "python"
+            and data.get("entrypoint") is None
+        )
+        errors: list[Any] = []
+        try:
+            spec = handler(data)
+        except ValidationError as exc:
+            if not missing:
+                raise
+            errors = [
+                {k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()
+            ]
+        if missing:
+            errors.append({"type": "missing", "loc": ("entrypoint",), "input": data})
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return spec
+
     @model_validator(mode="after")
     def _kind_fields(self) -> AgentSpec:
-        if self.kind == "python" and self.entrypoint is None:
-            raise ValueError("entrypoint: required for kind 'python' (module:attr)")
         if self.kind == "llm" and self.llm is None:
             raise ValueError("llm: required for kind 'llm' (provider, model, ...)")
         if self.kind == "python" and self.llm is not None:

@@ -29,7 +29,7 @@ from tests.fixtures.a2a_server import Reverser, a2a_server
 AGENTS = [
     {
         "name": "a2a-echo",
-        "capabilities": ["test.echo"],
+        "capabilities": ["a2a.echo"],
         "entrypoint": "tests.fixtures.agents:echo",
         "description": "repeats text",
     },
@@ -42,15 +42,15 @@ AGENTS = [
 
 
 @pytest.fixture(scope="module")
-def published(api_url: str, tenants: tuple[Tenant, Tenant]) -> None:
+def published(api_url: str, tenants: tuple[Tenant, Tenant]) -> Iterator[None]:
+    """The module's agents in the shared e2e tenant, under capabilities no other test uses."""
+    operator = tenants[0].headers(DkRole.OPERATOR)
     for agent in AGENTS:
-        response = httpx.post(
-            f"{api_url}/v1/agents",
-            json=agent,
-            headers=tenants[0].headers(DkRole.OPERATOR),
-            timeout=60,
-        )
+        response = httpx.post(f"{api_url}/v1/agents", json=agent, headers=operator, timeout=60)
         assert response.status_code == 200, response.text
+    yield
+    for agent in AGENTS:
+        httpx.delete(f"{api_url}/v1/agents/{agent['name']}@1.0.0", headers=operator, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +83,10 @@ def test_card_names_skills_schemas_and_bearer_auth(
     card = response.json()
     assert card["name"] == "a2a-echo" and card["description"] == "repeats text"
     assert card["supportedInterfaces"][0]["url"] == f"{api_url}/a2a/a2a-echo"
-    assert [s["id"] for s in card["skills"]] == ["test.echo"]
+    assert [s["id"] for s in card["skills"]] == ["a2a.echo"]
     assert card["securitySchemes"]["bearer"]["httpAuthSecurityScheme"]["scheme"] == "bearer"
     schemas = card["capabilities"]["extensions"][0]["params"]
-    assert schemas["test.echo"]["required"] == ["text"]
+    assert schemas["a2a.echo"]["required"] == ["text"]
 
 
 async def _listed(url: str, key: str) -> list[str]:
