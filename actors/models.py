@@ -297,7 +297,8 @@ class AgentSpec(Contract):
             if not missing:
                 raise
             errors = [
-                {k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in exc.errors()
+                {"type": e["type"], "loc": e["loc"], "input": e["input"], "ctx": e.get("ctx", {})}
+                for e in exc.errors()
             ]
         if missing:
             errors.append({"type": "missing", "loc": ("entrypoint",), "input": data})
