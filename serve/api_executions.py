@@ -73,7 +73,12 @@ def execution_json(execution: Execution) -> dict[str, Any]:
     return execution.model_dump(mode="json")
 
 
-@router.post("", status_code=202, response_model=Execution)
+@router.post(
+    "",
+    status_code=202,
+    response_model=Execution,
+    responses={200: {"model": Execution, "description": "with ?wait=true: the ended execution"}},
+)
 async def start_execution(
     request: ExecutionRequest,
     response: Response,
