@@ -1,0 +1,75 @@
+"""The contract between the engine and whoever runs a step: request, outcome, dispatcher.
+
+The supervisor supplies a `Dispatcher` that routes to agents; tests supply a fake. A step
+that ends in failure is raised inside the engine as `StepFailed`, carrying the error that
+the step's record keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cluster.errors import DafnckError
+from workflows.execution import StepError
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """What the dispatcher needs to run one attempt of one step (or fan-out item)."""
+
+    execution_id: str
+    step_id: str
+    kind: str  # capability | agent
+    target: str
+    input: dict[str, Any]
+    attempt: int
+    timeout_s: float | None
+    #: The same for every attempt and after a supervisor restart, so agents can deduplicate.
+    idempotency_key: str
+    workflow: str = ""
+    #: The workflow's model budget (a `WorkflowBudget`), unless a person waived it here.
+    budget: Any = None
+    budget_waived: bool = False
+
+
+@dataclass
+class StepOutcome:
+    ok: bool
+    output: Any = None
+    error: StepError | None = None
+
+
+class Dispatcher(Protocol):
+    async def run(self, request: StepRequest) -> StepOutcome:
+        """Run the step; cancelling the awaiting task cancels the work."""
+        ...
+
+
+class StepFailed(DafnckError):
+    """A step ended in failure; carries the error that the step's record keeps."""
+
+    def __init__(self, error: StepError) -> None:
+        super().__init__(error)
+
+    @property
+    def error(self) -> StepError:
+        return self.args[0]  # type: ignore[no-any-return]
+
+    @property
+    def message(self) -> str:
+        return self.error.message
+
+
+def step_error(exc: BaseException) -> StepError:
+    """The error a step's (or an execution's) record keeps for `exc`."""
+    if isinstance(exc, StepFailed):
+        return exc.error
+    if isinstance(exc, TimeoutError):
+        return StepError(type="TaskTimeout", message="step timed out", retryable=True)
+    if isinstance(exc, DafnckError):
+        return StepError(type=type(exc).__name__, message=exc.message, retryable=exc.retryable)
+    return StepError(type=type(exc).__name__, message=str(exc))
+
+
+__all__ = ["Dispatcher", "StepFailed", "StepOutcome", "StepRequest", "step_error"]

@@ -1,0 +1,350 @@
+"""Running one step of a workflow: its condition, approval gate, fan-out, retries, timeout
+and error policy, its model budget and its sub-workflow.
+
+The engine starts one asyncio task per running step and hands it to a `StepRunner`; the
+runner records every change through the run's `Recorder` and asks the engine's dispatcher
+for each attempt, so after a restart a step goes on under the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from cluster.errors import DafnckError
+from workflows.dispatch import Dispatcher, StepFailed, StepOutcome, StepRequest, step_error
+from workflows.execution import Approval, Execution, ExecutionStatus, StepError, StepStatus
+from workflows.expressions import compile_expr, render
+from workflows.run import OpenGate, Recorder, Run
+from workflows.spec import Approval as Gate
+from workflows.spec import StepSpec
+
+_ON_TIMEOUT = {"approve": "approved", "reject": "rejected", "fail": "timed_out"}
+
+
+class _Engine(Protocol):
+    """What a step needs of the engine: its dispatcher, and executions for sub-workflows."""
+
+    dispatcher: Dispatcher
+    runs: dict[str, Run]
+
+    async def execute(
+        self,
+        name: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        parent: str | None = None,
+        execution_id: str | None = None,
+    ) -> Execution: ...
+
+    async def wait(self, execution_id: str, timeout_s: float | None = None) -> Execution: ...
+
+    async def cancel(self, execution_id: str, by: str = "", reason: str = "") -> Execution: ...
+
+
+class StepRunner:
+    """Runs top-level steps of the engine's executions, one asyncio task each."""
+
+    def __init__(self, engine: _Engine, recorder: Recorder) -> None:
+        self._engine = engine
+        self._rec = recorder
+
+    async def run(self, run: Run, step: StepSpec) -> None:
+        """The task of one step: it ends with the step's record, never with an error."""
+        try:
+            await self._body(run, step)
+        except asyncio.CancelledError:
+            raise
+        except DafnckError as exc:  # a bad expression or input: the step fails, not the engine
+            await self._fail(run, step, step_error(exc))
+        finally:
+            run.tasks.pop(step.id, None)
+            run.wake.set()
+
+    async def _body(self, run: Run, step: StepSpec) -> None:
+        context = run.context()
+        if step.when is not None and not compile_expr(step.when).evaluate(context):
+            self._rec.step_done(
+                run, step.id, StepStatus.SKIPPED, "step.skipped", data={"reason": "when was false"}
+            )
+            return
+        if step.approval and not await self._approved(run, step):
+            return
+        try:
+            output = await (
+                self._fan_out(run, step, context)
+                if step.for_each
+                else self._attempts(run, step, step.id, render(step.with_, context))
+            )
+        except StepFailed as exc:
+            await self._fail(run, step, exc.error)
+            return
+        self._rec.step_done(run, step.id, StepStatus.SUCCEEDED, "step.succeeded", output=output)
+
+    async def _fail(self, run: Run, step: StepSpec, error: StepError) -> None:
+        """Record the failure, or run the step's fallback and let its result stand in."""
+        if step.fallback:
+            self._rec.change(
+                run,
+                step.id,
+                StepStatus.RUNNING,
+                "step.fallback",
+                data={"fallback": step.fallback, "error": error.model_dump()},
+            )
+            fallback = run.step(step.fallback)
+            await self._body(run, fallback)
+            state = run.state(fallback.id)
+            if state.status == StepStatus.SUCCEEDED:
+                self._rec.step_done(
+                    run,
+                    step.id,
+                    StepStatus.SUCCEEDED,
+                    "step.succeeded",
+                    output=state.output,
+                    data={"via": fallback.id},
+                )
+                return
+            error = state.error or error
+        self._rec.step_done(run, step.id, StepStatus.FAILED, "step.failed", error=error)
+
+    # -- approval gates --------------------------------------------------------------------
+
+    async def _approved(
+        self, run: Run, step: StepSpec, gate: Gate | None = None, key: str | None = None
+    ) -> bool:
+        """Wait at the step's gate (or `gate`, for item `key`). Raises: StepFailed (rejected)."""
+        key = key or step.id
+        state = run.state(key)
+        if gate is None and state.approval and state.approval.decision == "approved":
+            return True  # decided before a restart
+        gate = gate or step.approval
+        assert gate is not None
+        deadline = (state.started_at or time.time()) + gate.timeout_s if gate.timeout_s else None
+        state.started_at = state.started_at or time.time()
+        self._rec.change(
+            run,
+            key,
+            StepStatus.WAITING_APPROVAL,
+            "step.waiting_approval",
+            data={"prompt": render(gate.prompt, run.context())},
+        )
+        if run.execution.status == ExecutionStatus.RUNNING:
+            await self._rec.set_status(
+                run, ExecutionStatus.WAITING_APPROVAL, "execution.waiting_approval"
+            )
+        decision = state.approval = await self._decision(run, key, gate, deadline)
+        if run.execution.status == ExecutionStatus.WAITING_APPROVAL and not run.gates:
+            await self._rec.set_status(run, ExecutionStatus.RUNNING, "execution.running")
+        if decision.decision == "approved":
+            self._rec.change(
+                run, key, StepStatus.QUEUED, "step.approved", data=decision.model_dump()
+            )
+            return True
+        error_type = "Rejected" if decision.decision == "rejected" else "ApprovalTimeout"
+        raise StepFailed(
+            StepError(
+                type=error_type, message=f"{decision.decision} by {decision.by}: {decision.reason}"
+            )
+        )
+
+    @staticmethod
+    async def _decision(run: Run, key: str, gate: Gate, deadline: float | None) -> Approval:
+        """A person's decision on `key`, or the gate's own when its deadline passes first."""
+        future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
+        run.gates[key] = OpenGate(future, deadline)
+        try:
+            timeout = max(deadline - time.time(), 0) if deadline else None
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return Approval(
+                decision=_ON_TIMEOUT[gate.on_timeout],
+                by="timeout",
+                reason=f"no decision in {gate.timeout_s}s",
+            )
+        finally:
+            run.gates.pop(key, None)
+
+    async def _budget_gate(self, run: Run, step: StepSpec, key: str, error: StepError) -> None:
+        """Hold the step that ran out of budget for a person; approving waives the budget
+        for the rest of this step, whose attempt goes on (its replies replay for free).
+
+        Raises: StepFailed (rejected).
+        """
+        prompt = f"{error.message}; approve to let step {key!r} go on past the budget"
+        state = run.state(key)
+        state.attempts -= 1  # the same attempt goes on (also when resumed at the gate)
+        try:
+            await self._approved(run, step, Gate(prompt=prompt), key)
+        except StepFailed:
+            state.attempts += 1
+            raise
+        state.budget_waived = True
+
+    # -- fan-out -----------------------------------------------------------------------------
+
+    async def _fan_out(self, run: Run, step: StepSpec, context: dict[str, Any]) -> list[Any]:
+        spec = step.for_each
+        assert spec is not None
+        items = compile_expr(spec.items).evaluate(context)
+        if not isinstance(items, list):
+            raise StepFailed(
+                StepError(
+                    type="InputInvalid",
+                    message=f"for_each.items gave {type(items).__name__}, not a list",
+                )
+            )
+        state = run.state(step.id)
+        state.items = [f"{step.id}[{i}]" for i in range(len(items))]
+        limit = asyncio.Semaphore(spec.max_parallel)
+        results = await asyncio.gather(
+            *(self._item(run, step, context, limit, i, x) for i, x in enumerate(items)),
+            return_exceptions=True,
+        )
+        return _join(step, results)
+
+    async def _item(
+        self,
+        run: Run,
+        step: StepSpec,
+        context: dict[str, Any],
+        limit: asyncio.Semaphore,
+        index: int,
+        item: Any,
+    ) -> Any:
+        """One item of a fan-out, under the step's parallelism limit."""
+        assert step.for_each is not None
+        key = f"{step.id}[{index}]"
+        done = run.execution.steps.get(key)
+        if done and done.status == StepStatus.SUCCEEDED:
+            return done.output  # finished before a restart
+        async with limit:
+            data = render(step.with_, {**context, step.for_each.as_: item, "index": index})
+            try:
+                output = await self._attempts(run, step, key, data)
+            except StepFailed as exc:
+                self._rec.step_done(
+                    run, key, StepStatus.FAILED, "step.item.failed", error=exc.error
+                )
+                raise
+            self._rec.step_done(
+                run, key, StepStatus.SUCCEEDED, "step.item.succeeded", output=output
+            )
+            return output
+
+    # -- attempts --------------------------------------------------------------------------
+
+    async def _attempts(self, run: Run, step: StepSpec, key: str, data: dict[str, Any]) -> Any:
+        """Dispatch with the step's retry policy; returns the output. Raises: StepFailed."""
+        state = run.state(key)
+        while True:
+            outcome = await self._attempt(run, step, key, data)
+            error = outcome.error if not outcome.ok else None
+            if error is None:
+                return outcome.output
+            if error.type == "BudgetNeedsApproval" and not state.budget_waived:
+                await self._budget_gate(run, step, key, error)
+                continue
+            if not _retryable(step, error, state.attempts):
+                raise StepFailed(error)
+            delay = step.retry.delay_s(state.attempts + 1)
+            self._rec.change(
+                run,
+                key,
+                StepStatus.RUNNING,
+                "step.retried",
+                data={"attempt": state.attempts, "error": error.model_dump(), "delay_s": delay},
+            )
+            await asyncio.sleep(delay)
+
+    async def _attempt(
+        self, run: Run, step: StepSpec, key: str, data: dict[str, Any]
+    ) -> StepOutcome:
+        """One attempt, within the step's timeout (a timeout is a failed outcome)."""
+        state = run.state(key)
+        state.attempts += 1
+        state.started_at = state.started_at or time.time()
+        self._rec.change(
+            run, key, StepStatus.RUNNING, "step.started", data={"attempt": state.attempts}
+        )
+        request = StepRequest(
+            run.execution.id,
+            key,
+            step.kind,
+            step.target,
+            data,
+            state.attempts,
+            step.timeout_s,
+            f"{run.execution.id}/{key}",
+            run.execution.workflow,
+            run.spec.budget,
+            state.budget_waived,
+        )
+        work = (
+            self._child(run, step, key, data)
+            if step.kind == "workflow"
+            else self._engine.dispatcher.run(request)
+        )
+        try:
+            return await asyncio.wait_for(work, step.timeout_s)
+        except TimeoutError as exc:
+            return StepOutcome(ok=False, error=step_error(exc))
+
+    async def _child(self, run: Run, step: StepSpec, key: str, data: dict[str, Any]) -> StepOutcome:
+        """Run a sub-workflow; after a restart, wait for the child started before it."""
+        engine, state = self._engine, run.state(key)
+        if state.child_execution is None:
+            child = await engine.execute(step.target, data, parent=run.execution.id)
+            state.child_execution = child.id
+            self._rec.change(
+                run, key, StepStatus.RUNNING, "step.child_started", data={"child": child.id}
+            )
+        child_id = state.child_execution
+        try:
+            child = await engine.wait(child_id)
+        except asyncio.CancelledError:
+            if child_id in engine.runs:
+                await engine.cancel(child_id, reason=f"parent {run.execution.id} cancelled it")
+            raise
+        if child.status == ExecutionStatus.SUCCEEDED:
+            return StepOutcome(ok=True, output=child.outputs)
+        state.child_execution = None  # a retry starts a fresh child
+        message = child.error.message if child.error else child.status.value
+        return StepOutcome(
+            ok=False,
+            error=StepError(
+                type="WorkflowFailed",
+                message=f"sub-workflow {child_id} {child.status.value}: {message}",
+            ),
+        )
+
+
+def _join(step: StepSpec, results: list[Any]) -> list[Any]:
+    """The fan-out's output, when enough items succeeded for its join. Raises: StepFailed."""
+    assert step.for_each is not None
+    errors = [r for r in results if isinstance(r, StepFailed)]
+    for other in results:
+        if isinstance(other, BaseException) and not isinstance(other, StepFailed):
+            raise other
+    ok = len(results) - len(errors)
+    join = step.for_each.join
+    need = len(results) if join == "all" else 1 if join == "any" else int(join)
+    if ok < need:
+        first = errors[0].error if errors else StepError(type="JoinFailed", message="no items")
+        raise StepFailed(
+            StepError(
+                type=first.type,
+                message=f"{ok} of {len(results)} items succeeded, {need} needed; first error: {first.message}",
+            )
+        )
+    return [None if isinstance(r, BaseException) else r for r in results]
+
+
+def _retryable(step: StepSpec, error: StepError, attempts: int) -> bool:
+    if attempts >= step.retry.attempts:
+        return False
+    return error.type in step.retry.on if step.retry.on else error.retryable
+
+
+__all__ = ["StepRunner"]
