@@ -1,0 +1,188 @@
+"""`dafnck up/down/status`, backups, the demo and the bench: the cluster as a whole.
+
+The functions here are plain; `cli.py` registers them on the app, in the order
+`dafnck --help` lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cluster.cli_common import GlobalOptions, client, console, print_json
+from cluster.errors import ConfigError
+from cluster.settings import Settings
+
+
+def up(
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs the local Ray head offers.")] = None,
+) -> None:
+    """Start (or join) the cluster: Ray head, embedded Valkey, and the system actors."""
+    from actors.system import ensure_supervisor
+    from cluster.ray_runtime import address_to_join, init_ray, start_head
+    from cluster.store import redacted, resolve_redis_url
+
+    settings = GlobalOptions.settings()
+    with console.status("starting DafnckMachine..."):
+        url = resolve_redis_url(settings)
+        if address_to_join(settings, GlobalOptions.address) is None:
+            start_head(settings, num_cpus)
+        dashboard = init_ray(settings, GlobalOptions.address, missing="fail")
+        ensure_supervisor(settings, url)
+        api = _start_api(settings, url)
+    table = Table(show_header=False, box=None)
+    table.add_row("Ray dashboard", dashboard or "(not running)")
+    table.add_row("HTTP API", f"{api}/docs" if api else "(off: api_port is 0)")
+    if api and settings.grpc_port:
+        table.add_row("gRPC API", f"{settings.api_host}:{settings.grpc_port} (reflection on)")
+    table.add_row("state store", redacted(url))
+    table.add_row("tenant", settings.tenant)
+    console.print(table)
+    console.print("[green]DafnckMachine is up.[/] Try: dafnck agents apply -f configs/agents/")
+
+
+def _start_api(settings: Settings, redis_url: str) -> str:
+    if not settings.api_port:
+        return ""
+    from serve.deployment import start_api
+
+    return start_api(
+        settings.model_copy(update={"redis_url": redis_url}), settings.api_host, settings.api_port
+    )
+
+
+def down() -> None:
+    """Stop what `dafnck up` started here: the Ray head and the embedded Valkey (its AOF stays)."""
+    from cluster.ray_runtime import recorded_cluster, stop_head
+    from cluster.valkey import stop_valkey
+
+    settings = GlobalOptions.settings()
+    stopped = stop_head(settings) if recorded_cluster(settings) else 0
+    valkey = False if settings.redis_url else stop_valkey(settings.state_dir)
+    console.print(
+        f"stopped {stopped} Ray process(es)" + ("; embedded Valkey stopped" if valkey else "")
+    )
+
+
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Cluster resources, system actors, and each pool's replicas, health and load."""
+    health = client("fail").health()
+    if as_json:
+        print_json(health)
+        return
+    ray_info = health["ray"]
+    res, avail = ray_info["resources"], ray_info["available"]
+    console.print(
+        f"[bold]{health['status']}[/]  nodes {ray_info['nodes']}  "
+        f"CPU {avail.get('CPU', 0):g}/{res.get('CPU', 0):g} free  "
+        f"store {health['store_latency_ms']} ms"
+    )
+    for name, actor in health.get("system", {}).items():
+        restarted = " (restarted)" if actor["restarted"] else ""
+        console.print(
+            f"{name}: pid {actor['pid']}{restarted}, {actor['executions_running']} executions running"
+        )
+    table = Table("agent", "status", "capabilities", "replicas", "in flight", "done", "restarts")
+    for agent_id, pool in health["pools"].items():
+        table.add_row(
+            agent_id, pool["status"], ", ".join(pool["capabilities"]),
+            f"{pool['running']}/{pool['desired']}", str(pool["in_flight"]),
+            str(pool["completed"]), str(pool["restarts"]),
+        )  # fmt: skip
+    console.print(table)
+    if "components" in health:
+        from cluster.cli_obs import components_table
+
+        console.print(components_table(health))
+
+
+# -- backups ---------------------------------------------------------------------------
+
+
+def backup(
+    label: Annotated[str | None, typer.Option(help="A note kept with the backup.")] = None,
+    prefix: Annotated[
+        list[str] | None, typer.Option(help="Only keys under this prefix; repeat.")
+    ] = None,
+) -> None:
+    """Snapshot this tenant's state (registry, workflows, executions, messages, data) to Parquet."""
+    from cluster.data_models import BackupCriteria
+
+    result = client().data.backup(BackupCriteria(label=label, prefixes=prefix or []))
+    info = result.info
+    console.print(
+        f"backup {info.backup_id}: {info.counts.keys} keys in {result.duration_s:.2f}s -> {info.uri}"
+    )
+
+
+def backups() -> None:
+    """List this tenant's backups."""
+    table = Table("backup", "created", "keys", "label", "where")
+    for info in client().data.list_backups():
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
+        table.add_row(info.backup_id, created, str(info.counts.keys), info.label or "", info.uri)
+    console.print(table)
+
+
+def restore(backup_id: str) -> None:
+    """Restore a backup into this tenant's (empty) state and check it against its manifest."""
+    result = client().data.restore(backup_id)
+    console.print(
+        f"restored {result.keys} keys from {backup_id}; checksum {result.checksum[:16]} matches"
+    )
+
+
+# -- demo and bench --------------------------------------------------------------------
+
+_REVIEW_AGENTS = Path("configs/agents/review.yaml")
+_REVIEW_WORKFLOW = Path("configs/workflows/review.yaml")
+
+
+def demo(
+    path: Annotated[Path, typer.Argument(help="The directory to review.")] = Path("."),
+    output: Annotated[Path, typer.Option(help="The Markdown report.")] = Path("reports/review.md"),
+    agents: Annotated[Path, typer.Option(help="The demo's agent specs.")] = _REVIEW_AGENTS,
+    workflow: Annotated[Path, typer.Option(help="The demo's workflow.")] = _REVIEW_WORKFLOW,
+    llm: Annotated[
+        bool, typer.Option("--llm", help="The LLM demo (needs OPENAI_API_KEY or OPENAI_BASE_URL).")
+    ] = False,
+    model: Annotated[str | None, typer.Option(help="The LLM demo's model.")] = None,
+) -> None:
+    """Review a repository with the review workflow and three agents; write a Markdown report.
+
+    With --llm: an LLM agent reads outlines of the files and names the ones to read first."""
+    if llm:
+        from cluster.llm_demo import run_llm_demo
+
+        run_llm_demo(client, path, model, console)
+        return
+    from cluster.demo import run_review
+
+    outputs = run_review(client(), path, output, agents, workflow, console)
+    console.print(f"\n[green]Report written to {outputs['report']}[/]")
+
+
+def bench(
+    suite: Annotated[list[str] | None, typer.Option("--suite", help="Run only this suite.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measure DafnckMachine against raw Ray in one run; ratios are what to compare."""
+    from cluster.bench import SUITES, render_table, run_bench
+
+    unknown = [s for s in suite or [] if s not in SUITES]
+    if unknown:
+        raise ConfigError(f"--suite: unknown suite(s) {unknown}; choose from {sorted(SUITES)}")
+    report = run_bench(GlobalOptions.settings(), suite or None)
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        console.print(render_table(report))
+
+
+__all__ = ["backup", "backups", "bench", "demo", "down", "restore", "status", "up"]

@@ -1,0 +1,256 @@
+"""`dafnck run/submit` and `dafnck executions`: run workflows and control their executions.
+
+`run` and `submit` are plain functions that `cli.py` registers on the app; the
+`executions` group is `exec_app`, its `logs` command first (from `cli_obs`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cluster.cli_common import GlobalOptions, client, console, err, print_json
+from cluster.cli_obs import register as register_logs
+from cluster.errors import InputInvalid
+
+exec_app = typer.Typer(help="List, inspect and control workflow executions.", no_args_is_help=True)
+register_logs(exec_app, lambda: client("fail"), console)
+
+
+def _parse_inputs(pairs: list[str], declared: dict[str, Any]) -> dict[str, Any]:
+    """`k=v` pairs; values of non-string inputs are read as JSON (numbers, lists, ...)."""
+    values: dict[str, Any] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            problems.append(f"--input {pair!r}: expected KEY=VALUE")
+            continue
+        kind = declared[key].type if key in declared else "any"
+        try:
+            values[key] = raw if kind == "string" else json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw  # a bare word for an `any` input; the type check names mismatches
+    if problems:
+        raise InputInvalid("--input", problems)
+    return values
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="A workflow YAML file.")],
+    input: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="KEY=VALUE; repeat.")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option(help="Print the execution id and return at once.")
+    ] = False,
+) -> None:
+    """Define the workflow in FILE, run it with a live table of its steps, print its outputs.
+
+    Exit code: 0 succeeded, 1 failed, 2 invalid workflow or inputs, 3 cancelled.
+    """
+    from cluster.progress import EXIT_CODES, watch
+
+    remote = client()
+    main_spec = _define(remote, file)
+    execution = remote.workflows.run(
+        main_spec.name, _parse_inputs(input or [], main_spec.inputs), wait=False
+    )
+    if detach:
+        console.print(execution.id)
+        return
+    done = watch(remote.workflows, execution, console)
+    if done.outputs is not None:
+        print_json(done.outputs)
+    if done.error:
+        err.print(f"[red]{done.status.value}:[/] {escape(done.error.message)}")
+    raise typer.Exit(EXIT_CODES.get(done.status.value, 4))
+
+
+def _define(remote: Any, file: Path) -> Any:
+    """Define every workflow in FILE on the cluster; returns the last (the one to run)."""
+    from workflows.loader import load_workflow_specs
+
+    records = remote.registry.all()
+    specs = [  # validated here too, so every problem names its file and line
+        spec
+        for spec, _ in load_workflow_specs(
+            file,
+            known_capabilities={c for r in records for c in r.spec.capabilities},
+            known_agents={r.spec.name for r in records},
+            known_workflows=set(remote.workflows.executions.workflows()),
+        )
+    ]
+    for spec in specs:
+        remote.workflows.define(spec)
+    return specs[-1]
+
+
+def submit(
+    file: Annotated[
+        Path, typer.Argument(help="A workflow YAML file (path inside the working dir).")
+    ],
+    input: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="KEY=VALUE; repeat.")
+    ] = None,
+    agents: Annotated[
+        list[Path] | None, typer.Option("--agents", help="Agent specs to apply first; repeat.")
+    ] = None,
+    runtime_env: Annotated[
+        Path | None, typer.Option(help="runtime_env YAML (default configs/runtime_env.yaml).")
+    ] = None,
+    submission_id: Annotated[
+        str | None, typer.Option(help="Idempotency key: the same id again submits nothing.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job and print its logs.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 3600,
+) -> None:
+    """Run the workflow in FILE as a Ray job (`dafnck run` on the cluster's driver).
+
+    The job server is --address when it is http(s)://HEAD:8265, else the dashboard of the
+    cluster this machine joins. Exit code with --wait: 0 succeeded, 1 otherwise.
+    """
+    from cluster import jobs
+
+    settings = GlobalOptions.settings()
+    job = jobs.JobSubmission(
+        workflow_file=str(file), inputs=input or [], agents=[str(a) for a in agents or []],
+        runtime_env=_runtime_env(runtime_env, settings.tenant), tenant=settings.tenant,
+        **({"submission_id": submission_id} if submission_id else {}),
+    )  # fmt: skip
+    jobs.workflow_name(file)  # a missing or nameless file fails here, not on the cluster
+    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per file uploaded
+    job_client = jobs.job_client(jobs.dashboard_address(settings, GlobalOptions.address))
+    job_id, submitted = jobs.submit(job_client, job)
+    console.print(f"job {job_id} " + ("submitted" if submitted else "already submitted"))
+    if wait:
+        _wait_for_job(job_client, job_id, timeout)
+
+
+def _runtime_env(path: Path | None, tenant: str) -> dict[str, Any]:
+    """The --runtime-env file, else configs/runtime_env.yaml when there is one, read."""
+    from cluster import jobs
+
+    env_file = path or (jobs.DEFAULT_RUNTIME_ENV if jobs.DEFAULT_RUNTIME_ENV.exists() else None)
+    return jobs.load_runtime_env(env_file, tenant)
+
+
+def _wait_for_job(job_client: Any, job_id: str, timeout_s: float) -> None:
+    """Print the job's logs and status once it ends; exit 0 if it succeeded, else 1."""
+    from cluster import jobs
+
+    status = jobs.wait(job_client, job_id, timeout_s)
+    sys.stdout.write(job_client.get_job_logs(job_id))
+    console.print(f"job {job_id}: {status}")
+    raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+@exec_app.command("ls")
+def executions_ls(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List executions, newest first."""
+    executions = client().workflows.ls(limit)
+    if as_json:
+        print_json([e.model_dump(mode="json", exclude={"steps"}) for e in executions])
+        return
+    table = Table("execution", "workflow", "version", "status", "started", "error")
+    for e in executions:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created_at))
+        table.add_row(
+            e.id,
+            e.workflow,
+            str(e.version),
+            e.status.value,
+            started,
+            e.error.message[:50] if e.error else "",
+        )
+    console.print(table)
+
+
+@exec_app.command("show")
+def executions_show(execution_id: str) -> None:
+    """One execution: status, inputs, outputs and every step."""
+    print_json(client().workflows.status(execution_id).model_dump())
+
+
+@exec_app.command("events")
+def executions_events(
+    execution_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False
+) -> None:
+    """The execution's event history (and, with --follow, new events as they come)."""
+    workflows = client().workflows
+    cursor = "0-0"
+    while True:
+        for event_id, event in workflows.events(
+            execution_id, cursor, block_ms=1000 if follow else None
+        ):
+            cursor = event_id
+            stamp = time.strftime("%H:%M:%S", time.localtime(event.at))
+            console.print(
+                f"{event_id}  {stamp}  {event.type:<24} {event.step or '':<16} {json.dumps(event.data, default=str)[:120]}",
+                markup=False,
+            )
+        if not follow:
+            return
+
+
+def _control(action: str, execution_id: str, *args: str) -> None:
+    execution = getattr(client().workflows, action)(execution_id, *args)
+    console.print(f"execution {execution.id}: {execution.status.value}")
+
+
+@exec_app.command("pause")
+def executions_pause(execution_id: str) -> None:
+    """No new step starts; running steps finish."""
+    _control("pause", execution_id)
+
+
+@exec_app.command("resume")
+def executions_resume(execution_id: str) -> None:
+    _control("resume", execution_id)
+
+
+@exec_app.command("cancel")
+def executions_cancel(execution_id: str, reason: Annotated[str, typer.Option()] = "") -> None:
+    """Cancel the execution; running steps are cancelled through Ray."""
+    _control("cancel", execution_id, _who(), reason)
+
+
+@exec_app.command("approve")
+def executions_approve(
+    execution_id: str, step: str, reason: Annotated[str, typer.Option()] = ""
+) -> None:
+    """Approve STEP, waiting at its approval gate."""
+    _control("approve", execution_id, step, _who(), reason)
+
+
+@exec_app.command("reject")
+def executions_reject(
+    execution_id: str, step: str, reason: Annotated[str, typer.Option()] = ""
+) -> None:
+    """Reject STEP, waiting at its approval gate (the step fails)."""
+    _control("reject", execution_id, step, _who(), reason)
+
+
+@exec_app.command("retry")
+def executions_retry(execution_id: str) -> None:
+    """Run a failed or cancelled execution again from the steps that did not succeed."""
+    _control("retry", execution_id)
+
+
+def _who() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+__all__ = ["exec_app", "run", "submit"]
