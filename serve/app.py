@@ -82,7 +82,5 @@ def connect_services(app: FastAPI) -> Services:
     """The replica's services, connected on first use (the store, security, tenant clients)."""
     if app.state.services is None:
         app.state.services = Services(app.state.settings)
-        telemetry.setup_process(
-            app.state.settings, "api", redis_url=app.state.services.redis_url
-        )
+        telemetry.setup_process(app.state.settings, "api", redis_url=app.state.services.redis_url)
     return app.state.services  # type: ignore[no-any-return]

@@ -123,18 +123,25 @@ class StepRunner:
         assert gate is not None
         deadline = (state.started_at or time.time()) + gate.timeout_s if gate.timeout_s else None
         state.started_at = state.started_at or time.time()
-        self._rec.change(
-            run,
-            key,
-            StepStatus.WAITING_APPROVAL,
-            "step.waiting_approval",
-            data={"prompt": render(gate.prompt, run.context())},
-        )
-        if run.execution.status == ExecutionStatus.RUNNING:
-            await self._rec.set_status(
-                run, ExecutionStatus.WAITING_APPROVAL, "execution.waiting_approval"
+        # Open before it is announced: a decision that arrives while the change is being
+        # saved finds the gate instead of a Conflict.
+        future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
+        run.gates[key] = OpenGate(future, deadline)
+        try:
+            self._rec.change(
+                run,
+                key,
+                StepStatus.WAITING_APPROVAL,
+                "step.waiting_approval",
+                data={"prompt": render(gate.prompt, run.context())},
             )
-        decision = state.approval = await self._decision(run, key, gate, deadline)
+            if run.execution.status == ExecutionStatus.RUNNING:
+                await self._rec.set_status(
+                    run, ExecutionStatus.WAITING_APPROVAL, "execution.waiting_approval"
+                )
+            decision = state.approval = await self._decision(gate, future, deadline)
+        finally:
+            run.gates.pop(key, None)
         if run.execution.status == ExecutionStatus.WAITING_APPROVAL and not run.gates:
             await self._rec.set_status(run, ExecutionStatus.RUNNING, "execution.running")
         if decision.decision == "approved":
@@ -150,10 +157,10 @@ class StepRunner:
         )
 
     @staticmethod
-    async def _decision(run: Run, key: str, gate: Gate, deadline: float | None) -> Approval:
-        """A person's decision on `key`, or the gate's own when its deadline passes first."""
-        future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
-        run.gates[key] = OpenGate(future, deadline)
+    async def _decision(
+        gate: Gate, future: asyncio.Future[Approval], deadline: float | None
+    ) -> Approval:
+        """A person's decision, or the gate's own when its deadline passes first."""
         try:
             timeout = max(deadline - time.time(), 0) if deadline else None
             return await asyncio.wait_for(future, timeout)
@@ -163,8 +170,6 @@ class StepRunner:
                 by="timeout",
                 reason=f"no decision in {gate.timeout_s}s",
             )
-        finally:
-            run.gates.pop(key, None)
 
     async def _budget_gate(self, run: Run, step: StepSpec, key: str, error: StepError) -> None:
         """Hold the step that ran out of budget for a person; approving waives the budget
