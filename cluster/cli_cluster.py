@@ -6,6 +6,7 @@ The functions here are plain; `cli.py` registers them on the app, in the order
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -178,9 +179,12 @@ def bench(
     unknown = [s for s in suite or [] if s not in SUITES]
     if unknown:
         raise ConfigError(f"--suite: unknown suite(s) {unknown}; choose from {sorted(SUITES)}")
-    report = run_bench(GlobalOptions.settings(), suite or None)
+    out = sys.stdout
+    # Ray prints its raylet messages to stdout; with --json, stdout carries the report only.
+    with contextlib.redirect_stdout(sys.stderr if as_json else out):
+        report = run_bench(GlobalOptions.settings(), suite or None)
     if as_json:
-        sys.stdout.write(json.dumps(report) + "\n")
+        out.write(json.dumps(report) + "\n")
     else:
         console.print(render_table(report))
 
