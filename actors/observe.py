@@ -184,7 +184,8 @@ class TracedDispatcher:
             tracing.use_span(span),
             log_context(execution_id=eid, step_id=step, workflow=self.observer.workflow_of(eid)),
         ):
-            log.info("step %s attempt %d runs %s", step, request.attempt, request.target)
+            # DEBUG: two INFO lines per attempt cost a 1,000-step fan-out ~0.4 s of the loop.
+            log.debug("step %s attempt %d runs %s", step, request.attempt, request.target)
             try:
                 outcome = await self.inner.run(request)
             except BaseException as exc:
@@ -196,7 +197,7 @@ class TracedDispatcher:
             error = None if outcome.ok else getattr(outcome, "error", None)
             failure = None if outcome.ok else (error.type if error is not None else "failed")
             if failure is None:
-                log.info("step %s attempt %d succeeded", step, request.attempt)
+                log.info("step %s attempt %d succeeded (%s)", step, request.attempt, request.target)
             else:
                 log.info("step %s attempt %d failed: %s: %s", step, request.attempt, failure,
                          error.message if error is not None else "")  # fmt: skip

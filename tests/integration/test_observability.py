@@ -270,8 +270,8 @@ def test_log_lines_carry_the_ids_and_no_secret(client: Client) -> None:
         assert record["task_id"] and "password=***" in record["message"]
     supervisor = [r["message"] for r in records if not r.get("agent")]
     assert (
-        "step a attempt 1 succeeded" in supervisor
-        and "step b attempt 1 runs obs.work" in supervisor
+        "step a attempt 1 succeeded (obs.work)" in supervisor
+        and "step b attempt 1 succeeded (obs.work)" in supervisor
     )
     assert {r.get("workflow") for r in records if r["message"].startswith("step ")} == {"obs"}
     assert len({r["actor_id"] for r in records}) >= 2  # lines of the supervisor and a replica
