@@ -29,7 +29,7 @@ from tests.fixtures.a2a_server import Reverser, a2a_server
 AGENTS = [
     {
         "name": "a2a-echo",
-        "capabilities": ["a2a.echo"],
+        "capabilities": ["test.echo"],
         "entrypoint": "tests.fixtures.agents:echo",
         "description": "repeats text",
     },
@@ -83,10 +83,10 @@ def test_card_names_skills_schemas_and_bearer_auth(
     card = response.json()
     assert card["name"] == "a2a-echo" and card["description"] == "repeats text"
     assert card["supportedInterfaces"][0]["url"] == f"{api_url}/a2a/a2a-echo"
-    assert [s["id"] for s in card["skills"]] == ["a2a.echo"]
+    assert [s["id"] for s in card["skills"]] == ["test.echo"]
     assert card["securitySchemes"]["bearer"]["httpAuthSecurityScheme"]["scheme"] == "bearer"
     schemas = card["capabilities"]["extensions"][0]["params"]
-    assert schemas["a2a.echo"]["required"] == ["text"]
+    assert schemas["test.echo"]["required"] == ["text"]
 
 
 async def _listed(url: str, key: str) -> list[str]:

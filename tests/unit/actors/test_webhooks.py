@@ -45,7 +45,7 @@ def test_errors_keep_their_status_through_pickle() -> None:
 
 
 def test_signature_is_standard_webhooks() -> None:
-    at = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    at = datetime(2020, 1, 1, 12, 0, tzinfo=UTC)  # long past: receivers refuse it
     body = '{"type": "execution.succeeded"}'
     headers = signed_headers(SECRET, "msg_1", body, at)
     assert headers["webhook-timestamp"] == str(int(at.timestamp()))
