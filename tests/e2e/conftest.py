@@ -19,6 +19,14 @@ from cluster.store import connect_store
 from cluster.valkey import free_port
 from tests.integration.conftest import kill_tenant
 
+#: The echo agent the e2e modules share (tests.fixtures.agents:echo).
+ECHO = {
+    "name": "echo",
+    "version": "1.0.0",
+    "capabilities": ["test.echo"],
+    "entrypoint": "tests.fixtures.agents:echo",
+}
+
 
 @pytest.fixture(scope="session")
 def e2e_ray(ray_session: None) -> None:

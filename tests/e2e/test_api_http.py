@@ -11,14 +11,7 @@ import httpx
 import pytest
 
 from cluster.security_models import Role
-from tests.e2e.conftest import Tenant
-
-ECHO = {
-    "name": "echo",
-    "version": "1.0.0",
-    "capabilities": ["test.echo"],
-    "entrypoint": "tests.fixtures.agents:echo",
-}
+from tests.e2e.conftest import ECHO, Tenant
 
 
 @pytest.fixture(scope="module")

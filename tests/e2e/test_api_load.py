@@ -21,15 +21,9 @@ from cluster.security import Security
 from cluster.security_models import Role
 from cluster.settings import Settings
 from serve.deployment import AUTOSCALING, INGRESS, settings_env
-from tests.e2e.conftest import Tenant, _tenant
+from tests.e2e.conftest import ECHO, Tenant, _tenant
 from tests.integration.conftest import kill_tenant
 
-ECHO = {
-    "name": "echo",
-    "version": "1.0.0",
-    "capabilities": ["test.echo"],
-    "entrypoint": "tests.fixtures.agents:echo",
-}
 CONCURRENT = 200
 
 

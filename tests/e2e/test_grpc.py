@@ -21,14 +21,8 @@ from cluster.settings import Settings
 from serve.deployment import APP_NAME
 from serve.protos import dafnck_pb2 as pb
 from serve.protos import dafnck_pb2_grpc as rpc
-from tests.e2e.conftest import Tenant
+from tests.e2e.conftest import ECHO, Tenant
 
-ECHO = {
-    "name": "echo",
-    "version": "1.0.0",
-    "capabilities": ["test.echo"],
-    "entrypoint": "tests.fixtures.agents:echo",
-}
 GATED = {
     "name": "grpc-gated",
     "steps": [

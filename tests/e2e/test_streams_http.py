@@ -14,14 +14,8 @@ import pytest
 from websockets.sync.client import connect
 
 from cluster.security_models import Role
-from tests.e2e.conftest import Tenant
+from tests.e2e.conftest import ECHO, Tenant
 
-ECHO = {
-    "name": "echo",
-    "version": "1.0.0",
-    "capabilities": ["test.echo"],
-    "entrypoint": "tests.fixtures.agents:echo",
-}
 GATED = {
     "name": "stream-gated",
     "steps": [

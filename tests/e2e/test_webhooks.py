@@ -16,15 +16,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from cluster.security_models import Role
-from tests.e2e.conftest import Tenant
+from tests.e2e.conftest import ECHO, Tenant
 from tests.fixtures.webhook_receiver import Receiver, receiving
 
-ECHO = {
-    "name": "echo",
-    "version": "1.0.0",
-    "capabilities": ["test.echo"],
-    "entrypoint": "tests.fixtures.agents:echo",
-}
 FLOW = {"name": "wh-flow", "steps": [{"id": "say", "uses": "test.echo", "with": {"text": "hook"}}]}
 
 
