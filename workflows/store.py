@@ -3,8 +3,15 @@
 An execution is a hash (`meta` plus one field per step) and a stream of events. Every
 change is one MULTI/EXEC: the changed fields and the event that explains them land
 together or not at all, so a supervisor killed at any moment leaves a state it can resume.
-Arrow tables in step outputs are written as Parquet through `pyarrow.fs` (the store keeps
-their URI), so they outlive the cluster.
+
+Arrow tables in step outputs are written as Parquet through `pyarrow.fs` under the
+tenant's own directory, `<blobs>/<tenant>/outputs/<execution>/<step>/<n>.parquet`, so they
+outlive the cluster. The stored step keeps its output with `null` where each table was
+and, beside it (out of band, where no agent's data can reach), `output_blobs`: the path
+of each table in the output and its key relative to that directory. Nothing inside an
+output is ever read as a reference: `{"$arrow": "/some/file"}` returned by an agent stays
+that dict. Steps stored before this layout kept `{"$arrow": <absolute path>}` inside the
+output; such a marker is no longer trusted and loads as the plain dict it is.
 """
 
 from __future__ import annotations
@@ -16,57 +23,98 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import redis
 
-from cluster.errors import NotFound, StoreUnavailable
+from cluster.blobs import BlobDir, segment
+from cluster.errors import Conflict, DafnckError, NotFound, StoreUnavailable
 from cluster.store import Store, redacted, unavailable_as_error
 from workflows.execution import Event, Execution, ExecutionStatus, StepState
 
 #: Events kept per execution stream (approximately: Redis trims lazily).
 MAX_EVENTS = 100_000
-_ARROW = "$arrow"
+#: The stored step's field listing its output's tables: `[[path, key], ...]`, where a path
+#: is the list of dict keys and list indexes leading to the table inside the output.
+BLOBS_FIELD = "output_blobs"
+BlobPath = list[str | int]
 
 
 class BlobStore:
-    """Arrow tables as Parquet files under a local path or an S3/GCS URI."""
+    """Arrow tables as Parquet files under a directory (a local path or an S3/GCS URI).
 
-    def __init__(self, root: str) -> None:
-        self.fs: pafs.FileSystem
-        self.root: str
-        if "://" in root:
-            self.fs, self.root = pafs.FileSystem.from_uri(root)
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), root
+    Built on the platform's blob root; `ExecutionStore` scopes it to the tenant's
+    `<root>/<tenant>/outputs`. Keys are relative to the directory and checked on each use.
+    """
+
+    def __init__(self, root: str, *parts: str) -> None:
+        self.root, self.parts = root, parts
+        self.dir = BlobDir(root, *parts)
+
+    def scoped(self, *parts: str) -> BlobStore:
+        """The directory `parts` below this one. Raises: InputInvalid (a bad part)."""
+        return BlobStore(self.root, *self.parts, *parts)
 
     def put(self, key: str, table: pa.Table) -> str:
-        path = f"{self.root.rstrip('/')}/{key}.parquet"
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, path, filesystem=self.fs)
-        return path
+        """Write the table as `<key>.parquet`; returns the key kept for it."""
+        key = f"{key}.parquet"
+        path = self.dir.path_of(key)
+        self.dir.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(table, path, filesystem=self.dir.fs)
+        return key
 
-    def get(self, path: str) -> pa.Table:
-        return pq.read_table(path, filesystem=self.fs)
+    def get(self, key: str) -> pa.Table:
+        """Raises: InputInvalid (a key that is not relative), FileNotFoundError."""
+        return pq.read_table(self.dir.path_of(key), filesystem=self.dir.fs)
 
-    def encode(self, value: Any, key: str) -> Any:
-        """`value` with each Arrow table replaced by `{"$arrow": path}`."""
-        if isinstance(value, pa.Table):
-            return {_ARROW: self.put(key, value)}
-        if isinstance(value, dict):
-            return {k: self.encode(v, f"{key}.{k}") for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.encode(v, f"{key}.{i}") for i, v in enumerate(value)]
-        return value
 
-    def decode(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            if set(value) == {_ARROW}:
-                return self.get(value[_ARROW])
-            return {k: self.decode(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.decode(v) for v in value]
-        return value
+def _json_key(key: Any) -> str:
+    """A dict key as JSON writes it (1 -> "1", True -> "true")."""
+    return key if isinstance(key, str) else json.dumps(key) if _scalar(key) else str(key)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float)
+
+
+def lift_tables(value: Any, path: tuple[str | int, ...], found: list[tuple[BlobPath, Any]]) -> Any:
+    """`value` with each Arrow table replaced by None, and (its path, the table) in `found`."""
+    if isinstance(value, pa.Table):
+        found.append((list(path), value))
+        return None
+    if isinstance(value, dict):
+        return {
+            _json_key(k): lift_tables(v, (*path, _json_key(k)), found) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [lift_tables(v, (*path, i), found) for i, v in enumerate(value)]
+    return value
+
+
+def place_table(output: Any, path: Any, table: pa.Table) -> Any:
+    """`output` with `table` at `path`, which must lead to a None the store left there.
+
+    Raises: ValueError (the path does not lead to such a slot).
+    """
+    if not isinstance(path, list) or _child_of(output, path) is not None:
+        raise ValueError(f"path {path!r} does not lead to an emptied slot of the output")
+    if not path:
+        return table
+    _child_of(output, path[:-1])[path[-1]] = table
+    return output
+
+
+def _child_of(value: Any, path: list[Any]) -> Any:
+    for step in path:
+        if not _has(value, step):
+            raise ValueError(f"{step!r} is not a key of the output's {type(value).__name__}")
+        value = value[step]
+    return value
+
+
+def _has(value: Any, step: Any) -> bool:
+    if isinstance(value, dict):
+        return isinstance(step, str) and step in value
+    return isinstance(value, list) and type(step) is int and 0 <= step < len(value)
 
 
 #: Adds commands for one event to a pipeline (sync or asyncio) about to be executed.
@@ -87,8 +135,9 @@ class ExecutionStore:
     """Definitions and executions of one tenant."""
 
     def __init__(self, store: Store, blobs: BlobStore, mirror: Mirror | None = None) -> None:
+        """`blobs` is the platform's blob root: tables go under `<root>/<tenant>/outputs`."""
         self.store = store
-        self.blobs = blobs
+        self.blobs = blobs.scoped(store.tenant, "outputs")
         #: Stages each event into the same transaction elsewhere too (the event bus).
         self.mirror = mirror
 
@@ -143,9 +192,41 @@ class ExecutionStore:
         return self.store.key("exec", execution_id, "events")
 
     def encode_step(self, execution_id: str, step_id: str, state: StepState) -> str:
+        """The step as stored: its output's tables written as Parquet and listed beside it."""
         data = state.model_dump(mode="python")
-        data["output"] = self.blobs.encode(state.output, f"{execution_id}/{step_id}")
+        tables: list[tuple[BlobPath, Any]] = []
+        data["output"] = lift_tables(state.output, (), tables)
+        if tables:
+            where = f"{segment(execution_id)}/{segment(step_id)}"
+            data[BLOBS_FIELD] = [
+                [path, self.blobs.put(f"{where}/{i}", table)]
+                for i, (path, table) in enumerate(tables)
+            ]
         return json.dumps(data, default=str)
+
+    def decode_step(self, execution_id: str, step_id: str, raw: str) -> StepState:
+        """A stored step with its output's tables read back from the tenant's outputs.
+
+        Raises: NotFound (a table's file is gone), Conflict (a malformed table reference).
+        """
+        record = json.loads(raw)
+        refs = record.pop(BLOBS_FIELD, None) or []
+        state = StepState.model_validate(record)
+        for ref in refs:
+            state.output = self._attach(execution_id, step_id, state.output, ref)
+        return state
+
+    def _attach(self, execution_id: str, step_id: str, output: Any, ref: Any) -> Any:
+        what = f"execution {execution_id!r} step {step_id!r}"
+        try:
+            path, key = ref
+            return place_table(output, path, self.blobs.get(str(key)))
+        except FileNotFoundError:
+            raise NotFound(
+                f"{what}: its output table {key!r} is missing under {self.blobs.dir.uri}"
+            ) from None
+        except (ValueError, TypeError, DafnckError) as exc:
+            raise Conflict(f"{what}: output table reference {ref!r} is refused: {exc}") from None
 
     def commit(
         self,
@@ -213,9 +294,7 @@ class ExecutionStore:
         execution = Execution.model_validate_json(raw["meta"])
         for name, value in raw.items():
             if name.startswith("step:"):
-                state = StepState.model_validate_json(value)
-                state.output = self.blobs.decode(state.output)
-                execution.steps[name[5:]] = state
+                execution.steps[name[5:]] = self.decode_step(execution_id, name[5:], value)
         return execution
 
     @unavailable_as_error
