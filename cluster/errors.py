@@ -112,6 +112,38 @@ class QueueFull(DafnckError):
     status_code = 429
 
 
+class QuotaExceeded(DafnckError):
+    """A per-tenant quota (`limit`, from the settings' `quotas`) would be passed; the message
+    names it and its value. Retrying helps only once something is closed or removed."""
+
+    status_code = 429
+
+    def __init__(self, limit: str, value: float, detail: str = "") -> None:
+        super().__init__(limit, value, detail)
+
+    @property
+    def limit(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def value(self) -> float:
+        return float(self.args[1])
+
+    @property
+    def message(self) -> str:
+        detail = f": {self.args[2]}" if len(self.args) > 2 and self.args[2] else ""
+        return f"quota {self.limit!r} ({self.value:g}) exceeded{detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "limit": self.limit, "value": self.value}
+
+
+class StorageQuotaExceeded(QuotaExceeded):
+    """A storage quota (bytes or objects kept) would be passed: answered as 507."""
+
+    status_code = 507
+
+
 class ReplicaDied(DafnckError):
     """The agent replica running the task died before it answered."""
 
@@ -239,9 +271,11 @@ __all__ = [
     "OutputInvalid",
     "ProviderError",
     "QueueFull",
+    "QuotaExceeded",
     "RateLimited",
     "ReplicaDied",
     "SpecInvalid",
+    "StorageQuotaExceeded",
     "StoreUnavailable",
     "TaskFailed",
     "TaskTimeout",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -15,6 +15,7 @@ from pydantic_settings import (
 )
 
 from cluster.errors import ConfigError
+from cluster.quotas import Quotas, quotas_as_json
 
 #: Ray namespace of the platform's named actors.
 RAY_NAMESPACE = "dafnck"
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     trace_endpoint: str | None = None
     #: How long the built-in span store keeps a trace (seconds).
     trace_retention_s: float = Field(default=86_400, gt=0)
+    # -- quotas --
+    #: Per-tenant limits (streams, stored data, replicas, executions, fan-out, expressions).
+    quotas: Annotated[Quotas, quotas_as_json] = Field(default_factory=Quotas)
 
     yaml_file: ClassVar[Path | None] = None
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.errors import DafnckError, QueueFull, RateLimited
+from cluster.errors import DafnckError, QueueFull, QuotaExceeded, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ _WHY = {
     409: "The state does not allow this, or an Idempotency-Key reused with another body",
     413: "The body is larger than 1 MiB",
     422: "The input is invalid; every problem is listed",
-    429: "A rate limit or a full queue: retry after Retry-After seconds",
+    429: "A rate limit, a full queue or a tenant quota (the body names the limit)",
     503: "The store or the cluster is unavailable (retryable)",
+    507: "A storage quota of the tenant (bytes or objects kept; the body names it)",
 }
 #: Error answers every route may give, declared in the OpenAPI document with their body.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -66,7 +67,9 @@ def _platform(request: Request, exc: Exception) -> JSONResponse:
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
     elif isinstance(exc, QueueFull):
         headers["Retry-After"] = "1"
-    status = exc.status_code if exc.status_code < 500 or exc.retryable else 500
+    # A quota's 507 is the caller's to act on, not a server fault.
+    known = exc.status_code < 500 or exc.retryable or isinstance(exc, QuotaExceeded)
+    status = exc.status_code if known else 500
     if status >= 500 and not exc.retryable:
         log.error("request failed: %s", exc.message)
     return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)

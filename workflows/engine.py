@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.errors import Conflict, DafnckError
+from cluster.errors import Conflict, DafnckError, QuotaExceeded
+from cluster.quotas import Quotas
 from workflows.dispatch import Dispatcher, StepFailed, StepOutcome, StepRequest, step_error
 from workflows.execution import (
     Approval,
@@ -28,7 +29,7 @@ from workflows.execution import (
     StepState,
     StepStatus,
 )
-from workflows.expressions import render
+from workflows.expressions import EvalLimits, render_async
 from workflows.run import Recorder, Run, new_event
 from workflows.spec import WorkflowSpec
 from workflows.steps import StepRunner
@@ -46,10 +47,17 @@ class WorkflowEngine:
     """Executes workflows; one instance per supervisor (per tenant)."""
 
     def __init__(
-        self, store: ExecutionStore, dispatcher: Dispatcher, load_spec: SpecLoader
+        self,
+        store: ExecutionStore,
+        dispatcher: Dispatcher,
+        load_spec: SpecLoader,
+        quotas: Quotas | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
+        #: The tenant's limits: executions running, fan-out items, depth, expressions.
+        self.quotas = quotas or Quotas()
+        self.limits = EvalLimits(self.quotas.expression_steps, self.quotas.expression_timeout_s)
         self._load_spec = load_spec
         self.runs: dict[str, Run] = {}
         self.writer = Writer(store)
@@ -70,8 +78,12 @@ class WorkflowEngine:
         """Start an execution of workflow `name` (its latest version unless one is named).
 
         Raises:
-            NotFound: no such workflow; InputInvalid: the inputs don't match its types.
+            NotFound: no such workflow; InputInvalid: the inputs don't match its types;
+            QuotaExceeded: executions_running, or workflow_depth (naming the chain).
         """
+        self._check_room()
+        if parent:
+            self._check_depth(name, parent)
         version, spec = self._load_spec(name, version)
         checked = spec.check_inputs(inputs)
         execution = Execution(
@@ -90,6 +102,32 @@ class WorkflowEngine:
         self.store.commit(execution, steps=list(execution.steps), events=[started])
         self._start(spec, execution)
         return execution
+
+    def _check_room(self) -> None:
+        """Raises: QuotaExceeded (executions_running)."""
+        most = self.quotas.executions_running
+        if len(self.runs) >= most:
+            tenant = self.store.store.tenant
+            raise QuotaExceeded(
+                "executions_running",
+                most,
+                f"tenant {tenant!r} has {len(self.runs)} executions running; wait for some to end",
+            )
+
+    def _check_depth(self, name: str, parent: str) -> None:
+        """Raises: QuotaExceeded (workflow_depth), naming the chain of workflows."""
+        chain, at = [name], parent
+        while at and len(chain) <= self.quotas.workflow_depth + 1:
+            execution = self.get(at)
+            chain.insert(0, execution.workflow)
+            at = execution.parent or ""
+        if len(chain) - 1 > self.quotas.workflow_depth:
+            raise QuotaExceeded(
+                "workflow_depth",
+                self.quotas.workflow_depth,
+                f"sub-workflow chain {' -> '.join(chain)} is too deep; does a workflow "
+                "call itself through another?",
+            )
 
     def _start(self, spec: WorkflowSpec, execution: Execution) -> Run:
         run = Run(
@@ -208,6 +246,7 @@ class WorkflowEngine:
             raise Conflict(
                 f"execution {execution_id} is {execution.status.value}; only failed or cancelled ones can be retried"
             )
+        self._check_room()
         _, spec = self._load_spec(execution.workflow, execution.version)
         reset = [k for k, s in execution.steps.items() if s.status != StepStatus.SUCCEEDED]
         for key in reset:
@@ -282,7 +321,7 @@ class WorkflowEngine:
             )
             return
         try:
-            outputs = render(dict(run.spec.outputs), run.context())
+            outputs = await render_async(dict(run.spec.outputs), run.context(), self.limits)
         except DafnckError as exc:
             await self._finish(run, ExecutionStatus.FAILED, step_error(exc))
             return

@@ -8,14 +8,24 @@ Templates: a string that is exactly `${{ EXPR }}` becomes EXPR's value (any JSON
 string with `${{ EXPR }}` inside other text is interpolated (strings as they are, other
 values as JSON); anything else is a literal, recursively through lists and dicts. An
 expression inside a template cannot contain `}}`.
+
+Budget: every evaluation counts the interpreter's steps (and the values it hands back) and
+stops past `EvalLimits.steps` or `timeout_s` with `QuotaExceeded` naming the limit, so
+nested macros (`xs.map(a, xs.map(b, ...))`, 10^8 steps at eight levels) fail fast instead
+of running for hours. An expression with a macro is the only kind whose cost is not
+bounded by its length; the `*_async` functions evaluate those in a worker thread, so the
+event loop keeps running meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -24,7 +34,7 @@ from celpy import celtypes
 from celpy.celparser import CELParseError, CELParser
 from celpy.evaluation import Activation, CELEvalError, CELUnsupportedError, Evaluator
 
-from cluster.errors import DafnckError
+from cluster.errors import DafnckError, QuotaExceeded
 
 #: Where a value sits inside a spec, as pydantic and `Document.line_of` spell it.
 Loc = tuple[str | int, ...]
@@ -33,6 +43,8 @@ MAX_EXPRESSION_CHARS = 4096
 _TEMPLATE = re.compile(r"\$\{\{(.*?)\}\}", re.DOTALL)
 _CLOSERS = {"RPAR": ")", "RSQB": "]", "RBRACE": "}"}
 _MACROS = frozenset({"map", "filter", "all", "exists", "exists_one"})
+#: Methods that loop over a list (celpy also has `reduce` and `min`).
+_LOOPS = _MACROS | {"reduce", "min"}
 _OPERATORS = {
     "addition_add": "+", "addition_sub": "-", "multiplication_mul": "*",
     "multiplication_div": "/", "multiplication_mod": "%", "relation_lt": "<",
@@ -65,10 +77,62 @@ class ExpressionError(DafnckError, ValueError):
         return int(self.args[3]) if len(self.args) > 3 else 0
 
 
+@dataclass(frozen=True)
+class EvalLimits:
+    """What one evaluation may spend: interpreter steps and seconds (the tenant's quotas
+    `expression_steps` and `expression_timeout_s`)."""
+
+    steps: int = 100_000
+    timeout_s: float = 1.0
+
+
+DEFAULT_LIMITS = EvalLimits()
+
+
+class _OverBudget(Exception):  # not a ValueError, so celpy lets it through
+    """Raised inside the interpreter; becomes QuotaExceeded at `Expr.evaluate`."""
+
+
+class _Budget:
+    """Steps left and the deadline, shared by an evaluation's nested evaluators."""
+
+    __slots__ = ("deadline", "left", "limits")
+
+    def __init__(self, limits: EvalLimits) -> None:
+        self.limits = limits
+        self.left = limits.steps
+        self.deadline = time.monotonic() + limits.timeout_s
+
+    def charge(self, steps: int = 1) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise _OverBudget("expression_steps")
+        if self.left % 512 < steps and time.monotonic() > self.deadline:
+            raise _OverBudget("expression_timeout_s")
+
+
+class _BudgetedEvaluator(Evaluator):
+    """celpy's evaluator, charging one step per node visited and the size of what it built."""
+
+    def __init__(self, ast: lark.Tree, activation: Activation, budget: _Budget) -> None:
+        super().__init__(ast, activation)
+        self.budget = budget
+
+    def sub_evaluator(self, ast: lark.Tree) -> Evaluator:
+        return _BudgetedEvaluator(ast, self.activation, self.budget)
+
+    def _visit_tree(self, tree: lark.Tree) -> Any:
+        self.budget.charge()
+        value = super()._visit_tree(tree)
+        if isinstance(value, str | bytes | list | dict) and len(value) > 64:
+            self.budget.charge(len(value) // 64)  # `s + s` grows without more steps
+        return value
+
+
 class Expr:
     """One compiled CEL expression; get one from `compile_expr`, which caches by text."""
 
-    __slots__ = ("_ast", "_direct", "_paths", "_refs", "text")
+    __slots__ = ("_ast", "_direct", "_paths", "_refs", "loops", "text")
 
     def __init__(self, text: str, ast: lark.Tree) -> None:
         self.text = text
@@ -77,6 +141,10 @@ class Expr:
         self._refs = frozenset((p[0], p[1] if len(p) > 1 else None) for p in self._paths)
         #: A bare path such as `steps.a.output.files` is looked up without the interpreter.
         self._direct = _static_path(ast)
+        #: Macros loop: only then can the cost outgrow the expression's length.
+        self.loops = any(
+            str(node.children[1]) in _LOOPS for node in ast.find_data("member_dot_arg")
+        )
 
     def __repr__(self) -> str:
         return f"Expr({self.text!r})"
@@ -95,7 +163,7 @@ class Expr:
         """
         return self._refs
 
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
+    def evaluate(self, context: Mapping[str, Any], limits: EvalLimits = DEFAULT_LIMITS) -> Any:
         """The expression's value over `context`, as plain Python values.
 
         Values the expression passes through untouched (an Arrow table inside a step
@@ -103,17 +171,36 @@ class Expr:
 
         Raises:
             ExpressionError: a name or key is missing, or an operation does not apply.
+            QuotaExceeded: the evaluation passed `limits` (the message names which).
         """
         if self._direct is not None:
             return _lookup(self.text, self._direct, context)
+        budget = _Budget(limits)
         try:
             activation = Activation(vars=self._activation_vars(context))
-            value = Evaluator(self._ast, activation).evaluate()
-            return _to_python(value)
+            value = _BudgetedEvaluator(self._ast, activation, budget).evaluate()
+            return _to_python(value, budget)
+        except _OverBudget as exc:
+            limit = str(exc.args[0])
+            most = limits.steps if limit == "expression_steps" else limits.timeout_s
+            raise QuotaExceeded(
+                limit, most, f"expression {self.text[:80]!r} does too much work; simplify it"
+            ) from None
         except CELEvalError as exc:
             raise ExpressionError(f"{self.text!r} failed: {_describe(exc)}", self.text) from None
         except (CELUnsupportedError, TypeError, ValueError, KeyError, RecursionError) as exc:
             raise ExpressionError(f"{self.text!r} failed: {exc}", self.text) from None
+
+    async def evaluate_async(
+        self, context: Mapping[str, Any], limits: EvalLimits = DEFAULT_LIMITS
+    ) -> Any:
+        """`evaluate`, in a worker thread when the expression loops (off the event loop).
+
+        Raises: ExpressionError, QuotaExceeded.
+        """
+        if not self.loops:
+            return self.evaluate(context, limits)
+        return await asyncio.to_thread(self.evaluate, context, limits)
 
     def _activation_vars(self, context: Mapping[str, Any]) -> dict[str, Any]:
         """Convert only what the expression reads: step outputs may be large."""
@@ -221,27 +308,43 @@ def template_references(value: Any) -> frozenset[tuple[str, str | None]]:
     return frozenset(refs)
 
 
-def render(value: Any, context: Mapping[str, Any]) -> Any:
+def render(value: Any, context: Mapping[str, Any], limits: EvalLimits = DEFAULT_LIMITS) -> Any:
     """`value` with every template evaluated over `context`; literals are returned as they are.
 
     Raises:
         ExpressionError: an expression does not parse or fails.
+        QuotaExceeded: an expression passed `limits`.
     """
     if isinstance(value, str):
-        return _render_string(value, context) if "${{" in value else value
+        return _render_string(value, context, limits) if "${{" in value else value
     if isinstance(value, Mapping):
-        return {key: render(item, context) for key, item in value.items()}
+        return {key: render(item, context, limits) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [render(item, context) for item in value]
+        return [render(item, context, limits) for item in value]
     return value
 
 
-def _render_string(text: str, context: Mapping[str, Any]) -> Any:
+async def render_async(
+    value: Any, context: Mapping[str, Any], limits: EvalLimits = DEFAULT_LIMITS
+) -> Any:
+    """`render`, in a worker thread when one of its expressions loops.
+
+    Raises: ExpressionError, QuotaExceeded.
+    """
+    loops = any(e.loops for _, text in template_strings(value) for e in parse_template(text))
+    if not loops:
+        return render(value, context, limits)
+    return await asyncio.to_thread(render, value, context, limits)
+
+
+def _render_string(text: str, context: Mapping[str, Any], limits: EvalLimits) -> Any:
     matches = list(_TEMPLATE.finditer(text))
     if len(matches) == 1 and matches[0].span() == (0, len(text)):
-        return compile_expr(matches[0].group(1)).evaluate(context)
+        return compile_expr(matches[0].group(1)).evaluate(context, limits)
     parse_template(text)  # refuse an unclosed `${{` before evaluating anything
-    return _TEMPLATE.sub(lambda m: _as_text(compile_expr(m.group(1)).evaluate(context)), text)
+    return _TEMPLATE.sub(
+        lambda m: _as_text(compile_expr(m.group(1)).evaluate(context, limits)), text
+    )
 
 
 def _as_text(value: Any) -> str:
@@ -364,8 +467,13 @@ def _to_cel(value: Any) -> Any:
     return value
 
 
-def _to_python(value: Any) -> Any:
-    """CEL values as plain Python: timestamps as RFC 3339 text, durations as seconds."""
+def _to_python(value: Any, budget: _Budget) -> Any:
+    """CEL values as plain Python: timestamps as RFC 3339 text, durations as seconds.
+
+    Each value converted is charged: a list holding itself twice at every level is small
+    in memory but exponential once copied out.
+    """
+    budget.charge()
     if isinstance(value, CELEvalError):
         raise value
     if isinstance(value, bool | celtypes.BoolType):
@@ -379,9 +487,9 @@ def _to_python(value: Any) -> Any:
     if isinstance(value, bytes):
         return bytes(value)
     if isinstance(value, Mapping):
-        return {_to_python(k): _to_python(v) for k, v in value.items()}
+        return {_to_python(k, budget): _to_python(v, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_to_python(v) for v in value]
+        return [_to_python(v, budget) for v in value]
     if isinstance(value, datetime.datetime):
         return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, datetime.timedelta):
@@ -402,13 +510,16 @@ def _describe(exc: CELEvalError) -> str:
 
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "MAX_EXPRESSION_CHARS",
+    "EvalLimits",
     "Expr",
     "ExpressionError",
     "Loc",
     "compile_expr",
     "parse_template",
     "render",
+    "render_async",
     "template_references",
     "template_strings",
 ]

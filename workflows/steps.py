@@ -12,10 +12,11 @@ import asyncio
 import time
 from typing import Any, Protocol
 
-from cluster.errors import DafnckError
+from cluster.errors import DafnckError, QuotaExceeded
+from cluster.quotas import Quotas
 from workflows.dispatch import Dispatcher, StepFailed, StepOutcome, StepRequest, step_error
 from workflows.execution import Approval, Execution, ExecutionStatus, StepError, StepStatus
-from workflows.expressions import compile_expr, render
+from workflows.expressions import EvalLimits, compile_expr, render_async
 from workflows.run import OpenGate, Recorder, Run
 from workflows.spec import Approval as Gate
 from workflows.spec import StepSpec
@@ -28,6 +29,8 @@ class _Engine(Protocol):
 
     dispatcher: Dispatcher
     runs: dict[str, Run]
+    quotas: Quotas
+    limits: EvalLimits
 
     async def execute(
         self,
@@ -64,8 +67,10 @@ class StepRunner:
             run.wake.set()
 
     async def _body(self, run: Run, step: StepSpec) -> None:
-        context = run.context()
-        if step.when is not None and not compile_expr(step.when).evaluate(context):
+        context, limits = run.context(), self._engine.limits
+        if step.when is not None and not await compile_expr(step.when).evaluate_async(
+            context, limits
+        ):
             self._rec.step_done(
                 run, step.id, StepStatus.SKIPPED, "step.skipped", data={"reason": "when was false"}
             )
@@ -76,7 +81,9 @@ class StepRunner:
             output = await (
                 self._fan_out(run, step, context)
                 if step.for_each
-                else self._attempts(run, step, step.id, render(step.with_, context))
+                else self._attempts(
+                    run, step, step.id, await render_async(step.with_, context, limits)
+                )
             )
         except StepFailed as exc:
             await self._fail(run, step, exc.error)
@@ -133,7 +140,9 @@ class StepRunner:
                 key,
                 StepStatus.WAITING_APPROVAL,
                 "step.waiting_approval",
-                data={"prompt": render(gate.prompt, run.context())},
+                data={
+                    "prompt": await render_async(gate.prompt, run.context(), self._engine.limits)
+                },
             )
             if run.execution.status == ExecutionStatus.RUNNING:
                 await self._rec.set_status(
@@ -192,13 +201,18 @@ class StepRunner:
     async def _fan_out(self, run: Run, step: StepSpec, context: dict[str, Any]) -> list[Any]:
         spec = step.for_each
         assert spec is not None
-        items = compile_expr(spec.items).evaluate(context)
+        items = await compile_expr(spec.items).evaluate_async(context, self._engine.limits)
         if not isinstance(items, list):
             raise StepFailed(
                 StepError(
                     type="InputInvalid",
                     message=f"for_each.items gave {type(items).__name__}, not a list",
                 )
+            )
+        most = self._engine.quotas.for_each_items
+        if len(items) > most:
+            raise QuotaExceeded(
+                "for_each_items", most, f"step {step.id!r} would fan out over {len(items)} items"
             )
         state = run.state(step.id)
         state.items = [f"{step.id}[{i}]" for i in range(len(items))]
@@ -225,7 +239,11 @@ class StepRunner:
         if done and done.status == StepStatus.SUCCEEDED:
             return done.output  # finished before a restart
         async with limit:
-            data = render(step.with_, {**context, step.for_each.as_: item, "index": index})
+            data = await render_async(
+                step.with_,
+                {**context, step.for_each.as_: item, "index": index},
+                self._engine.limits,
+            )
             try:
                 output = await self._attempts(run, step, key, data)
             except StepFailed as exc:

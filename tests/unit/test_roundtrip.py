@@ -161,6 +161,8 @@ ERRORS: dict[type[errors.DafnckError], errors.DafnckError] = {
     errors.Unauthorized: errors.Unauthorized("the token expired"),
     errors.Forbidden: errors.Forbidden.for_role("viewer", "agents:write"),
     errors.RateLimited: errors.RateLimited("100 requests per second for key k1", 0.25),
+    errors.QuotaExceeded: errors.QuotaExceeded("streams_per_key", 16, "tenant 'a' has 16 open"),
+    errors.StorageQuotaExceeded: errors.StorageQuotaExceeded("stored_bytes", 1024),
     errors.BudgetExceeded: errors.BudgetExceeded("task t used 1200 of its 1000 tokens"),
     errors.BudgetNeedsApproval: errors.BudgetNeedsApproval("workflow budget $0.50 reached"),
     errors.ToolMayHaveRun: errors.ToolMayHaveRun("tool 'send' (call c1) may have run"),
