@@ -250,6 +250,14 @@ class OutputInvalid(DafnckError):
     status_code = 422
 
 
+class OutboundRefused(DafnckError):
+    """An outbound call a tenant named (webhook, LLM `base_url`, MCP or A2A url) would reach
+    an address the platform does not allow (loopback, private, link-local, cloud metadata,
+    ...); the message names the field or host and why. Not retryable: see `outbound_allow`."""
+
+    status_code = 422
+
+
 class ClusterUnavailable(DafnckError):
     """No Ray cluster or system actor could be reached."""
 
@@ -268,6 +276,7 @@ __all__ = [
     "Forbidden",
     "InputInvalid",
     "NotFound",
+    "OutboundRefused",
     "OutputInvalid",
     "ProviderError",
     "QueueFull",

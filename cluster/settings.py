@@ -15,6 +15,7 @@ from pydantic_settings import (
 )
 
 from cluster.errors import ConfigError
+from cluster.netguard import OutboundAllow
 from cluster.quotas import Quotas, quotas_as_json
 
 #: Ray namespace of the platform's named actors.
@@ -67,6 +68,11 @@ class Settings(BaseSettings):
     # -- quotas --
     #: Per-tenant limits (streams, stored data, replicas, executions, fan-out, expressions).
     quotas: Annotated[Quotas, quotas_as_json] = Field(default_factory=Quotas)
+    # -- outbound calls (cluster/netguard.py): addresses tenants' URLs may reach --
+    #: CIDRs, addresses or host names (optionally `:port`) that webhooks, LLM `base_url`s,
+    #: MCP and A2A urls may reach although not public (loopback, private, link-local,
+    #: cloud metadata); empty: public addresses only.
+    outbound_allow: OutboundAllow = []
 
     yaml_file: ClassVar[Path | None] = None
 
