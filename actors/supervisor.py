@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from packaging.version import Version
 
 from actors.autoscaler import PoolAutoscaler, resource_bundle
+from actors.capacity import check_capacity
 from actors.messages import DomainEvent
 from actors.models import (
     AgentRecord,
@@ -34,6 +35,7 @@ from actors.registry import AgentRegistry
 from actors.router import PoolRouter, PoolView
 from cluster import metrics
 from cluster.errors import AgentNotFound, DafnckError, SpecInvalid
+from cluster.quotas import Quotas
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +91,17 @@ class Supervisor:
     """Orchestrates agent pools for one tenant."""
 
     def __init__(
-        self, registry: AgentRegistry, launcher: Launcher, events: EventSink | None = None
+        self,
+        registry: AgentRegistry,
+        launcher: Launcher,
+        events: EventSink | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.registry = registry
         self.launcher = launcher
         self.events = events
+        #: The tenant's replica and CPU quotas, checked on apply and scale.
+        self.quotas = quotas or Quotas()
         self.pools: dict[str, Pool] = {}
         #: Replica numbers only grow, so a replacement never reuses a dead replica's name.
         self._numbers: dict[str, itertools.count[int]] = {}
@@ -104,6 +112,10 @@ class Supervisor:
         #: A retiring replica is stopped no sooner than callers' pool views expire.
         self.retire_grace_s = RETIRE_GRACE_S
         self._requested: list[dict[str, float]] = []
+
+    @property
+    def _tenant(self) -> str:
+        return self.registry.store.tenant
 
     def _prefix(self, agent_id: str) -> str:
         return f"{self.registry.store.tenant}/{agent_id}/"
@@ -124,6 +136,8 @@ class Supervisor:
                         spec.agent_id, AgentStatus.ACTIVE
                     )
                 return pool.record
+            desired = min(max(spec.replicas.min, 1), spec.replicas.max)
+            check_capacity(self.pools.values(), spec, desired, self.quotas, self._tenant)
             first_name = self._next_name(spec.agent_id)
             handle = self.launcher.start(spec, first_name)
             try:
@@ -133,7 +147,6 @@ class Supervisor:
                 raise
             if pool:  # same version, new spec that loads: replace the old replicas
                 self._stop_all(pool)
-            desired = min(max(spec.replicas.min, 1), spec.replicas.max)
             record = self.registry.register_agent(
                 AgentRecord(spec=spec, skills=skills, desired_replicas=desired)
             )
@@ -157,9 +170,11 @@ class Supervisor:
         """Set the pool's desired size within the spec's min..max and start or stop replicas.
 
         Raises:
-            AgentNotFound, SpecInvalid (outside min..max).
+            AgentNotFound, SpecInvalid (outside min..max), QuotaExceeded (replicas, cpus).
         """
         async with self._lock:
+            spec = self.registry.get(agent_id).spec
+            check_capacity(self.pools.values(), spec, replicas, self.quotas, self._tenant)
             record = self.registry.set_desired_replicas(agent_id, replicas)
             pool = self.pools.setdefault(agent_id, Pool(record))
             pool.record = record

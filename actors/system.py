@@ -53,12 +53,14 @@ class SupervisorActor:
         store = connect_store(settings)
         registry = AgentRegistry(store)
         events = EventBus(store)
-        self._core = Supervisor(registry, RayLauncher(settings), events)
+        quotas = settings.quotas.for_tenant(settings.tenant)  # replicas, executions, ...
+        self._core = Supervisor(registry, RayLauncher(settings), events, quotas=quotas)
         observer = WorkflowObserver(settings.tenant, events.mirror_execution_event)
         executions = ExecutionStore(store, BlobStore(settings.blobs), mirror=observer)
         self._workflows = WorkflowService(executions, registry, self._core.router)
         engine = observer.engine = self._workflows.engine
         engine.dispatcher = TracedDispatcher(engine.dispatcher, observer)
+        engine.quotas = quotas
         self._pool_gauges = PoolGauges()
         hub = CommunicationHub(store, registry)
         self._triggers = TriggerRunner(

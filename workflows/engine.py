@@ -57,12 +57,16 @@ class WorkflowEngine:
         self.dispatcher = dispatcher
         #: The tenant's limits: executions running, fan-out items, depth, expressions.
         self.quotas = quotas or Quotas()
-        self.limits = EvalLimits(self.quotas.expression_steps, self.quotas.expression_timeout_s)
         self._load_spec = load_spec
         self.runs: dict[str, Run] = {}
         self.writer = Writer(store)
         self.recorder = Recorder(self.writer)
         self._steps = StepRunner(self, self.recorder)
+
+    @property
+    def limits(self) -> EvalLimits:
+        """What one expression may spend, from the tenant's quotas."""
+        return EvalLimits(self.quotas.expression_steps, self.quotas.expression_timeout_s)
 
     # -- starting and finding executions --------------------------------------------------
 

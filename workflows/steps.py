@@ -30,7 +30,9 @@ class _Engine(Protocol):
     dispatcher: Dispatcher
     runs: dict[str, Run]
     quotas: Quotas
-    limits: EvalLimits
+
+    @property
+    def limits(self) -> EvalLimits: ...
 
     async def execute(
         self,
