@@ -3,6 +3,10 @@
 `configs/workflows/review.yaml` lists the files (`repo.list`), fans out one analyser task
 per file over a pool of four replicas (`code.analyse`, answering with Arrow tables), and
 merges the tables into a Markdown report (`report.merge`).
+
+The directory reviewed is the agents' workspace (their spec's `config.root`): they read
+nothing outside it, and the report-writer writes only `--output` (its directory and name
+are set in its spec here, not passed to the task).
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ def run_review(
     Raises:
         TaskFailed: the execution did not succeed; SpecInvalid: a spec file is invalid.
     """
-    for record in client.agents.apply(agents):
+    from actors.client import load_agent_specs
+    from actors.examples.review import review_specs
+
+    for record in client.agents.apply(review_specs(load_agent_specs(agents), root, output)):
         console.print(f"agent {record.agent_id}: {', '.join(record.spec.capabilities)}")
     client.agents.scale("file-analyser", ANALYSER_REPLICAS)
     (definition,) = client.workflows.define(workflow)
     # Agents run in other processes: give them absolute paths.
-    inputs = {"root": str(root.resolve()), "output": str(output.resolve())}
-    execution = client.workflows.run(definition["name"], inputs, wait=False)
+    execution = client.workflows.run(definition["name"], {"root": str(root.resolve())}, wait=False)
     done = watch(client.workflows, execution, console)
     if done.status.value != "succeeded":
         raise TaskFailed(

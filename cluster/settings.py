@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     trace_endpoint: str | None = None
     #: How long the built-in span store keeps a trace (seconds).
     trace_retention_s: float = Field(default=86_400, gt=0)
+    # -- demo agents (actors/examples/review.py): what they may read and write --
+    #: The directory the review agents (repo.list, code.analyse, report.merge) stay inside;
+    #: each agent's spec `config.root` / `config.output_dir` must lie within it, and it is
+    #: their workspace when the spec names none. Empty: the spec's `config.root` alone,
+    #: which `dafnck demo` writes. Read where the agents run (their node's DAFNCK_* env).
+    workspace_root: Path | None = None
     # -- quotas --
     #: Per-tenant limits (streams, stored data, replicas, executions, fan-out, expressions).
     quotas: Annotated[Quotas, quotas_as_json] = Field(default_factory=Quotas)

@@ -2,6 +2,12 @@
 parallel with `ast`, and merge the measurements into a Markdown report.
 
 Each analyser returns Arrow tables; Ray carries them through its object store.
+
+The agents are confined to a workspace the operator chose, never the caller: the spec's
+`config.root` (which `dafnck demo` writes), bounded by the `workspace_root` setting of the
+nodes they run on (and that setting when the spec names no root). A task's paths are
+checked against it (`actors.examples.workspace`); the report is written as the spec's
+`config.report_name` in its `config.output_dir`, never where a task says.
 """
 
 from __future__ import annotations
@@ -13,11 +19,24 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actors.models import ArrowTable
+from actors.examples.workspace import (
+    MAX_READ_BYTES,
+    REPORT_NAME,
+    Workspace,
+    bounded_dir,
+    write_report,
+)
+from actors.models import AgentSpec, ArrowTable
 from actors.skills import skill
+from cluster.errors import InputInvalid
 
 #: A function longer than this many lines is reported as long.
 LONG_FUNCTION_LINES = 40
+#: The report's file name unless the spec's `config.report_name` says otherwise.
+DEFAULT_REPORT = "review.md"
+#: The most paths one `code.analyse` task takes, and the most rows a report lists.
+MAX_PATHS = 1000
+MAX_TOP = 1000
 _SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cache", ".ruff_cache"}
 
 FUNCTIONS = pa.schema([
@@ -30,18 +49,46 @@ FILES = pa.schema([
 ])  # fmt: skip
 
 
-@skill("repo.list", description="List the Python files under a directory.")
-def list_files(root: str, exclude: list[str] | None = None) -> dict[str, object]:
-    base = Path(root).resolve()
-    if not base.is_dir():
-        raise ValueError(f"{root!r} is not a directory")
-    patterns = exclude or []
-    files = sorted(
-        str(p) for p in base.rglob("*.py")
-        if not _SKIP_DIRS & set(p.relative_to(base).parts)
-        and not any(fnmatch.fnmatch(str(p.relative_to(base)), pat) for pat in patterns)
-    )  # fmt: skip
-    return {"root": str(base), "files": files}
+def workspace_root(root: str | None) -> Path:
+    """The agent's workspace: `root` from its spec, inside the `workspace_root` setting.
+
+    Raises:
+        ValueError: no workspace at all, or `root` is not a directory inside the setting.
+    """
+    bound = _setting()
+    if root is None:
+        if bound is None:
+            raise ValueError(
+                "the agent has no workspace: set config.root in its spec (`dafnck demo` "
+                "does) or the workspace_root setting (DAFNCK_WORKSPACE_ROOT) where it runs"
+            )
+        root = str(bound)
+    return bounded_dir(root, bound, "config.root")
+
+
+def _setting() -> Path | None:
+    """The `workspace_root` setting as this process sees it (the node's DAFNCK_* env)."""
+    from cluster.settings import load_settings
+
+    return load_settings().workspace_root
+
+
+class RepoLister:
+    """Lists Python files under a directory of its workspace."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.workspace = Workspace(workspace_root(root))
+
+    @skill("repo.list", description="List the Python files under a directory.")
+    def list_files(self, root: str = ".", exclude: list[str] | None = None) -> dict[str, object]:
+        """Raises: InputInvalid (`root` outside the workspace, a link, or too many files)."""
+        base = self.workspace.directory(root, "root")
+        patterns = exclude or []
+        files = sorted(
+            str(p) for p in self.workspace.python_files(base, _SKIP_DIRS)
+            if not any(fnmatch.fnmatch(str(p.relative_to(base)), pat) for pat in patterns)
+        )  # fmt: skip
+        return {"root": str(base), "files": files}
 
 
 _BRANCHES = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.ExceptHandler, ast.IfExp,
@@ -62,14 +109,20 @@ def _complexity(node: ast.AST) -> int:
 class FileAnalyser:
     """Measures Python files; one instance per replica counts what it has analysed."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str | None = None) -> None:
+        self.workspace = Workspace(workspace_root(root), MAX_READ_BYTES)
         self.files_seen = 0
 
     @skill("code.analyse", description="Measure functions, complexity and TODOs of files.")
     def analyse(self, paths: list[str]) -> dict[str, pa.Table]:
+        """A file that cannot be read or parsed (too large, not a regular file) is a row with
+        its error. Raises: InputInvalid (a path outside the workspace, `..` or a link)."""
+        if len(paths) > MAX_PATHS:
+            raise InputInvalid("input of 'code.analyse'", [f"paths: more than {MAX_PATHS}"])
+        checked = [self.workspace.inside(p, f"paths[{i}]") for i, p in enumerate(paths)]
         functions: list[dict[str, object]] = []
         files: list[dict[str, object]] = []
-        for path in paths:
+        for path in checked:
             files.append(self._measure(path, functions))
         self.files_seen += len(paths)
         return {
@@ -77,9 +130,10 @@ class FileAnalyser:
             "files": pa.Table.from_pylist(files, schema=FILES),
         }
 
-    def _measure(self, path: str, functions: list[dict[str, object]]) -> dict[str, object]:
+    def _measure(self, file: Path, functions: list[dict[str, object]]) -> dict[str, object]:
+        path = str(file)
         try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
+            text = self.workspace.read_text(file)
             tree = ast.parse(text, filename=path)
         except (OSError, SyntaxError, ValueError) as exc:
             return {
@@ -107,10 +161,43 @@ class FileAnalyser:
         }
 
 
-@skill("report.merge", description="Merge analyser tables into a Markdown report.")
-def merge_report(
-    root: str, functions: list[ArrowTable], files: list[ArrowTable], output: str, top: int = 10
-) -> dict[str, object]:
+class ReportWriter:
+    """Merges the analysers' tables into a Markdown report, written where its spec says."""
+
+    def __init__(
+        self, root: str | None = None, output_dir: str | None = None,
+        report_name: str = DEFAULT_REPORT,
+    ) -> None:  # fmt: skip
+        if not REPORT_NAME.fullmatch(report_name):
+            raise ValueError(
+                f"config.report_name {report_name!r} must be a plain file name ending in .md"
+            )
+        where = Path(output_dir) if output_dir else workspace_root(root) / "reports"
+        bound = _setting()
+        bounded = where.is_absolute() and (
+            bound is None or where.resolve().is_relative_to(bound.resolve())
+        )
+        if bounded:  # created only where it may be: checked again, resolved, below
+            where.mkdir(parents=True, exist_ok=True)
+        self.output_dir = bounded_dir(where, bound, "config.output_dir")
+        self.report_name = report_name
+
+    @skill("report.merge", description="Merge analyser tables into a Markdown report.")
+    def merge(
+        self, root: str, functions: list[ArrowTable], files: list[ArrowTable], top: int = 10
+    ) -> dict[str, object]:
+        """Raises: InputInvalid (`top` out of range, or the report's name is a link)."""
+        if not 1 <= top <= MAX_TOP:
+            raise InputInvalid("input of 'report.merge'", [f"top: {top} is not in 1..{MAX_TOP}"])
+        text, summary, worst = render_report(root, functions, files, top)
+        written = write_report(self.output_dir, self.report_name, text)
+        return {"report": str(written), "summary": summary, "top": worst[:5]}
+
+
+def render_report(
+    root: str, functions: list[ArrowTable], files: list[ArrowTable], top: int
+) -> tuple[str, dict[str, int], list[dict[str, object]]]:
+    """The report's Markdown, its summary, and the `top` most complex functions."""
     funcs = pa.concat_tables(functions) if functions else FUNCTIONS.empty_table()
     table = pa.concat_tables(files) if files else FILES.empty_table()
     base = Path(root)
@@ -141,6 +228,25 @@ def merge_report(
     ] or ["none"]
     lines += ["", "## Files with TODO or FIXME", ""]
     lines += [f"- {rel(r['path'])}: {r['todos']}" for r in todo_files.to_pylist()] or ["none"]
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text("\n".join(lines) + "\n")
-    return {"report": output, "summary": summary, "top": worst[:5]}
+    return "\n".join(lines) + "\n", summary, worst
+
+
+#: The demo's agents by name, and the config keys `review_specs` sets on each.
+_CONFIGURED = {"repo-lister": ("root",), "file-analyser": ("root",),
+               "report-writer": ("root", "output_dir", "report_name")}  # fmt: skip
+
+
+def review_specs(specs: list[AgentSpec], root: Path, output: Path | None = None) -> list[AgentSpec]:
+    """The review agents' specs confined to `root`, the report written as `output`.
+
+    `dafnck demo` applies these: the directory it reviews is the agents' workspace.
+    """
+    root = root.resolve()
+    report = (output or root / "reports" / DEFAULT_REPORT).absolute()
+    values = {"root": str(root), "output_dir": str(report.parent), "report_name": report.name}
+    return [
+        spec.model_copy(update={"config": {
+            **spec.config, **{k: values[k] for k in _CONFIGURED[spec.name]}
+        }}) if spec.name in _CONFIGURED else spec
+        for spec in specs
+    ]  # fmt: skip

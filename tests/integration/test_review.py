@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.client import Client
+from actors.client import Client, load_agent_specs
+from actors.examples.review import review_specs
 from tests.integration.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(150)
@@ -38,13 +39,15 @@ def expected_measures(root: Path) -> dict[str, int]:
 
 
 def test_review_pipeline_writes_the_report(client: Client, tmp_path: Path) -> None:
-    records = client.agents.apply(REPO_ROOT / "configs" / "agents" / "review.yaml")
+    root = REPO_ROOT / "actors"
+    output = tmp_path / "out" / "review.md"
+    specs = load_agent_specs(REPO_ROOT / "configs" / "agents" / "review.yaml")
+    records = client.agents.apply(review_specs(specs, root, output))  # confined to `root`
     assert [r.agent_id for r in records] == [
         "repo-lister@1.0.0",
         "file-analyser@1.0.0",
         "report-writer@1.0.0",
     ]
-    root = REPO_ROOT / "actors"
 
     listing = client.tasks.run("repo.list", {"root": str(root)})
     assert listing.ok, listing.error
@@ -57,14 +60,12 @@ def test_review_pipeline_writes_the_report(client: Client, tmp_path: Path) -> No
     assert all(r.ok for r in analysed), [r.error for r in analysed if not r.ok]
     assert sum(r.output["files"].num_rows for r in analysed) == len(files)
 
-    output = tmp_path / "out" / "review.md"
     merged = client.tasks.run(
         "report.merge",
         {
             "root": str(root),
             "functions": [r.output["functions"] for r in analysed],
             "files": [r.output["files"] for r in analysed],
-            "output": str(output),
             "top": 5,
         },
     )

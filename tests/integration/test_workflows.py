@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import ray
 
-from actors.client import Client
+from actors.client import Client, load_agent_specs
+from actors.examples.review import review_specs
 from actors.models import AgentSpec
 from actors.system import supervisor_name
 from cluster.errors import Conflict, InputInvalid, SpecInvalid
@@ -57,14 +58,11 @@ def succeeded_per_step(client: Client, execution_id: str) -> Counter[str]:
 
 
 def test_review_workflow_end_to_end(client: Client, tmp_path: Path) -> None:
-    client.agents.apply(REPO_ROOT / "configs/agents/review.yaml")
-    (definition,) = client.workflows.define(REPO_ROOT / "configs/workflows/review.yaml")
     report = tmp_path / "review.md"
-    done = client.workflows.run(
-        definition["name"],
-        {"root": str(REPO_ROOT / "cluster"), "output": str(report)},
-        timeout_s=120,
-    )
+    specs = load_agent_specs(REPO_ROOT / "configs/agents/review.yaml")
+    client.agents.apply(review_specs(specs, REPO_ROOT / "cluster", report))
+    (definition,) = client.workflows.define(REPO_ROOT / "configs/workflows/review.yaml")
+    done = client.workflows.run(definition["name"], {"root": "."}, timeout_s=120)
     assert done.status == ExecutionStatus.SUCCEEDED, done.error
     files = sorted(p for p in (REPO_ROOT / "cluster").rglob("*.py") if "__pycache__" not in p.parts)
     assert done.outputs is not None and done.outputs["summary"]["files"] == len(files)

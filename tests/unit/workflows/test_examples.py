@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from actors.examples.review import FILES, FUNCTIONS, FileAnalyser, list_files, merge_report
+from actors.examples.review import FILES, FUNCTIONS, FileAnalyser, RepoLister, ReportWriter
 from actors.models import AgentSpec
 from cluster.yamlfile import parse_models
 from workflows.expressions import compile_expr, render
@@ -25,10 +25,11 @@ AGENTS = [
     for spec, _ in parse_models(CONFIGS / "agents" / name, AgentSpec)
 ]
 CAPABILITIES = {c for spec in AGENTS for c in spec.capabilities}
+ROOT = str(CONFIGS.parent)  # the demo agents' workspace: only their signatures are bound here
 SKILLS = {
-    "repo.list": list_files,
-    "code.analyse": FileAnalyser().analyse,
-    "report.merge": merge_report,
+    "repo.list": RepoLister(ROOT).list_files,
+    "code.analyse": FileAnalyser(ROOT).analyse,
+    "report.merge": ReportWriter(ROOT, output_dir=ROOT).merge,
 }
 
 
@@ -110,11 +111,9 @@ def test_approval_demo_gates_the_report_with_a_rendered_prompt(
     report = workflows["approval-demo"].step("report")
     assert report.approval is not None and report.approval.on_timeout == "reject"
     context = {
-        "inputs": {"output": "out.md"},
+        "inputs": {},
         "steps": {"list": {"output": {"root": "/repo", "files": ["/repo/a.py"]}}},
     }
-    assert render(report.approval.prompt, context) == (
-        "Write the review of 1 files under /repo to out.md?"
-    )
+    assert render(report.approval.prompt, context) == ("Write the review of 1 files under /repo?")
     assert report.when is not None
     assert compile_expr(report.when).evaluate(context) is True
