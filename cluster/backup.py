@@ -7,6 +7,14 @@ a backup restores into any tenant, the Parquet files of large Arrow data objects
 `blobs/`, and `manifest.json` (written last) with counts and a sha256 over a canonical
 dump. The snapshot is consistent per key, not across keys: quiesce writers (`dafnck down`)
 for a point-in-time copy. TTLs are kept as the time left when the backup was taken.
+
+A backup holds the tenant's workload state, never its security records: API keys, users
+and their login state (`auth:*`), the audit (`audit`, `audit:*`) and idempotency records
+(`idempotency:*`) are left out of every backup and never written by a restore, even from
+a backup made before this rule (whose files still hold them: they are checked against the
+manifest's checksum, then skipped). So a restore never brings back a revoked key, an old
+password or a shorter audit. Backups live under the tenant's own root,
+`<blobs>/<tenant>/backups/`.
 """
 
 from __future__ import annotations
@@ -20,7 +28,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -29,6 +36,7 @@ import pyarrow.parquet as pq
 import redis
 from pydantic import ValidationError
 
+from cluster.blobs import filesystem
 from cluster.data_models import (
     BACKUP_ID,
     BackupCounts,
@@ -49,12 +57,14 @@ log = logging.getLogger(__name__)
 _BATCH = 500
 
 
-def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it for a local path or an s3:// / gs:// URI."""
-    if "://" in root:
-        fs, path = pafs.FileSystem.from_uri(root)
-        return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), str(Path(root).absolute())
+#: Keys (relative to the tenant) a backup never holds and a restore never writes.
+PROTECTED_PREFIXES = (b"auth:", b"audit:", b"idempotency:")
+PROTECTED_KEYS = (b"auth", b"audit")
+
+
+def protected(key: bytes) -> bool:
+    """Whether a tenant-relative key is a security record (credentials, audit, idempotency)."""
+    return key in PROTECTED_KEYS or key.startswith(PROTECTED_PREFIXES)
 
 
 # -- snapshots -------------------------------------------------------------------------
@@ -350,7 +360,7 @@ class _Snapshots:
             for key in client.scan_iter(
                 match=_glob_escape(self.prefix + prefix.encode()) + b"*", count=1000
             ):
-                if key not in seen:
+                if key not in seen and not protected(key[len(self.prefix) :]):
                     seen.add(key)
                     batch.append(key)
                 if len(batch) >= _BATCH:
@@ -430,13 +440,10 @@ class _Snapshots:
     def _save_blob(self, rel: str, directory: str) -> BlobEntry | None:
         try:
             size, sha = _copy(
-                self.objects.fs,
-                f"{self.objects.blob_dir}/{rel}",
-                self.fs,
-                f"{directory}/blobs/{rel}",
+                self.objects.fs, self.objects.blob_path(rel), self.fs, f"{directory}/blobs/{rel}"
             )
-        except FileNotFoundError:
-            log.warning("data blob %s is missing; the backup goes on without it", rel)
+        except (FileNotFoundError, InputInvalid) as exc:
+            log.warning("data blob %s is left out of the backup: %s", rel, exc)
             return None
         return BlobEntry(path=rel, bytes=size, sha256=sha)
 
@@ -477,22 +484,27 @@ class _Snapshots:
         try:
             if into_empty:
                 self._refuse_if_not_empty(client)
-            dumps, digests = self._load(manifest)
+            every, digests = self._load(manifest)
+            dumps = [d for d in every if not protected(d.key)]
             for blob in manifest.blobs:
                 self._restore_blob(manifest, blob)
             self._write(client, manifest, dumps, overwrite=not into_empty)
-            checksum = self._verify(client, manifest, digests)
+            checksum = self._verify(client, manifest, {d.key: digests[d.key] for d in dumps})
         finally:
             client.close()
+        skipped = len(every) - len(dumps)
         log.info(
-            "restored backup %s into tenant %s: %d keys", backup_id, self.store.tenant, len(dumps)
-        )
+            "restored backup %s into tenant %s: %d keys (%d security records it held were kept "
+            "as they are live)",
+            backup_id, self.store.tenant, len(dumps), skipped,
+        )  # fmt: skip
         return RestoreResult(
             backup_id=backup_id,
             tenant=self.store.tenant,
             keys=len(dumps),
             by_type=dict(Counter(d.type for d in dumps)),
             blobs=len(manifest.blobs),
+            skipped_keys=skipped,
             checksum=checksum,
             duration_s=time.time() - started,
         )
@@ -500,6 +512,8 @@ class _Snapshots:
     def _refuse_if_not_empty(self, client: Any) -> None:
         sample: list[str] = []
         for key in client.scan_iter(match=_glob_escape(self.prefix) + b"*", count=1000):
+            if protected(key[len(self.prefix) :]):
+                continue  # credentials and the audit are not state a restore replaces
             sample.append(_s(key))
             if len(sample) == 3:
                 break
@@ -536,8 +550,9 @@ class _Snapshots:
         return list(dumps.values()), digests
 
     def _restore_blob(self, manifest: BackupManifest, blob: BlobEntry) -> None:
+        target = self.objects.blob_path(blob.path)  # a relative name, or InputInvalid
         source = f"{self.root}/{manifest.backup_id}/blobs/{blob.path}"
-        _, sha = _copy(self.fs, source, self.objects.fs, f"{self.objects.blob_dir}/{blob.path}")
+        _, sha = _copy(self.fs, source, self.objects.fs, target)
         if sha != blob.sha256:
             raise Conflict(
                 f"backup {manifest.backup_id!r} is damaged: blob {blob.path!r} has sha256 {sha}"
@@ -568,11 +583,11 @@ class _Snapshots:
             actual |= {
                 d.key: d.digest() for d in _read_keys(client, keys[i : i + _BATCH], self.prefix)
             }
-        checksum = _checksum(actual)
-        if checksum != manifest.checksum:
+        checksum, wanted = _checksum(actual), _checksum(expected)
+        if checksum != wanted:
             differ = sorted(_s(k) for k in expected if actual.get(k) != expected[k])
             raise Conflict(
                 f"restored content of backup {manifest.backup_id!r} differs from its manifest "
-                f"({checksum} != {manifest.checksum}); keys that differ: {differ[:5]}"
+                f"({checksum} != {wanted}); keys that differ: {differ[:5]}"
             )
         return checksum

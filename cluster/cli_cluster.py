@@ -131,11 +131,28 @@ def backups() -> None:
     console.print(table)
 
 
-def restore(backup_id: str) -> None:
-    """Restore a backup into this tenant's (empty) state and check it against its manifest."""
-    result = client().data.restore(backup_id)
+def restore(
+    backup_id: str,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Write over the keys the backup holds.")
+    ] = False,
+) -> None:
+    """Restore a backup into this tenant's (empty) state and check it against its manifest.
+
+    API keys, users, the audit and idempotency records are never restored; the restore is
+    written to the tenant's audit before it starts."""
+    from cluster.auth_audit import AuditLog
+    from cluster.restore import operator_principal, restore_audited
+
+    c = client()
+    principal = operator_principal(c.settings.tenant)
+    result = restore_audited(
+        c.data, AuditLog(c.store), principal, backup_id, into_empty=not overwrite
+    )
+    kept = f"; {result.skipped_keys} security records kept as live" if result.skipped_keys else ""
     console.print(
-        f"restored {result.keys} keys from {backup_id}; checksum {result.checksum[:16]} matches"
+        f"restored {result.keys} keys from {backup_id}; checksum {result.checksum[:16]} "
+        f"matches{kept}"
     )
 
 

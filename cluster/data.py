@@ -5,8 +5,10 @@ Data objects (under `dafnck:<tenant>:data:`):
 - `data:obj:<id>` hash: `meta` (JSON: id, version, times, metadata, format, blob) and
   `data` (JSON text with each sensitive field as `{"$enc": <Fernet token>}`, or an
   Arrow table as base64 Arrow IPC when it is at most `inline_max_bytes`). A larger table
-  is a Parquet file `<blob_root>/data/<tenant>/<id>/v<version>.parquet` (via pyarrow.fs)
-  and `meta.blob` names it relative to the tenant's data directory.
+  is a Parquet file `<blob_root>/<tenant>/data/<id>/v<version>.parquet` (via pyarrow.fs)
+  and `meta.blob` (kept by the platform, never by the data) names it relative to the
+  tenant's data directory; a name that is absolute or climbs out with ".." is refused.
+  Files written before this layout, under `<blob_root>/data/<tenant>/`, are still read.
 - `data:idx:created` sorted set (id by created_at) and sets `data:idx:kind:<k>`,
   `data:idx:name:<n>`, `data:idx:tag:<t>`, `data:idx:field:<f>:<json value>`. A query
   intersects them with the sorted set in one Lua call and pages newest first.
@@ -33,7 +35,8 @@ import redis
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import BaseModel, ValidationError
 
-from cluster.backup import _Snapshots, filesystem
+from cluster.backup import _Snapshots
+from cluster.blobs import check_key, filesystem, tenant_dir
 from cluster.data_models import (
     BackupCriteria,
     BackupInfo,
@@ -220,8 +223,10 @@ class _Objects:
         self.store = store
         self.keys = keys
         self.inline_max_bytes = inline_max_bytes
-        self.fs, root = filesystem(blob_root)
-        self.blob_dir = f"{root}/data/{store.tenant}"
+        blobs = tenant_dir(blob_root, store.tenant, "data")
+        self.fs, self.blob_dir = blobs.fs, blobs.path
+        #: Where the layout before per-tenant roots kept them (read only, as a fallback).
+        self.legacy_dir = f"{blobs.path.rsplit('/', 2)[0]}/data/{store.tenant}"
         self.created_key = self._key("idx", "created")
         self._page = store.redis.register_script(_PAGE_LUA)
 
@@ -257,9 +262,9 @@ class _Objects:
             ipc = arrow_ipc(data)
             if len(ipc) <= self.inline_max_bytes:
                 return "arrow", {"data": base64.b64encode(ipc).decode()}, None
-            rel = f"{oid}/v{version}.parquet"
+            rel = check_key(f"{oid}/v{version}.parquet")
             self.fs.create_dir(f"{self.blob_dir}/{oid}", recursive=True)
-            pq.write_table(data, f"{self.blob_dir}/{rel}", filesystem=self.fs)
+            pq.write_table(data, self.blob_path(rel), filesystem=self.fs)
             return "arrow", {}, rel
         return "json", {"data": self._encode_json(oid, data, metadata)}, None
 
@@ -303,13 +308,7 @@ class _Objects:
 
     def _data(self, meta: _Meta, metadata: DataMetadata, payload: str | None) -> Any:
         if meta.blob:
-            try:
-                return pq.read_table(f"{self.blob_dir}/{meta.blob}", filesystem=self.fs)
-            except FileNotFoundError:
-                raise NotFound(
-                    f"data object {meta.id!r} version {meta.version}: its Parquet file "
-                    f"{self.blob_dir}/{meta.blob} is missing"
-                ) from None
+            return self._read_blob(meta)
         if meta.format == "arrow":
             return table_from_ipc(base64.b64decode(payload or ""))
         value = json.loads(payload or "null")
@@ -321,6 +320,22 @@ class _Objects:
                 )
         return value
 
+    def blob_path(self, rel: str) -> str:
+        """The path of a blob named relative to the data directory. Raises: InputInvalid."""
+        return f"{self.blob_dir}/{check_key(rel)}"
+
+    def _read_blob(self, meta: _Meta) -> pa.Table:
+        rel = meta.blob or ""
+        for path in (self.blob_path(rel), f"{self.legacy_dir}/{check_key(rel)}"):
+            try:
+                return pq.read_table(path, filesystem=self.fs)
+            except FileNotFoundError:
+                continue
+        raise NotFound(
+            f"data object {meta.id!r} version {meta.version}: its Parquet file "
+            f"{self.blob_path(rel)} is missing"
+        )
+
     def blob_in(self, fields: dict[bytes, bytes]) -> str | None:
         """The Parquet file a data object's hash (as backed up) points at, if any."""
         raw = fields.get(b"meta")
@@ -329,8 +344,8 @@ class _Objects:
     def _remove_blob(self, rel: str | None) -> None:
         if rel:
             try:
-                self.fs.delete_file(f"{self.blob_dir}/{rel}")
-            except OSError as exc:
+                self.fs.delete_file(self.blob_path(rel))
+            except (OSError, InputInvalid) as exc:
                 log.warning("could not remove data blob %s: %s", rel, exc)
 
     # -- operations ----------------------------------------------------------------
@@ -471,7 +486,7 @@ class _Objects:
         )
 
     def _remove_blobs_of(self, oid: str) -> int:
-        directory = f"{self.blob_dir}/{oid}"
+        directory = self.blob_path(oid)
         files = self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
         if files:
             self.fs.delete_dir(directory)
@@ -528,12 +543,13 @@ class DataManager:
     ) -> None:
         self.keys = KeyRing(key_file)
         self._objects = _Objects(store, blob_root, self.keys, inline_max_bytes)
-        root = backup_root or f"{blob_root.rstrip('/')}/backups/{store.tenant}"
+        root = backup_root or tenant_dir(blob_root, store.tenant, "backups").uri
         self._snapshots = _Snapshots(store, self._objects, root)
 
     @classmethod
     def from_settings(cls, store: Store, settings: Settings) -> DataManager:
-        """Blobs under `settings.blobs`; the key in `$DAFNCK_DATA_KEY` or `<state_dir>/data.key`."""
+        """Blobs and backups under `<settings.blobs>/<tenant>/`; the key in `$DAFNCK_DATA_KEY`
+        or `<state_dir>/data.key`."""
         return cls(store, settings.blobs, settings.state_dir / "data.key")
 
     def store(self, data: Any, metadata: DataMetadata) -> StorageResult:

@@ -29,6 +29,9 @@ TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:/=+-]{0,127}$"
 KIND = r"^[a-z][a-z0-9_.-]{0,63}$"
 BACKUP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 #: The JSON form of an Arrow table inside a `DataObject` (base64 of the Arrow IPC stream).
+#: Read back only when the object's own `format` (set by the store, outside `data`) is
+#: "arrow": JSON data that happens to be `{"$arrow_ipc": ...}` stays that dict. It carries
+#: bytes, never a path: decoding it reads no file.
 ARROW_IPC = "$arrow_ipc"
 
 
@@ -204,7 +207,10 @@ class RestoreResult(Record):
     keys: int
     by_type: dict[str, int] = {}
     blobs: int = 0
-    #: The checksum of the restored content, equal to the manifest's.
+    #: Security records (API keys, users, audit, idempotency) an older backup held: checked,
+    #: never written, so a restore cannot bring back a revoked key or shorten the audit.
+    skipped_keys: int = 0
+    #: The checksum of the restored content: the manifest's, unless keys were skipped.
     checksum: str
     duration_s: float
 

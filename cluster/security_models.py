@@ -41,6 +41,8 @@ class Action(StrEnum):
     DATA_READ = "data:read"
     DATA_WRITE = "data:write"
     BACKUPS_MANAGE = "backups:manage"
+    #: Restoring replaces the tenant's state at once: admins only.
+    BACKUPS_RESTORE = "backups:restore"
     USERS_MANAGE = "users:manage"
     KEYS_MANAGE = "keys:manage"
     AUDIT_READ = "audit:read"
@@ -50,11 +52,11 @@ _READS = frozenset(a for a in Action if a.endswith(":read") and a is not Action.
 _CREDENTIALS = frozenset({Action.USERS_MANAGE, Action.KEYS_MANAGE, Action.AUDIT_READ})
 
 #: What each role may do. Admins do everything; operators run the platform but cannot
-#: mint credentials or read the audit; viewers read; agents (machine identities) run tasks,
+#: mint credentials, read the audit or restore a backup; viewers read; agents (machine identities) run tasks,
 #: exchange messages and use data, but define and approve nothing.
 PERMISSIONS: dict[Role, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
-    Role.OPERATOR: frozenset(Action) - _CREDENTIALS,
+    Role.OPERATOR: frozenset(Action) - _CREDENTIALS - {Action.BACKUPS_RESTORE},
     Role.VIEWER: _READS,
     Role.AGENT: frozenset(
         {
@@ -157,7 +159,8 @@ class TokenResponse(Contract):
     expires_in: int
 
 
-AuditOutcome = Literal["ok", "denied", "failed"]
+#: "started": written before a long, state-replacing action (a restore) begins.
+AuditOutcome = Literal["ok", "denied", "failed", "started"]
 
 
 class AuditEntry(Record):

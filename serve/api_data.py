@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cluster.data_models import BACKUP_ID, BackupCriteria, DataMetadata, DataQuery, Scalar
 from cluster.errors import DafnckError, InputInvalid
+from cluster.restore import restore_audited
 from cluster.security_models import Action
 from serve.deps import Caller, allowed
 from serve.errors import ErrorResponse
@@ -183,11 +184,15 @@ async def list_backups(
 async def restore_backup(
     backup_id: str = Path(pattern=BACKUP_ID),
     into_empty: bool = Query(default=True, description="Refuse if the tenant has keys"),
-    caller: Caller = Depends(allowed(Action.BACKUPS_MANAGE)),  # noqa: B008
+    caller: Caller = Depends(allowed(Action.BACKUPS_RESTORE)),  # noqa: B008
 ) -> dict[str, Any]:
-    """Write the backup's keys back under the tenant. Raises: NotFound, Conflict."""
-    with caller.audited(Action.BACKUPS_MANAGE, obj=backup_id):
-        result = await asyncio.to_thread(
-            caller.client.data.restore, backup_id, into_empty=into_empty
-        )
+    """Write the backup's keys back under the tenant (admins only; audited before it starts).
+    API keys, users, the audit and idempotency records stay as they are live.
+
+    Raises: Forbidden (not an admin), NotFound, Conflict.
+    """
+    result = await asyncio.to_thread(
+        restore_audited, caller.client.data, caller.services.security.audit, caller.principal,
+        backup_id, into_empty=into_empty, request_id=caller.request_id,
+    )  # fmt: skip
     return _dump(result)

@@ -264,14 +264,14 @@ def test_a_small_arrow_table_round_trips_inside_redis(dm: DataManager, tmp_path:
     made = dm.store(t, meta("small", kind="dataset"))
     got = dm.get(made.id)
     assert got.format == "arrow" and got.data.equals(t, check_metadata=True)
-    assert not (tmp_path / "blobs" / "data").exists()
+    assert not list(tmp_path.rglob("*.parquet"))
 
 
 def test_a_large_arrow_table_is_a_parquet_file(store: Store, tmp_path: Path) -> None:
     dm = manager_for(store, tmp_path, inline_max_bytes=1024)
     t = table(5_000)
     made = dm.store(t, meta("large", kind="dataset"))
-    path = tmp_path / "blobs" / "data" / store.tenant / made.id / "v1.parquet"
+    path = tmp_path / "blobs" / store.tenant / "data" / made.id / "v1.parquet"
     assert pq.read_table(path).equals(t)
     assert dm.get(made.id).data.equals(t)
     page = dm.retrieve(DataQuery(kind="dataset"))
@@ -438,7 +438,7 @@ def test_backup_wipe_restore_gives_identical_content(any_store: Store, tmp_path:
     assert [b.backup_id for b in dm.list_backups()] == [info.backup_id]
 
     any_store.redis.flushdb()
-    blob = tmp_path / "blobs" / "data" / any_store.tenant / made["large"].id / "v1.parquet"
+    blob = tmp_path / "blobs" / any_store.tenant / "data" / made["large"].id / "v1.parquet"
     blob.unlink()  # the machine's blob store is lost too
 
     restored = dm.restore(info.backup_id)
@@ -486,7 +486,7 @@ def test_a_backup_restores_into_another_tenant(
     other = store.for_tenant("clone")
     clone = DataManager(
         other, str(tmp_path / "blobs"), tmp_path / "state" / "data.key",
-        backup_root=str(tmp_path / "blobs" / "backups" / store.tenant),
+        backup_root=str(tmp_path / "blobs" / store.tenant / "backups"),
     )  # fmt: skip
     clone.restore(backup_id)
     assert clone.get(made.id).data == {"user": "ada", "pin": "1234"}
@@ -536,7 +536,7 @@ def test_from_settings_keeps_blobs_and_key_under_the_state_dir(
     dm.store({"pin": "1"}, meta(sensitive=["pin"]))
     assert (settings.state_dir / "data.key").exists()
     assert dm.get(made.id).data.equals(table(10))
-    assert dm.backup().info.uri.startswith(f"{settings.state_dir}/blobs/backups/{store.tenant}/")
+    assert dm.backup().info.uri.startswith(f"{settings.state_dir}/blobs/{store.tenant}/backups/")
 
 
 def test_a_damaged_backup_is_refused_before_anything_is_written(

@@ -52,6 +52,7 @@ messages:send         x      x       .      x
 data:read             x      x       x      x
 data:write            x      x       .      x
 backups:manage        x      x       .      .
+backups:restore       x      .       .      .
 users:manage          x      .       .      .
 keys:manage           x      .       .      .
 audit:read            x      .       .      .
