@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=lambda: Path.home() / ".dafnck")
     #: Every Redis key and every named agent lives under this tenant.
     tenant: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
-    #: Where Arrow step outputs are kept as Parquet (a path, or an s3:// or gs:// URI);
-    #: empty means `<state_dir>/blobs`.
+    #: The blob root (a path, or an s3:// or gs:// URI); empty means `<state_dir>/blobs`.
+    #: Each tenant's blobs live under `<root>/<tenant>/`: `outputs/` (Arrow step outputs
+    #: as Parquet), `data/` (large data objects), `backups/`.
     blob_uri: str | None = None
     #: A Ray address to join; empty starts or finds a local cluster.
     ray_address: str | None = None
