@@ -440,7 +440,8 @@ class Task(Contract):
     agent: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,62}(@.{1,100})?$")
     input: dict[str, Any] = {}
     priority: int = 0
-    timeout_s: float | None = Field(default=None, gt=0)
+    #: Finite; the router caps it at the agent's own `timeout_s`.
+    timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     idempotency_key: str | None = Field(default=None, pattern=r"^[\x21-\x7e]{1,200}$")
     context: TaskContext = TaskContext()
 

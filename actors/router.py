@@ -55,6 +55,13 @@ class PoolView:
         return len(self.replicas) * (self.max_concurrency + self.max_queued)
 
 
+def capped(task: Task, pool: PoolView) -> Task:
+    """The task with its timeout at most the agent's: a caller cannot hold a slot longer."""
+    if task.timeout_s is None or task.timeout_s <= pool.timeout_s:
+        return task
+    return task.model_copy(update={"timeout_s": pool.timeout_s})
+
+
 #: (capability, agent selector or None) -> the pool to use. Raises AgentNotFound.
 PoolSource = Callable[[str, str | None], PoolView]
 
@@ -99,6 +106,7 @@ class PoolRouter:
 
     def _submit(self, task: Task, wait: bool) -> Call:
         pool = self._pool(task.capability, task.agent)
+        task = capped(task, pool)
         self._validate(pool, task)
         if wait and not pool.replicas and pool.waking:
             deadline = time.monotonic() + (task.timeout_s or pool.timeout_s)
@@ -153,7 +161,7 @@ class PoolRouter:
         pool = self._pool(task.capability, task.agent)
         if not pool.replicas and pool.waking:
             self._validate(pool, task)  # bad input fails before any wait
-            await self._await_replica(task, pool)
+            await self._await_replica(capped(task, pool), pool)
         return self._submit(task, wait=False)
 
     async def _await_replica(self, task: Task, pool: PoolView) -> None:

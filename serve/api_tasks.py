@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from actors.client import Client
-from actors.models import Task, TaskResult
+from actors.models import Task, TaskContext, TaskResult
 from actors.task_records import TaskRecords, TaskStatus
 from cluster.errors import DafnckError
 from cluster.security_models import Action
@@ -69,8 +69,11 @@ class TaskRecordResponse(BaseModel):
 
 
 def _owned(task: Task, who: Caller) -> Task:
-    """The task with its context's tenant set from the credential, whatever the body said."""
-    context = task.context.model_copy(update={"tenant": who.tenant})
+    """The task in a fresh context: the tenant from the credential and the caller's trace
+    parent, nothing else. Execution, step, attempt and budget fields are the workflow
+    engine's: a caller who set them would read or poison another execution's LLM replies
+    and tool journal, or skip its budgets."""
+    context = TaskContext(tenant=who.tenant, traceparent=task.context.traceparent)
     return task.model_copy(update={"context": context})
 
 
