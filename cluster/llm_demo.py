@@ -36,11 +36,13 @@ def check_model_configured(environ: dict[str, str] | None = None) -> None:
         raise ConfigError(NEEDS)
 
 
-def demo_specs(model: str | None) -> list[Any]:
-    """`repo-lister` from the review demo and the LLM guide, its model set if asked."""
+def demo_specs(model: str | None, root: Path = Path(".")) -> list[Any]:
+    """`repo-lister` from the review demo (confined to `root`) and the LLM guide, its model
+    set if asked."""
     from actors.client import load_agent_specs
+    from actors.examples.review import review_specs
 
-    lister = [s for s in load_agent_specs(LISTER) if s.name == "repo-lister"]
+    lister = review_specs([s for s in load_agent_specs(LISTER) if s.name == "repo-lister"], root)
     specs = []
     for spec in load_agent_specs(AGENTS):
         if model and spec.llm is not None:
@@ -60,7 +62,7 @@ def run_llm_demo(
     """
     check_model_configured()
     client = connect()
-    for record in client.agents.apply(demo_specs(model or os.environ.get("OPENAI_MODEL"))):
+    for record in client.agents.apply(demo_specs(model or os.environ.get("OPENAI_MODEL"), root)):
         console.print(f"agent {record.agent_id}: {', '.join(record.spec.capabilities)}")
     (definition,) = client.workflows.define(WORKFLOW)
     execution = client.workflows.run(definition["name"], {"root": str(root.resolve())}, wait=False)

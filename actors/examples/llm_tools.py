@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from actors.examples.workspace import Workspace
+
 #: How many top-level definitions an outline lists.
 MAX_ITEMS = 40
 
@@ -15,10 +17,16 @@ MAX_ITEMS = 40
 def outline(path: str) -> dict[str, object]:
     """The module docstring and the top-level classes and functions (with the first line of
     each docstring) of one Python file, given by its absolute path."""
-    file = Path(path)
+    from actors.examples.review import setting_bound
+
+    # The model picks the path: inside the workspace_root setting when there is one; never
+    # through a symlink or "..", and only a regular file of at most 1 MiB is read.
+    workspace = Workspace((setting_bound() or Path("/")).resolve())
+    file = workspace.inside(path, "path")
     if file.suffix != ".py" or not file.is_file():
         raise ValueError(f"{path!r} is not a Python file")
-    tree = ast.parse(file.read_text(encoding="utf-8", errors="replace"))
+    text = workspace.read_text(file)
+    tree = ast.parse(text)
     items = []
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
@@ -26,7 +34,7 @@ def outline(path: str) -> dict[str, object]:
             kind = "class" if isinstance(node, ast.ClassDef) else "def"
             items.append(f"{kind} {node.name}: {doc}".rstrip(": "))
     module_doc = (ast.get_docstring(tree) or "").split("\n\n")[0]
-    return {"path": path, "doc": module_doc, "lines": len(file.read_text().splitlines()),
+    return {"path": path, "doc": module_doc, "lines": len(text.splitlines()),
             "items": items[:MAX_ITEMS]}  # fmt: skip
 
 

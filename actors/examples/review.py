@@ -55,7 +55,7 @@ def workspace_root(root: str | None) -> Path:
     Raises:
         ValueError: no workspace at all, or `root` is not a directory inside the setting.
     """
-    bound = _setting()
+    bound = setting_bound()
     if root is None:
         if bound is None:
             raise ValueError(
@@ -66,7 +66,7 @@ def workspace_root(root: str | None) -> Path:
     return bounded_dir(root, bound, "config.root")
 
 
-def _setting() -> Path | None:
+def setting_bound() -> Path | None:
     """The `workspace_root` setting as this process sees it (the node's DAFNCK_* env)."""
     from cluster.settings import load_settings
 
@@ -173,7 +173,7 @@ class ReportWriter:
                 f"config.report_name {report_name!r} must be a plain file name ending in .md"
             )
         where = Path(output_dir) if output_dir else workspace_root(root) / "reports"
-        bound = _setting()
+        bound = setting_bound()
         bounded = where.is_absolute() and (
             bound is None or where.resolve().is_relative_to(bound.resolve())
         )

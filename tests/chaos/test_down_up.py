@@ -63,12 +63,17 @@ def test_an_execution_waiting_for_approval_survives_down_and_up(
     cli: tuple[dict[str, str], Path], tmp_path: Path
 ) -> None:
     env, _ = cli
+    # The review agents' workspace (where `up` starts them): a copy of cluster/ reviewed
+    # there, the report written as <workspace>/reports/review.md.
+    env = {**env, "DAFNCK_WORKSPACE_ROOT": str(tmp_path)}
+    shutil.copytree(
+        REPO / "cluster", tmp_path / "cluster", ignore=shutil.ignore_patterns("__pycache__")
+    )
     dafnck(env, "up", "--num-cpus", "2")
     dafnck(env, "agents", "apply", "-f", "configs/agents/review.yaml")
-    report = tmp_path / "approved.md"
+    report = tmp_path / "reports" / "review.md"
     execution_id = dafnck(
-        env, "run", "configs/workflows/approval-demo.yaml", "--detach",
-        "--input", f"root={REPO / 'cluster'}", "--input", f"output={report}",
+        env, "run", "configs/workflows/approval-demo.yaml", "--detach", "--input", "root=cluster",
     ).strip().splitlines()[-1]  # fmt: skip
     wait_for(env, execution_id, "waiting_approval")
 

@@ -56,6 +56,9 @@ def dafnck(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_workflow_submitted_as_a_ray_job_runs_on_the_cluster_and_logs_there(
     env: dict[str, str], tmp_path: Path
 ) -> None:
+    # The review agents' workspace (they run where `up` starts the cluster); the report is
+    # written as <workspace>/reports/review.md, never where an input says.
+    env = {**env, "DAFNCK_WORKSPACE_ROOT": str(tmp_path)}
     up = dafnck(env, "up", "--num-cpus", "2")
     assert up.returncode == 0, up.stderr
     dashboard = re.search(r"Ray dashboard\s+(http://\S+)", up.stdout)
@@ -63,7 +66,7 @@ def test_a_workflow_submitted_as_a_ray_job_runs_on_the_cluster_and_logs_there(
     code = tmp_path / "code"
     code.mkdir()
     (code / "a.py").write_text("def f(x):\n    if x:\n        return 1\n    return 2\n")
-    report = tmp_path / "review.md"
+    report = tmp_path / "reports" / "review.md"
     # The job's driver sees another state directory: it must find the store through the
     # supervisor it joins, not start an embedded one of its own.
     elsewhere = tmp_path / "elsewhere"
@@ -71,7 +74,7 @@ def test_a_workflow_submitted_as_a_ray_job_runs_on_the_cluster_and_logs_there(
     runtime_env.write_text(f"working_dir: .\nenv_vars: {{DAFNCK_STATE_DIR: '{elsewhere}'}}\n")
     args = [
         "submit", "configs/workflows/review.yaml", "--agents", "configs/agents/review.yaml",
-        "--input", f"root={code}", "--input", f"output={report}", "--runtime-env",
+        "--input", f"root={code}", "--runtime-env",
         str(runtime_env), "--submission-id", "review-once", "--wait", "--timeout", "240",
     ]  # fmt: skip
 
@@ -89,19 +92,20 @@ def test_a_workflow_submitted_as_a_ray_job_runs_on_the_cluster_and_logs_there(
     again = dafnck(env, *args)  # the same submission id: nothing runs twice
     assert again.returncode == 0, again.stderr
     assert "job review-once already submitted" in again.stdout
+    report.unlink()
 
     # Ray's own CLI, as Ray users submit: the same `dafnck run` as the job's entrypoint.
     ray_cli = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", dashboard.group(1),
          "--working-dir", ".", "--runtime-env", "configs/runtime_env.yaml",
          "--submission-id", "via-ray", "--", "dafnck", "run", "configs/workflows/review.yaml",
-         "--input", f"root={code}", "--input", f"output={tmp_path / 'again.md'}"],
+         "--input", f"root={code}"],
         env={**env, "RAY_AUTH_MODE": "token"}, cwd=REPO, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert ray_cli.returncode == 0, f"{ray_cli.stdout[-3000:]}\n{ray_cli.stderr[-3000:]}"
     assert "Job 'via-ray' succeeded" in ray_cli.stdout
-    assert (tmp_path / "again.md").read_text().startswith("# Code review of")
+    assert report.read_text().startswith("# Code review of")
 
     info = subprocess.run(
         [sys.executable, "-c",

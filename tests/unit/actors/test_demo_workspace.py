@@ -172,3 +172,15 @@ def test_review_specs_confine_each_demo_agent(tree: Path) -> None:
         "output_dir": str(tree / "out"),
         "report_name": "r.md",
     }
+
+
+def test_the_llm_demos_outline_tool_reads_no_link_and_stays_in_the_setting(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from actors.examples.llm_tools import outline
+
+    assert outline(str(tree / "pkg" / "a.py"))["items"] == ["def f"]
+    assert "symbolic link" in refused(outline, str(tree / "pkg" / "linked.py"))
+    assert "'..'" in refused(outline, str(tree / "pkg" / ".." / "pkg" / "a.py"))
+    monkeypatch.setenv("DAFNCK_WORKSPACE_ROOT", str(tree))
+    assert "outside" in refused(outline, str(tmp_path / "outside" / "secret.py"))
