@@ -4,8 +4,12 @@ The first request with a key claims it with `SET NX` of a "pending" marker under
 (tenant, key), so concurrent duplicates never run the handler twice: they get 409 with
 `Retry-After` while the first is in flight, then its stored answer. The same key with a
 different request (method, path, query or body) is refused with 409. Server errors (5xx)
-release the key so the client can retry. The tenant comes from the credential; a request
-whose credential does not authenticate passes through untouched (the route answers 401).
+release the key so the client can retry. The tenant and the principal come from the
+credential: a record is kept per (tenant, principal, key), so another caller reusing the key
+runs as a fresh request under its own rights and never sees the first caller's answer. A
+request whose credential does not authenticate passes through untouched (the route answers
+401). Answers of credential routes (keys, users, tokens, the webhook secret) carry secrets:
+they are never stored, and the key is ignored there.
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ MAX_KEY_CHARS = 255
 #: Answers larger than this are not stored (the key is released instead).
 MAX_STORED_BYTES = 1024 * 1024
 _REPLAYED_HEADERS = frozenset({"content-type", "location", "retry-after"})
+#: Routes whose answers hold secrets (a new key, a TOTP enrolment, a token, the webhook
+#: secret): a stored copy would sit in Redis, its AOF and backups for a day.
+_UNSTORED_PREFIXES = ("/v1/keys", "/v1/users", "/v1/auth/", "/v1/webhooks/secret")
+
+
+def _stores_answers(path: str) -> bool:
+    return not path.startswith(_UNSTORED_PREFIXES)
 
 
 class IdempotencyMiddleware:
@@ -52,7 +63,8 @@ class IdempotencyMiddleware:
         headers = Headers(scope=scope)
         key = headers.get(HEADER)
         length = headers.get("content-length", "")
-        if not key or (length.isdigit() and int(length) > self.max_body_bytes):
+        too_big = length.isdigit() and int(length) > self.max_body_bytes
+        if not key or too_big or not _stores_answers(scope["path"]):
             await self.app(scope, receive, send)
             return
         if len(key) > MAX_KEY_CHARS:
@@ -64,12 +76,13 @@ class IdempotencyMiddleware:
         if redis_key is None:
             await self.app(scope, receive, send)
             return
-        redis, rkey = redis_key
+        redis, rkey, who = redis_key
         payload = await _read_body(receive)
-        fingerprint = _fingerprint(scope, payload)
+        fingerprint = _fingerprint(scope, payload, who)
         await self._once(scope, _replay_receive(payload), send, redis, rkey, fingerprint)
 
-    async def _redis_key(self, scope: Scope, key: str) -> tuple[Any, str] | None:
+    async def _redis_key(self, scope: Scope, key: str) -> tuple[Any, str, str] | None:
+        """The tenant's Redis, the record's key for (principal, key), and the principal."""
         from serve.app import connect_services
 
         try:
@@ -80,8 +93,9 @@ class IdempotencyMiddleware:
         except DafnckError:
             return None
         store = services.store.for_tenant(principal.tenant)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
-        return store.async_redis(), store.key("idempotency", digest)
+        who = principal.subject
+        digest = hashlib.sha256(f"{who}\0{key}".encode()).hexdigest()[:40]
+        return store.async_redis(), store.key("idempotency", digest), who
 
     async def _once(
         self, scope: Scope, receive: Receive, send: Send, redis: Any, rkey: str, fp: str
@@ -198,9 +212,10 @@ def _replay_receive(body: bytes) -> Receive:
     return receive
 
 
-def _fingerprint(scope: Scope, body: bytes) -> str:
+def _fingerprint(scope: Scope, body: bytes, who: str) -> str:
     digest = hashlib.sha256()
-    for part in (scope["method"], scope["path"], scope.get("query_string", b"").decode()):
+    query = scope.get("query_string", b"").decode()
+    for part in (who, scope["method"], scope["path"], query):
         digest.update(part.encode() + b"\0")
     digest.update(body)
     return digest.hexdigest()
