@@ -54,7 +54,9 @@ from cluster.data_models import (
     arrow_ipc,
     table_from_ipc,
 )
+from cluster.data_quota import DataQuota
 from cluster.errors import ConfigError, Conflict, InputInvalid, NotFound
+from cluster.quotas import Quotas
 from cluster.settings import Settings
 from cluster.store import Store, unavailable_as_error
 
@@ -540,9 +542,11 @@ class DataManager:
         *,
         backup_root: str | None = None,
         inline_max_bytes: int = INLINE_MAX_BYTES,
+        quotas: Quotas | None = None,
     ) -> None:
         self.keys = KeyRing(key_file)
         self._objects = _Objects(store, blob_root, self.keys, inline_max_bytes)
+        self._quota = DataQuota(store, self._objects, quotas)  # stored_bytes, stored_objects
         root = backup_root or tenant_dir(blob_root, store.tenant, "backups").uri
         self._snapshots = _Snapshots(store, self._objects, root)
 
@@ -550,7 +554,8 @@ class DataManager:
     def from_settings(cls, store: Store, settings: Settings) -> DataManager:
         """Blobs and backups under `<settings.blobs>/<tenant>/`; the key in `$DAFNCK_DATA_KEY`
         or `<state_dir>/data.key`."""
-        return cls(store, settings.blobs, settings.state_dir / "data.key")
+        quotas = settings.quotas.for_tenant(store.tenant)
+        return cls(store, settings.blobs, settings.state_dir / "data.key", quotas=quotas)
 
     def store(self, data: Any, metadata: DataMetadata) -> StorageResult:
         """Keep a new object at version 1.
@@ -558,7 +563,10 @@ class DataManager:
         Raises: InputInvalid (data not JSON, or sensitive fields it lacks), ConfigError (no
         usable key for sensitive fields), StoreUnavailable.
         """
-        return self._objects.create(data, metadata)
+        self._quota.admit(data)
+        result = self._objects.create(data, metadata)
+        self._quota.created(result.id, self._objects.delete)
+        return result
 
     def get(self, object_id: str) -> DataObject:
         """The latest version, sensitive fields decrypted.
@@ -582,14 +590,19 @@ class DataManager:
         Raises: NotFound, Conflict (another version is current), InputInvalid, ConfigError,
         StoreUnavailable.
         """
-        return self._objects.update(object_id, partial, expected_version)
+        self._quota.admit(partial.get("data"), object_id)
+        result = self._objects.update(object_id, partial, expected_version)
+        self._quota.updated(object_id)
+        return result
 
     def delete(self, object_id: str) -> DeleteResult:
         """Remove the object, its index entries and its Parquet files.
 
         Raises: NotFound, StoreUnavailable.
         """
-        return self._objects.delete(object_id)
+        result = self._objects.delete(object_id)
+        self._quota.deleted(object_id)
+        return result
 
     def backup(self, criteria: BackupCriteria | None = None) -> BackupResult:
         """Write the tenant's keys (all, or those under `criteria.prefixes`) as a new backup.

@@ -208,7 +208,7 @@ class StorageQuota:
     def __init__(self, store: Store, quotas: Quotas) -> None:
         self.store = store
         self.quotas = quotas
-        self._keys = [store.key("quota", "data"), store.key("quota", "data", "sizes")]
+        self._keys = [store.key("data", "quota"), store.key("data", "quota", "sizes")]
         self._store = store.redis.register_script(_STORE_LUA)
         self._unstore = store.redis.register_script(_UNSTORE_LUA)
 
@@ -220,13 +220,15 @@ class StorageQuota:
         raw = self.store.redis.hgetall(self._keys[0])
         return {"bytes": int(raw.get("bytes", 0)), "objects": int(raw.get("objects", 0))}
 
-    def reserve(self, oid: str, size: int) -> None:
-        """Count object `oid` at `size` bytes (new, or resized).
+    def reserve(self, oid: str, size: int, *, force: bool = False) -> None:
+        """Count object `oid` at `size` bytes (new, or resized); `force` counts it even past
+        the quotas (a change checked before it was written).
 
         Raises: StorageQuotaExceeded (stored_bytes or stored_objects).
         """
         q = self.quotas
-        full = int(self._store(keys=self._keys, args=[oid, size, q.stored_bytes, q.stored_objects]))
+        most = [10**18, 10**18] if force else [q.stored_bytes, q.stored_objects]
+        full = int(self._store(keys=self._keys, args=[oid, size, *most]))
         if full:
             limit = "stored_bytes" if full == 1 else "stored_objects"
             value = q.stored_bytes if full == 1 else q.stored_objects
