@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -29,9 +30,12 @@ from actors.triggers import TriggerRunner
 from actors.webhooks import WebhookDispatcher
 from actors.workflow_service import WorkflowService
 from cluster import telemetry, tracing
-from cluster.errors import ClusterUnavailable
+from cluster.allowlist import CodePolicy
+from cluster.errors import ClusterUnavailable, ConfigError
+from cluster.redis_acl import tenant_url, without_credentials
 from cluster.settings import RAY_NAMESPACE, Settings
 from cluster.store import connect_store
+from cluster.valkey import running_url
 from workflows.execution import Execution, ExecutionStatus
 from workflows.spec import WorkflowSpec
 from workflows.store import BlobStore, ExecutionStore
@@ -53,8 +57,9 @@ class SupervisorActor:
         store = connect_store(settings)
         registry = AgentRegistry(store)
         events = EventBus(store)
+        policy = CodePolicy.from_settings(settings)  # what specs may run: checked on apply
         quotas = settings.quotas.for_tenant(settings.tenant)  # replicas, executions, ...
-        self._core = Supervisor(registry, RayLauncher(settings), events, quotas=quotas)
+        self._core = Supervisor(registry, RayLauncher(settings), events, policy, quotas=quotas)
         observer = WorkflowObserver(settings.tenant, events.mirror_execution_event)
         executions = ExecutionStore(store, BlobStore(settings.blobs), mirror=observer)
         self._workflows = WorkflowService(executions, registry, self._core.router)
@@ -91,9 +96,13 @@ class SupervisorActor:
         await self._ready.wait()
         return True
 
-    async def store_url(self) -> str:
-        """The Redis URL this supervisor keeps state in, for drivers that join the cluster."""
-        return self._settings.redis_url or ""
+    async def store_url(self) -> dict[str, str]:
+        """Where this supervisor keeps state, for drivers that join the cluster: the URL
+        without its credentials (any Ray caller may ask) and the state directory whose
+        embedded Valkey password file a driver on this machine may read."""
+        url = self._settings.redis_url or ""
+        return {"url": without_credentials(url) if url else "",
+                "state_dir": str(self._settings.state_dir)}  # fmt: skip
 
     async def create_agent(self, spec: AgentSpec) -> AgentRecord:
         await self._ready.wait()
@@ -214,15 +223,25 @@ class SupervisorActor:
 def ensure_supervisor(settings: Settings, redis_url: str) -> Any:
     """The tenant's supervisor, started if it is not running; waits until it is ready.
 
+    `redis_url` is the platform's (admin) URL: the tenant's ACL user is made or updated
+    through it first, and the supervisor (and so its replicas) gets the tenant's URL, as a
+    constructor argument (Ray's dashboard shows runtime_env variables, not arguments).
+
     Raises:
         ClusterUnavailable: it did not become ready (its error is in the message).
+        ConfigError: the tenant's ACL user cannot be made (see `cluster.redis_acl`).
     """
-    handle = SupervisorActor.options(  # type: ignore[attr-defined]
-        name=supervisor_name(settings.tenant),
-        namespace=RAY_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-    ).remote(settings.model_copy(update={"redis_url": redis_url}))
+    tenant_store = _tenant_store_url(settings, redis_url)
+    if tenant_store is None:  # no right to make users here, but the supervisor runs already
+        handle = find_supervisor(settings.tenant)
+        assert handle is not None
+    else:
+        handle = SupervisorActor.options(  # type: ignore[attr-defined]
+            name=supervisor_name(settings.tenant),
+            namespace=RAY_NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+        ).remote(settings.model_copy(update={"redis_url": tenant_store}))
     try:
         ray.get(handle.ready.remote(), timeout=120)
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
@@ -230,16 +249,43 @@ def ensure_supervisor(settings: Settings, redis_url: str) -> Any:
     return handle
 
 
+def _tenant_store_url(settings: Settings, redis_url: str) -> str | None:
+    """The URL the tenant's supervisor uses: its ACL user's, or `redis_url` with
+    `redis_tenant_acl` off. None when `redis_url` may not make users (a tenant's own URL)
+    but the supervisor already runs.
+
+    Raises:
+        ConfigError, StoreUnavailable: see `cluster.redis_acl.tenant_url`.
+    """
+    if not settings.redis_tenant_acl:
+        return redis_url
+    try:
+        return tenant_url(
+            redis_url, settings.tenant, connect_timeout_s=settings.redis_connect_timeout_s
+        )
+    except ConfigError:
+        if find_supervisor(settings.tenant) is not None:
+            return None
+        raise
+
+
 def joined_store_url(tenant: str) -> str | None:
-    """The running supervisor's Redis URL, so a driver joining a cluster (a Ray job's) keeps
-    state in the same store instead of starting an embedded one of its own."""
+    """The running supervisor's store, so a driver joining a cluster (a Ray job's) keeps
+    state in the same store instead of starting an embedded one of its own: the embedded
+    Valkey's admin URL when this machine holds its state directory, else the bare URL
+    (a Redis that asks for a password needs `DAFNCK_REDIS_URL` in the job's env)."""
     handle = find_supervisor(tenant)
     if handle is None:
         return None
     try:
-        return str(ray.get(handle.store_url.remote(), timeout=30)) or None
+        where = ray.get(handle.store_url.remote(), timeout=30)
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
         return None
+    url = str(where.get("url") or "")
+    embedded = running_url(Path(where.get("state_dir") or "."))
+    if embedded and without_credentials(embedded) == url:
+        return embedded
+    return url or None
 
 
 def find_supervisor(tenant: str) -> Any | None:

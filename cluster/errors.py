@@ -44,6 +44,14 @@ class StoreUnavailable(DafnckError):
     status_code = 503
 
 
+class StoreFull(DafnckError):
+    """Redis/Valkey is at its `maxmemory` and refused a write (nothing was written or
+    evicted); retry once space is freed or the limit raised. Answered as 507."""
+
+    retryable = True
+    status_code = 507
+
+
 class NotFound(DafnckError):
     status_code = 404
 
@@ -285,6 +293,7 @@ __all__ = [
     "ReplicaDied",
     "SpecInvalid",
     "StorageQuotaExceeded",
+    "StoreFull",
     "StoreUnavailable",
     "TaskFailed",
     "TaskTimeout",

@@ -2,8 +2,9 @@
 
 `dafnck up` starts a head with `ray start` (so the cluster outlives the CLI), with its
 session files under `<state_dir>/ray` and Ray token authentication on; its GCS address is
-kept in `<state_dir>/cluster.json`, which later commands read to join it. Drivers log
-JSON lines through Ray's own `LoggingConfig`.
+kept in `<state_dir>/cluster.json`, which later commands read to join it. The state
+directory and Ray's are private to the user (0700), and so is Ray's token file (0600).
+Drivers log JSON lines through Ray's own `LoggingConfig`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import ray
 
 from cluster.errors import ClusterUnavailable
 from cluster.settings import RAY_NAMESPACE, Settings
-from cluster.valkey import free_port
+from cluster.valkey import free_port, private_dir
 
 _RAY_START_TIMEOUT_S = 120
 
@@ -69,8 +70,8 @@ def start_head(settings: Settings, num_cpus: int | None = None) -> dict[str, Any
     Raises:
         ClusterUnavailable: `ray start` failed; its output is in the message.
     """
-    temp_dir = _temp_dir(settings)
-    temp_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir)
+    temp_dir = private_dir(_temp_dir(settings))
     args = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
         "--temp-dir", str(temp_dir),
@@ -87,11 +88,15 @@ def start_head(settings: Settings, num_cpus: int | None = None) -> dict[str, Any
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         # `ray start` in token mode refuses to run without a token: make one if missing.
         subprocess.run(
-            [*args[:3], "get-auth-token", "--generate"], env=env, capture_output=True, check=False
-        )
+            [*args[:3], "get-auth-token", "--generate"],
+            env=env, capture_output=True, check=False, umask=0o077,
+        )  # fmt: skip
+    protect_token()
+    # umask 077: the session files, logs and sockets Ray's processes make are the user's only.
     done = subprocess.run(
-        args, env=env, capture_output=True, text=True, timeout=_RAY_START_TIMEOUT_S
+        args, env=env, capture_output=True, text=True, timeout=_RAY_START_TIMEOUT_S, umask=0o077
     )
+    private_dir(temp_dir)  # Ray opens its temp dir to everyone (0777): close it again
     if done.returncode != 0:
         raise ClusterUnavailable(
             f"`ray start --head` failed: {done.stderr[-1500:] or done.stdout[-1500:]}"
@@ -101,6 +106,18 @@ def start_head(settings: Settings, num_cpus: int | None = None) -> dict[str, Any
     record = {"address": address, "started_at": time.time()}
     _state_file(settings).write_text(json.dumps(record))
     return record
+
+
+def token_path() -> Path:
+    """Where Ray reads its auth token from: `RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def protect_token() -> None:
+    """Make Ray's token file readable by its owner only (Ray writes it 0644)."""
+    path = token_path()
+    if path.is_file():
+        path.chmod(0o600)
 
 
 def stop_head(settings: Settings, timeout_s: float = 15.0) -> int:
@@ -137,6 +154,7 @@ def init_ray(
     if ray.is_initialized():
         return _dashboard_url()
     _token_auth_on()
+    protect_token()
     target = address_to_join(settings, address)
     if target is None and missing == "fail":
         raise ClusterUnavailable(

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     redis_connect_timeout_s: float = Field(default=2.0, gt=0)
     redis_socket_timeout_s: float = Field(default=5.0, gt=0)
+    # Store security (valkey): tenant ACL users, the embedded Valkey's memory limit.
+    #: Give each tenant's supervisor and replicas a Redis ACL user limited to the tenant's
+    #: keys and channels (made with ACL SETUSER through `redis_url`); off for a Redis whose
+    #: users are managed elsewhere: then every process uses `redis_url` itself.
+    redis_tenant_acl: bool = True
+    #: The embedded Valkey's maxmemory in MiB (empty: a quarter of RAM, at most 2 GiB);
+    #: past it writes fail with StoreFull (HTTP 507) and nothing is evicted.
+    valkey_maxmemory_mb: int | None = Field(default=None, gt=0)
     #: How often the supervisor checks replicas and replaces dead ones.
     reconcile_interval_s: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"

