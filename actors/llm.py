@@ -44,6 +44,7 @@ from actors.llm_providers import (
 from actors.llm_tools import Delegate, SchemaLookup, ToolBox
 from actors.models import AgentSpec, LLMConfig, Task
 from actors.skills import Implementation, Skill, _problems
+from cluster.allowlist import CodePolicy, policy_for
 from cluster.errors import InputInvalid, OutputInvalid, SpecInvalid
 from cluster.tracing import llm_span, llm_usage, tool_span
 
@@ -270,21 +271,24 @@ def build_llm_agent(
     events: EventSink | None = None,
     delegate: Delegate | None = None,
     schema_of: SchemaLookup | None = None,
+    policy: CodePolicy | None = None,
 ) -> LLMAgent:
-    """Check the spec where the agent runs (key reference, tools) and build the agent.
+    """Check the spec where the agent runs (key reference, tools; against `policy`, by
+    default this process's settings) and build the agent.
 
     Raises:
         SpecInvalid: naming each field at fault (`llm.api_key_env`, `llm.tools[i]`).
     """
     assert spec.llm is not None
+    policy = policy or policy_for(None)
     problems: list[str] = []
     key = ""
     try:
-        key = resolve_api_key(spec.llm)
+        key = resolve_api_key(spec.llm, policy)
     except KeyMissing as exc:
         problems.append(f"{exc.field}: {exc.problem}")
     try:
-        tools = ToolBox(spec.llm.tools, delegate, schema_of)
+        tools = ToolBox(spec.llm.tools, delegate, schema_of, policy)
     except SpecInvalid as exc:
         problems += exc.problems
     if problems:
@@ -302,15 +306,18 @@ def llm_implementation(agent: LLMAgent) -> Implementation:
     return Implementation(dict(skills), instance=agent)
 
 
-def load_llm_agent(spec: AgentSpec, settings: Settings | None = None) -> Implementation:
+def load_llm_agent(
+    spec: AgentSpec, settings: Settings | None = None, policy: CodePolicy | None = None
+) -> Implementation:
     """The replica's implementation of an llm agent: with settings (a pool replica) its
     effects are durable, its tokens go on the event bus and it may delegate to agents.
 
     Raises:
         SpecInvalid: see `build_llm_agent`.
     """
+    policy = policy or policy_for(settings)
     if settings is None:
-        return llm_implementation(build_llm_agent(spec, lambda task: LocalEffects()))
+        return llm_implementation(build_llm_agent(spec, lambda task: LocalEffects(), policy=policy))
     from actors.events import EventBus
     from actors.llm_effects import LLMEffects
     from actors.llm_tools import ray_delegation
@@ -327,5 +334,6 @@ def load_llm_agent(spec: AgentSpec, settings: Settings | None = None) -> Impleme
         EventBus(store),
         delegate,
         schema_of,
+        policy,
     )
     return llm_implementation(agent)

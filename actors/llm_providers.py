@@ -21,10 +21,10 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from actors.models import LLMConfig
+from cluster.allowlist import CodePolicy, SecretRefused, policy_for
 from cluster.errors import ProviderError
 from cluster.redact import redact, register_secret
 
@@ -80,39 +80,54 @@ def base_url(cfg: LLMConfig) -> str | None:
     return cfg.base_url or os.environ.get(_DEFAULT_URL_ENV[cfg.provider]) or None
 
 
-def resolve_api_key(cfg: LLMConfig) -> str:
-    """The API key the spec refers to, read in this process (the replica's node).
+def resolve_api_key(cfg: LLMConfig, policy: CodePolicy | None = None) -> str:
+    """The API key the spec refers to, read in this process (the replica's node), only
+    from where `policy` (default: this process's settings) lets a spec read secrets: a file
+    inside `secrets_dir`, a variable named `secret_env_prefix*` or in `secret_env_allow`.
 
     Without a reference the provider's usual variable is read (`OPENAI_API_KEY`,
-    `ANTHROPIC_API_KEY`); an OpenAI-compatible `base_url` may go without a key.
+    `ANTHROPIC_API_KEY`, when allowed); an OpenAI-compatible `base_url` may go without a key.
 
     Raises:
-        KeyMissing: the variable is unset or empty, or the file is missing or empty.
+        KeyMissing: the reference is not allowed, the variable is unset or empty, or the
+            file is missing or empty.
     """
+    policy = policy or policy_for(None)
     if cfg.api_key_file:
-        path = Path(cfg.api_key_file).expanduser()
-        try:
-            key = path.read_text().strip()
-        except OSError as exc:
-            raise KeyMissing(
-                "llm.api_key_file", f"cannot read {str(path)!r}: {exc.strerror}"
-            ) from None
-        if not key:
-            raise KeyMissing("llm.api_key_file", f"{str(path)!r} is empty")
+        key = _key_from_file(cfg.api_key_file, policy)
         register_secret(key)
         return key
     env = cfg.api_key_env or _DEFAULT_KEY_ENV[cfg.provider]
-    key = os.environ.get(env, "").strip()
+    keyless = cfg.api_key_env is None and cfg.provider == "openai" and base_url(cfg)
+    try:
+        key = policy.read_secret_env(env)
+    except SecretRefused as exc:
+        if keyless:
+            return _NO_KEY
+        raise KeyMissing("llm.api_key_env", str(exc)) from None
     if key:
         register_secret(key)
         return key
-    if cfg.api_key_env is None and cfg.provider == "openai" and base_url(cfg):
+    if keyless:
         return _NO_KEY
     raise KeyMissing(
         "llm.api_key_env",
         f"environment variable {env!r} is not set where the agent runs (export it before "
         "`dafnck up`, or name a key file with api_key_file)",
     )
+
+
+def _key_from_file(ref: str, policy: CodePolicy) -> str:
+    """Raises: KeyMissing (outside the secrets directory, unreadable or empty)."""
+    try:
+        key = policy.read_secret_file(ref)
+    except SecretRefused as exc:
+        raise KeyMissing("llm.api_key_file", str(exc)) from None
+    except OSError as exc:
+        raise KeyMissing("llm.api_key_file", f"cannot read {ref!r}: {exc.strerror}") from None
+    if not key:
+        raise KeyMissing("llm.api_key_file", f"{ref!r} is empty")
+    return key
 
 
 def make_provider(cfg: LLMConfig, api_key: str) -> Provider:

@@ -24,9 +24,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from actors.admission import tool_problems
 from actors.llm_providers import ToolSpec
 from actors.models import MCPServer, Task, TaskResult, ToolRef
 from actors.skills import Skill, _input_model, load_entrypoint
+from cluster.allowlist import CodePolicy, policy_for
 from cluster.errors import SpecInvalid
 
 if TYPE_CHECKING:
@@ -58,9 +60,13 @@ class Tool:
     timeout_s: float | None = None
 
 
-def skill_tool(ref: ToolRef) -> Tool:
-    """A python function as a tool. Raises: ValueError: no schema can be derived."""
-    target = load_entrypoint(ref.skill or "")
+def skill_tool(ref: ToolRef, policy: CodePolicy) -> Tool:
+    """A python function the operator allows (`tool_skills`) as a tool.
+
+    Raises:
+        ValueError: not allowed, not loadable, or no schema can be derived.
+    """
+    target = load_entrypoint(ref.skill or "", policy, "tool_skills")
     if inspect.isclass(target) or not callable(target):
         raise ValueError(f"{ref.skill!r} must name a function")
     name = ref.name or target.__name__
@@ -245,7 +251,11 @@ class ToolBox:
         refs: list[ToolRef],
         delegate: Delegate | None = None,
         schema_of: SchemaLookup | None = None,
+        policy: CodePolicy | None = None,
     ) -> None:
+        """Checks every tool against `policy` (default: this process's settings) before
+        importing or starting anything. Raises: SpecInvalid naming each tool at fault."""
+        policy = policy or policy_for(None)
         self.refs = refs
         self._delegate = delegate
         self._schema_of = schema_of
@@ -253,11 +263,13 @@ class ToolBox:
         self._connections: list[MCPConnection] = []
         self._ready = False
         self._lock = asyncio.Lock()
-        problems = []
+        problems = tool_problems(refs, policy)
+        if problems:  # nothing is imported when any tool is refused
+            raise SpecInvalid("tools", problems)
         for i, ref in enumerate(refs):
             if ref.skill:
                 try:
-                    self._add(skill_tool(ref))
+                    self._add(skill_tool(ref, policy))
                 except ValueError as exc:
                     problems.append(f"llm.tools[{i}]: {exc}")
             elif ref.agent and delegate is None:

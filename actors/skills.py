@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from actors.admission import check_code
 from actors.models import AgentSpec, SkillInfo, Task
+from cluster.allowlist import CodePolicy, CodeSetting, policy_for
 from cluster.errors import InputInvalid, SpecInvalid
 
 if TYPE_CHECKING:
@@ -113,21 +115,29 @@ def _input_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel], st
     return model, None
 
 
-def load_entrypoint(entrypoint: str) -> Any:
-    """Import `module:attr`.
+def load_entrypoint(entrypoint: str, policy: CodePolicy, setting: CodeSetting) -> Any:
+    """Import `module:attr` when it matches the operator's allow-list `setting` (checked
+    before the import), and return it when it is defined where the list allows too.
 
     Raises:
-        ValueError: the module or attribute does not exist.
+        ValueError: not allowed, or the module or attribute does not exist.
     """
+    problem = policy.code_problem(entrypoint, setting)
+    if problem:
+        raise ValueError(problem)
     module_name, _, attr = entrypoint.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
     try:
-        return getattr(module, attr)
+        target = getattr(module, attr)
     except AttributeError:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    problem = policy.defined_problem(target, setting)
+    if problem:
+        raise ValueError(f"{entrypoint!r} {problem}")
+    return target
 
 
 def handler(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -167,18 +177,24 @@ def load_agent(spec: AgentSpec, settings: Settings | None = None) -> Implementat
     An `llm` agent is built by `actors.llm` (with `settings`, a pool replica's, its
     effects are durable and it may delegate to other agents).
 
+    Nothing is imported unless the spec's code and secret references pass the platform's
+    allow-lists (`actors.admission`, with `settings` or this process's own).
+
     Raises:
-        SpecInvalid: the entrypoint cannot be loaded or its skills don't match the
-            spec's capabilities; every problem is listed.
+        SpecInvalid: the spec names code or secrets the platform does not allow, the
+            entrypoint cannot be loaded or its skills don't match the spec's
+            capabilities; every problem is listed.
     """
+    policy = policy_for(settings)
+    check_code(spec, policy)
     if spec.kind == "llm":
         from actors.llm import load_llm_agent
 
-        return load_llm_agent(spec, settings)
+        return load_llm_agent(spec, settings, policy)
     what = f"agent {spec.agent_id!r}"
     instance = on_message = None
     try:
-        target = load_entrypoint(spec.entrypoint or "")
+        target = load_entrypoint(spec.entrypoint or "", policy, "agent_entrypoints")
         if inspect.isclass(target):
             instance = target(**spec.config)
             candidates = [

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from packaging.version import Version
 
+from actors.admission import check_code
 from actors.autoscaler import PoolAutoscaler, resource_bundle
 from actors.capacity import check_capacity
 from actors.messages import DomainEvent
@@ -34,6 +35,7 @@ from actors.models import (
 from actors.registry import AgentRegistry
 from actors.router import PoolRouter, PoolView
 from cluster import metrics
+from cluster.allowlist import CodePolicy
 from cluster.errors import AgentNotFound, DafnckError, SpecInvalid
 from cluster.quotas import Quotas
 
@@ -95,11 +97,15 @@ class Supervisor:
         registry: AgentRegistry,
         launcher: Launcher,
         events: EventSink | None = None,
+        policy: CodePolicy | None = None,
         quotas: Quotas | None = None,
     ) -> None:
         self.registry = registry
         self.launcher = launcher
         self.events = events
+        #: The operator's allow-lists a spec's code and secrets must pass before a replica
+        #: starts (the Ray shell always gives it; replicas check again before importing).
+        self.policy = policy
         #: The tenant's replica and CPU quotas, checked on apply and scale.
         self.quotas = quotas or Quotas()
         self.pools: dict[str, Pool] = {}
@@ -126,8 +132,12 @@ class Supervisor:
         """Register `spec` and start its pool; the same spec again changes nothing.
 
         Raises:
-            SpecInvalid: the entrypoint does not load or does not serve the capabilities.
+            SpecInvalid: the spec names code or secrets the platform does not allow (no
+                replica is started), or the entrypoint does not load or does not serve
+                the capabilities.
         """
+        if self.policy is not None:
+            check_code(spec, self.policy)
         async with self._lock:
             pool = self.pools.get(spec.agent_id)
             if pool and pool.record.spec == spec and pool.replicas:

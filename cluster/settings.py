@@ -74,6 +74,19 @@ class Settings(BaseSettings):
     trace_endpoint: str | None = None
     #: How long the built-in span store keeps a trace (seconds).
     trace_retention_s: float = Field(default=86_400, gt=0)
+    # -- code and secrets a spec may name (allowlist; cluster/allowlist.py) --
+    #: Globs over `module:attr` a python agent's entrypoint must match.
+    agent_entrypoints: list[str] = ["actors.examples.*", "actors.a2a_remote:A2ARemoteAgent"]
+    #: Globs over `module:function` an llm agent's skill tools (`llm.tools[].skill`) must match.
+    tool_skills: list[str] = ["actors.examples.*"]
+    #: Globs a stdio MCP server's program (`command[0]`) must match; empty: stdio MCP is off.
+    mcp_commands: list[str] = []
+    #: Secret files (`llm.api_key_file`) resolve inside it; empty means `<state_dir>/secrets`.
+    secrets_dir: Path | None = None
+    #: Secret variables (`llm.api_key_env`, `config.auth_env`) start with this prefix ...
+    secret_env_prefix: str = "DAFNCK_SECRET_"
+    #: ... or are one of these names.
+    secret_env_allow: list[str] = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"]
     # -- demo agents (actors/examples/review.py): what they may read and write --
     #: The directory the review agents (repo.list, code.analyse, report.merge) stay inside;
     #: each agent's spec `config.root` / `config.output_dir` must lie within it, and it is

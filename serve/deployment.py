@@ -14,6 +14,8 @@ with `Retry-After: 1` instead of its default 503, before our code runs.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import logging
 import os
 from pathlib import Path
@@ -71,13 +73,30 @@ app = INGRESS.bind()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """`DAFNCK_*` variables that rebuild `settings` in a replica (and the repo on the path)."""
+    """`DAFNCK_*` variables that rebuild `settings` in a replica (lists as JSON, as
+    pydantic-settings reads them). The repository goes on the path only when the package
+    is not installed: an installed platform's replicas never import from its `tests/`."""
     env = {
-        f"DAFNCK_{name.upper()}": str(value)
+        f"DAFNCK_{name.upper()}": _env_value(value)
         for name, value in settings.model_dump(mode="json", exclude_none=True).items()
     }
+    if _installed():
+        return env
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     return {**env, "PYTHONPATH": path}
+
+
+def _env_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def _installed() -> bool:
+    """Whether the platform's packages come from an installed distribution (editable too)."""
+    try:
+        importlib.metadata.distribution("dafnck-machine")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def start_api(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -19,6 +20,28 @@ from cluster.valkey import free_port, server_url, start_server
 
 #: The repository root: Ray workers import test agents as `tests.fixtures.agents` from it.
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def code_allowlist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite opts in to its own code and secrets (cluster/allowlist.py): test agents
+    and tools, `python` MCP servers, `DAFNCK_TEST_*` variables and key files under pytest's
+    temporary directories. Set before Ray starts, so settings, supervisors and replicas
+    all see it."""
+    allow = {
+        "DAFNCK_AGENT_ENTRYPOINTS": [
+            "actors.examples.*", "actors.a2a_remote:A2ARemoteAgent", "tests.fixtures.*",
+        ],
+        "DAFNCK_TOOL_SKILLS": ["actors.examples.*", "tests.fixtures.*", "tests.unit.*"],
+        "DAFNCK_MCP_COMMANDS": ["python"],
+        "DAFNCK_SECRET_ENV_ALLOW": ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
+    }  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in allow.items():
+            patch.setenv(name, json.dumps(value))
+        patch.setenv("DAFNCK_SECRET_ENV_PREFIX", "DAFNCK_TEST_")
+        patch.setenv("DAFNCK_SECRETS_DIR", str(tmp_path_factory.getbasetemp()))
+        yield
 
 
 @pytest.fixture(scope="session")

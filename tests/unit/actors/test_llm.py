@@ -270,7 +270,7 @@ def test_variables_fill_the_prompt_and_the_rest_is_appended() -> None:
             {"tools": [{"skill": f"{__name__}:add"}, {"skill": f"{__name__}:untyped"}]},
             "llm.tools[1]",
         ),
-        ({"tools": [{"skill": "no.such.module:fn"}]}, "llm.tools[0]"),
+        ({"tools": [{"skill": "no.such.module:fn"}]}, "llm.tools[0].skill"),  # not allowed
         ({"output_schema": {"type": "no-such-type"}}, "llm.output_schema"),
         ({"api_key_env": "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"}, "llm.api_key_env"),
     ],

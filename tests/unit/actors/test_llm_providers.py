@@ -128,8 +128,9 @@ async def test_a_malformed_body_fails_once_without_a_retry(llm: FakeLLM, provide
 def test_the_key_comes_from_the_named_variable_or_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("MY_KEY", KEY)
-    assert resolve_api_key(LLMConfig(provider="openai", model="m", api_key_env="MY_KEY")) == KEY
+    monkeypatch.setenv("DAFNCK_TEST_MY_KEY", KEY)  # the suite's secret prefix (tests/conftest.py)
+    cfg = LLMConfig(provider="openai", model="m", api_key_env="DAFNCK_TEST_MY_KEY")
+    assert resolve_api_key(cfg) == KEY
     (tmp_path / "key").write_text(KEY + "\n")
     assert (
         resolve_api_key(
