@@ -107,7 +107,8 @@ ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 class MCPServer(Contract):
     """An MCP server whose tools an LLM agent may call: a command over stdio or an HTTP URL."""
 
-    #: stdio transport: the server's argv, started per replica.
+    #: stdio transport: the server's argv, started per replica; `command[0]` must match the
+    #: operator's `mcp_commands` allow-list (empty by default).
     command: list[str] | None = Field(default=None, min_length=1)
     #: Extra environment for the stdio server (values, so never put a secret here).
     env: dict[str, str] = {}
@@ -129,7 +130,8 @@ class ToolRef(Contract):
     """One tool (or, for MCP, a set of tools) an LLM agent may call: exactly one of
     `skill` (a python function), `mcp` (an MCP server) or `agent` (a capability)."""
 
-    #: `module:function`; its JSON schema comes from its type hints or pydantic model.
+    #: `module:function` in the operator's `tool_skills` allow-list; its JSON schema comes
+    #: from its type hints or pydantic model.
     skill: str | None = Field(default=None, pattern=ENTRYPOINT)
     mcp: MCPServer | None = None
     #: Delegate to whichever agent serves this capability, routed like any task.
@@ -187,9 +189,10 @@ class LLMConfig(Contract):
     model: str = Field(min_length=1)
     #: Any OpenAI-compatible endpoint (vLLM, Ollama, LM Studio, Ray Serve LLM).
     base_url: str | None = Field(default=None, pattern=r"^https?://")
-    #: The key by reference only: an environment variable's name ...
+    #: The key by reference only: an environment variable's name (`DAFNCK_SECRET_*` or one
+    #: the operator lists in `secret_env_allow`) ...
     api_key_env: str | None = Field(default=None, pattern=ENV_NAME)
-    #: ... or the path of a file holding it.
+    #: ... or the path of a file holding it, inside the platform's `secrets_dir`.
     api_key_file: str | None = None
     system_prompt: str = ""
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -247,7 +250,8 @@ class AgentSpec(Contract):
     kind: Literal["python", "llm"] = "python"
     capabilities: list[str] = Field(min_length=1)
     #: `module:attr`: a function (one skill) or a class whose `@skill` methods are skills.
-    #: Required for kind `python`; unused by kind `llm`.
+    #: Required for kind `python`; unused by kind `llm`. Must match the operator's
+    #: `agent_entrypoints` allow-list.
     entrypoint: str | None = Field(default=None, pattern=ENTRYPOINT)
     #: The model, its prompt and its tools: required for kind `llm`, refused otherwise.
     llm: LLMConfig | None = None
