@@ -111,6 +111,32 @@ def users_totp(name: str, tenant: TenantOpt = None) -> None:
     typer.echo(enrolment.provisioning_uri)
 
 
+@auth_app.command("audit")
+def audit(
+    tenant: TenantOpt = None,
+    principal: Annotated[str | None, typer.Option(help="Subject, e.g. key:<id>.")] = None,
+    action: Annotated[str | None, typer.Option(help="e.g. keys:manage.")] = None,
+    outcome: Annotated[str | None, typer.Option(help="ok, denied, failed, invalid.")] = None,
+    since: Annotated[str | None, typer.Option(help="'15m', '2h', '7d' ago or unix s.")] = None,
+    until: Annotated[str | None, typer.Option(help="As --since.")] = None,
+    cursor: Annotated[str | None, typer.Option(help="'more: --cursor' of a page.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    unauthenticated: Annotated[bool, typer.Option(help="Per-minute 401 counts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The tenant's audit trail, filtered (or its failed authentications)."""
+    from cluster.auth_audit import AuditFilter
+    from cluster.cli_audit import show_audit, show_unauthenticated, when
+
+    security, settings = _security()
+    tenant = tenant or settings.tenant
+    if unauthenticated:
+        show_unauthenticated(security, tenant, when(since), when(until), as_json)
+        return
+    where = AuditFilter(principal, action, outcome, when(since), when(until))
+    show_audit(security, tenant, where, (cursor, limit), as_json)
+
+
 def _when(ts: float | None) -> str:
     import time
 

@@ -87,7 +87,7 @@ class Security:
             Users(store, KeyRing(settings.state_dir / "data.key"), config),
             TokenService(JwtKeyring.load(settings.state_dir), config),
             RateLimits(store, config),
-            AuditLog(store, config.audit_max_entries),
+            AuditLog(store, config.audit_max_entries, config.audit_retention_s),
         )
 
     def authenticate(self, credential: str) -> Principal:

@@ -160,7 +160,7 @@ class TokenResponse(Contract):
 
 
 #: "started": written before a long, state-replacing action (a restore) begins.
-AuditOutcome = Literal["ok", "denied", "failed", "started"]
+AuditOutcome = Literal["ok", "denied", "failed", "invalid", "started"]
 
 
 class AuditEntry(Record):
@@ -176,6 +176,8 @@ class AuditEntry(Record):
     action: str
     object: str = ""
     request_id: str = ""
+    #: The X-Request-ID the client (or a proxy) sent; `request_id` is the server's own.
+    client_request_id: str = ""
     outcome: AuditOutcome
     detail: str = ""
 
@@ -201,8 +203,11 @@ class SecurityConfig(Contract):
     rate_per_tenant: str = "1000/second"
     rate_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
     totp_issuer: str = "DafnckMachine"
-    #: Approximate cap of each tenant's audit stream (XADD MAXLEN ~).
-    audit_max_entries: int = Field(default=1_000_000, gt=0)
+    #: Approximate cap of each principal's audit stream (XADD MAXLEN ~): one caller's
+    #: flood of denials evicts only its own history.
+    audit_max_entries: int = Field(default=100_000, gt=0)
+    #: Audit entries (and 401 counters) older than this are trimmed (XTRIM MINID).
+    audit_retention_s: int = Field(default=90 * 86400, gt=0)
 
     @field_validator("rate_per_key", "rate_per_tenant")
     @classmethod

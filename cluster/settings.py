@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     #: API rate limits in `limits` notation ("100/second"): per credential, per tenant.
     rate_per_key: str = "100/second"
     rate_per_tenant: str = "1000/second"
+    # -- audit: kept per principal (one caller's flood evicts only its own entries) and by age.
+    audit_max_entries_per_principal: int = Field(default=100_000, gt=0)
+    audit_retention_days: float = Field(default=90, gt=0, le=3650)
     #: Where spans go: none | console | otlp-grpc | otlp-http | redis (the built-in store).
     trace_exporter: Literal["none", "console", "otlp-grpc", "otlp-http", "redis"] = "redis"
     #: The OTLP collector's endpoint; empty uses the exporter's default / OTEL_* variables.

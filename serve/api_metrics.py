@@ -53,11 +53,13 @@ def install(app: FastAPI) -> None:
         started = time.perf_counter()
         status = 500
         method = request.method if request.method in _METHODS else "OTHER"
-        given = request.headers.get("x-request-id")  # Serve's proxy sets it and answers it
-        request_id = given or uuid.uuid4().hex
-        request.state.request_id = request_id  # the audit and the log lines say the same id
+        # Serve's proxy sets X-Request-ID (keeping a client's) and answers it: it is kept
+        # as the client's id; the audit and the log lines use the server's own.
+        given = request.headers.get("x-request-id")
+        request_id = uuid.uuid4().hex
+        request.state.request_id = request_id
         with (
-            log_context(request_id=request_id),
+            log_context(request_id=request_id, client_request_id=given),
             tracing.span(f"HTTP {method}", parent=request.headers.get("traceparent"),
                          kind=SpanKind.SERVER,
                          attributes={"http.request.method": method,
@@ -68,6 +70,7 @@ def install(app: FastAPI) -> None:
                 status = response.status_code
                 if not given:
                     response.headers["x-request-id"] = request_id
+                response.headers["x-server-request-id"] = request_id
                 return response
             finally:
                 route = route_template(request)

@@ -12,6 +12,8 @@ from cluster.security_models import Action
 from serve.deps import Caller, allowed
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+#: The audit entry's object when the secret is read.
+SECRET_READ = "webhooks:secret:read"  # noqa: S105 (a name, not a secret)
 
 
 class SecretResponse(BaseModel):
@@ -25,4 +27,6 @@ async def webhook_secret(
 ) -> SecretResponse:
     """The secret signing this tenant's execution webhooks (created on first use)."""
     store = who.services.store.for_tenant(who.tenant)
-    return SecretResponse(secret=await asyncio.to_thread(signing_secret, store))
+    with who.audited(Action.KEYS_MANAGE, obj=SECRET_READ):  # a read of a secret is audited
+        secret = await asyncio.to_thread(signing_secret, store)
+    return SecretResponse(secret=secret)

@@ -33,6 +33,7 @@ ROUTER_MODULES = [
     "serve.api_data",
     "serve.api_a2a",
     "serve.api_webhooks",
+    "serve.api_audit",
     "serve.api_traces",
     "serve.api_dashboard",
 ]
@@ -70,10 +71,11 @@ def build_app(
 
     for name in ROUTER_MODULES:
         app.include_router(importlib.import_module(name).router, responses=errors.ERROR_RESPONSES)
-    from serve import api_dashboard, api_metrics, idempotency
+    from serve import api_audit, api_dashboard, api_metrics, idempotency
 
     api_dashboard.install(app)  # the pages at `/`, after every route so the API wins
     idempotency.install(app, MAX_BODY_BYTES)
+    api_audit.install(app)  # a mutating call's failed validation is audited
     api_metrics.install(app)  # added last, so outermost: 401s and replays count too
     return app
 

@@ -35,7 +35,10 @@ class Services:
         self.redis_url = resolve_redis_url(settings)
         self.store: Store = connect_store(settings, url=self.redis_url)
         limits = SecurityConfig(
-            rate_per_key=settings.rate_per_key, rate_per_tenant=settings.rate_per_tenant
+            rate_per_key=settings.rate_per_key,
+            rate_per_tenant=settings.rate_per_tenant,
+            audit_max_entries=settings.audit_max_entries_per_principal,
+            audit_retention_s=int(settings.audit_retention_days * 86400),
         )
         self.security = Security.from_settings(self.store, settings, limits)
         self._clients: dict[str, Client] = {}
@@ -93,11 +96,9 @@ def services(request: Request) -> Services:
 
 
 def request_id(request: Request) -> str:
-    return (
-        request.headers.get("x-request-id")
-        or getattr(request.state, "request_id", None)  # set by the outermost middleware
-        or uuid.uuid4().hex
-    )
+    """The server's id of the request (set by the outermost middleware): never the client's
+    X-Request-ID, which the audit keeps apart as `client_request_id`."""
+    return getattr(request.state, "request_id", None) or uuid.uuid4().hex
 
 
 def header_credential(headers: Mapping[str, str]) -> str | None:
@@ -121,12 +122,19 @@ def credential(request: Request) -> str:
     raise Unauthorized("no credential: send 'Authorization: Bearer <token or API key>'")
 
 
-def authenticated(svc: Services, token: str, request_id: str) -> Caller:
-    """The caller behind a credential, counted against its rate limits (REST and gRPC).
+def authenticated(svc: Services, token: str | None, request_id: str, source: str = "") -> Caller:
+    """The caller behind a credential, counted against its rate limits (REST and gRPC); a
+    failure is counted in the audit by key id and source (`source`: the peer's address).
 
     Raises: Unauthorized, RateLimited, StoreUnavailable.
     """
-    principal = svc.security.authenticate(token)
+    try:
+        if token is None:
+            raise Unauthorized("no credential: send 'Authorization: Bearer <token or API key>'")
+        principal = svc.security.authenticate(token)
+    except Unauthorized:
+        svc.security.audit.record_failed_authentication(token, source)
+        raise
     svc.security.check_rate(principal)
     return Caller(principal, request_id, svc)
 
@@ -153,8 +161,14 @@ _CREDENTIAL_ACTIONS = frozenset({Action.KEYS_MANAGE, Action.USERS_MANAGE, Action
 
 def caller(request: Request, svc: Services = Depends(services)) -> Caller:  # noqa: B008
     """Authenticate and rate-limit the request. Raises: Unauthorized, RateLimited."""
-    who = authenticated(svc, credential(request), request_id(request))
+    try:
+        token: str | None = credential(request)
+    except Unauthorized:
+        token = None
+    source = request.client.host if request.client else ""
+    who = authenticated(svc, token, request_id(request), source)
     tag_tenant(who.tenant)  # the request's span is kept with the tenant's traces
+    request.state.caller = who  # for the audit of a failed validation (serve.api_audit)
     return who
 
 

@@ -114,11 +114,13 @@ class GrpcApi:
         """
         metadata = {k.lower(): v for k, v in context.invocation_metadata()}
         token = header_credential(metadata)
-        if token is None:
-            raise Unauthorized("no credential: send metadata 'authorization: Bearer <token>'")
-        request_id = metadata.get("request_id") or uuid.uuid4().hex
         svc = self._services()
-        who = await asyncio.to_thread(authenticated, svc, token, request_id)
+        if token is None:
+            audit = svc.security.audit
+            await asyncio.to_thread(audit.record_failed_authentication, None, str(context.peer()))
+            raise Unauthorized("no credential: send metadata 'authorization: Bearer <token>'")
+        request_id = uuid.uuid4().hex  # the server's own: a client's id is never trusted
+        who = await asyncio.to_thread(authenticated, svc, token, request_id, str(context.peer()))
         return await authorized(who, action)
 
     async def _answer(self, context: Any, empty: M, work: Callable[[], Awaitable[M]]) -> M:

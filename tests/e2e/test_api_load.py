@@ -93,20 +93,24 @@ def test_the_audit_has_one_entry_per_mutating_call(
          "agents:write", "agent:nope", "failed"),
         (_call(http, "DELETE", "/v1/agents/echo@1.0.0", op), "agents:write",
          "agent:echo@1.0.0", "ok"),
+        # A malformed body is refused before the route runs: recorded as "invalid".
+        (_call(http, "POST", "/v1/agents/echo/scale", op, json={"replicas": -1}),
+         "input:invalid", "POST /v1/agents/echo/scale", "invalid"),
     ]  # fmt: skip
-    # Neither reads, nor a replayed Idempotency-Key, nor a malformed body are audited.
+    # Neither reads nor a replayed Idempotency-Key are audited.
     replay = _call(http, "POST", "/v1/tasks", {**agent, **idem}, json=async_task)
     reads = [_call(http, "GET", "/v1/agents", viewer), _call(http, "GET", "/v1/tasks/x", agent)]
-    bad = _call(http, "POST", "/v1/agents/echo/scale", op, json={"replicas": -1})
 
     entries = security.audit.list(fresh_tenant.name, limit=1000).entries
-    got = [(e.request_id, e.action, e.object, e.outcome) for e in entries]
+    # The client's X-Request-ID is kept apart: the entry's own id is the server's.
+    got = [(e.client_request_id, e.action, e.object, e.outcome) for e in entries]
     assert len(got) == len(expected), got
     for (rid, action, obj, outcome), entry in zip(expected, got, strict=True):
         assert entry[0] == rid and entry[1] == action and entry[3] == outcome, entry
         assert obj is None or entry[2] == obj, entry
     assert all(e.tenant == fresh_tenant.name for e in entries)
-    assert {replay, bad, *reads}.isdisjoint(e.request_id for e in entries)
+    assert {replay, *reads}.isdisjoint(e.client_request_id for e in entries)
+    assert not {e.request_id for e in entries} & {rid for rid, *_ in expected}
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def test_the_callers_trace_runs_through_serve_to_the_replica(
     request = by_name["HTTP POST /v1/executions"]
     assert request["trace_id"] == trace_id and request["parent_id"] == caller_span
     assert request["service"] == "dafnck-api"
-    assert request["attributes"]["dafnck.request_id"] == started.headers["x-request-id"]
+    assert request["attributes"]["dafnck.request_id"] == started.headers["x-server-request-id"]
     assert by_name[f"workflow {name}"]["parent_id"] == request["span_id"]
     assert by_name["agent.run obs.work"]["service"] == "dafnck-agent"
     assert {s["trace_id"] for s in spans} == {trace_id}
