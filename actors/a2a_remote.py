@@ -14,6 +14,10 @@ config:
 The card is resolved on the first task (then kept); a task's input becomes the message
 (`{"prompt": text}` a text part, anything else a data part), the remote task's artifacts
 (or its reply message) become the output. A remote failure is the task's failure.
+
+The agent connects only to addresses the platform's `outbound_allow` admits
+(`cluster.netguard`): `config.url` is checked when the agent is applied, and every
+connection (the card may name other URLs) when it is made.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.a2a_wire import SKILL_KEY, input_parts, parts_output
 from actors.skills import skill
+from cluster import netguard
 from cluster.contracts import Contract
-from cluster.errors import TaskFailed
+from cluster.errors import OutboundRefused, SpecInvalid, TaskFailed
 
 _DONE = frozenset({TaskState.TASK_STATE_COMPLETED})
 _ENDED = frozenset(
@@ -82,7 +87,12 @@ class A2ARemoteAgent:
     """Forwards tasks to a remote A2A agent; one skill per mapped capability."""
 
     def __init__(self, **config: Any) -> None:
+        """Raises: SpecInvalid (`config.url` at an address the platform does not allow)."""
         self.config = A2ARemoteConfig(**config)
+        self._outbound = netguard.policy_for(None)
+        problem = self._outbound.url_problem(self.config.url)
+        if problem:
+            raise SpecInvalid(f"A2A agent {self.config.url!r}", [f"config.url: {problem}"])
         self._headers = self._auth_headers()
         self._client: tuple[asyncio.AbstractEventLoop, Client, httpx.AsyncClient] | None = None
         if not self.config.skills:
@@ -111,7 +121,11 @@ class A2ARemoteAgent:
         """The client of this event loop (a replica has one), its card resolved once."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._client[0] is not loop:
-            http = httpx.AsyncClient(headers=self._headers, timeout=self.config.timeout_s)
+            http = httpx.AsyncClient(
+                headers=self._headers,
+                timeout=self.config.timeout_s,
+                transport=netguard.guarded_transport(self._outbound),
+            )
             factory = ClientFactory(ClientConfig(httpx_client=http, streaming=False))
             try:
                 self._client = (loop, await factory.create_from_url(self.config.url), http)
@@ -139,9 +153,14 @@ class A2ARemoteAgent:
             if last is None or not last.HasField("task"):
                 raise TaskFailed(f"{self.config.url} answered neither a task nor a message")
             return self._output(await self._ended(client, last.task))
-        except (A2AClientError, httpx.HTTPError) as exc:
+        except (A2AClientError, httpx.HTTPError, OutboundRefused) as exc:
             # Resolve the card again next time (tasks still using this client keep it).
             self._client = None
+            refused = netguard.refused_in(exc)
+            if refused is not None:  # the address: trying again will not help
+                raise TaskFailed(
+                    f"A2A agent {self.config.url}: {refused}", "OutboundRefused"
+                ) from None
             raise TaskFailed(
                 f"A2A agent {self.config.url}: {exc}", "A2AUnavailable", True
             ) from None

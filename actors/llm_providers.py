@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from actors.models import LLMConfig
+from cluster import netguard
 from cluster.allowlist import CodePolicy, SecretRefused, policy_for
-from cluster.errors import ProviderError
+from cluster.errors import ProviderError, SpecInvalid
 from cluster.redact import redact, register_secret
 
 log = logging.getLogger(__name__)
@@ -130,11 +131,29 @@ def _key_from_file(ref: str, policy: CodePolicy) -> str:
     return key
 
 
-def make_provider(cfg: LLMConfig, api_key: str) -> Provider:
-    """The provider for the spec's `provider` field, over its official SDK."""
+def make_provider(
+    cfg: LLMConfig, api_key: str, outbound: netguard.OutboundPolicy | None = None
+) -> Provider:
+    """The provider for the spec's `provider` field, over its official SDK; it connects only
+    where `outbound` allows (default: this process's settings' `outbound_allow`).
+
+    Raises: SpecInvalid (`llm.base_url` resolves to an address the platform does not allow).
+    """
+    outbound = outbound or netguard.policy_for(None)
+    problem = outbound.url_problem(cfg.base_url) if cfg.base_url else None
+    if problem:
+        raise SpecInvalid(f"llm model {cfg.model!r}", [f"llm.base_url: {problem}"])
     if cfg.provider == "anthropic":
-        return AnthropicProvider(cfg, api_key)
-    return OpenAIProvider(cfg, api_key)
+        return AnthropicProvider(cfg, api_key, outbound)
+    return OpenAIProvider(cfg, api_key, outbound)
+
+
+def _http_client(sdk: Any, outbound: netguard.OutboundPolicy | None) -> Any:
+    """The SDK's own default client, over a transport that checks every connection."""
+    import httpx2
+
+    policy = outbound or netguard.policy_for(None)
+    return sdk.DefaultAsyncHttpxClient(transport=netguard.guarded_transport(policy, httpx2))
 
 
 def _scrub(text: str, secret: str) -> str:
@@ -146,6 +165,9 @@ def _failure(provider: str, cfg: LLMConfig, exc: BaseException, secret: str) -> 
     status = getattr(exc, "status_code", None)
     what = f"HTTP {status}" if status else type(exc).__name__
     detail = redact(_scrub(str(getattr(exc, "message", None) or exc), secret))[:500]
+    refused = netguard.refused_in(exc)
+    if refused is not None:  # the address, not the model: say which and why
+        what, detail = "refused", refused.message
     return ProviderError(
         f"{provider} model {cfg.model!r} failed ({what}, after up to {cfg.max_retries} SDK "
         f"retries): {detail}"
@@ -179,7 +201,9 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, cfg: LLMConfig, api_key: str) -> None:
+    def __init__(
+        self, cfg: LLMConfig, api_key: str, outbound: netguard.OutboundPolicy | None = None
+    ) -> None:
         import openai
 
         self.cfg = cfg
@@ -194,6 +218,7 @@ class OpenAIProvider:
             base_url=base_url(cfg),
             timeout=cfg.timeout_s,
             max_retries=cfg.max_retries,
+            http_client=_http_client(openai, outbound),
         )
 
     async def complete(
@@ -319,7 +344,9 @@ class AnthropicProvider:
 
     name = "anthropic"
 
-    def __init__(self, cfg: LLMConfig, api_key: str) -> None:
+    def __init__(
+        self, cfg: LLMConfig, api_key: str, outbound: netguard.OutboundPolicy | None = None
+    ) -> None:
         import anthropic
 
         self.cfg = cfg
@@ -331,6 +358,7 @@ class AnthropicProvider:
             base_url=base_url(cfg),
             timeout=cfg.timeout_s,
             max_retries=cfg.max_retries,
+            http_client=_http_client(anthropic, outbound),
         )
 
     async def complete(

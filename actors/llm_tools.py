@@ -3,7 +3,8 @@
 - A skill tool is a `module:function`; its JSON schema comes from its type hints or its one
   pydantic-model parameter, derived as `actors.skills` derives a skill's input schema.
 - An MCP tool comes from an MCP server reached through the official `mcp` SDK, over stdio
-  (the server's command, started once per replica) or streamable HTTP (a URL). The
+  (the server's command, started once per replica) or streamable HTTP (a URL, reached only
+  at addresses the platform's `outbound_allow` admits: `cluster.netguard`). The
   connection opens on the agent's first task and stays open.
 - An agent tool delegates to whichever agent serves a capability: a task routed like any
   other (by the supervisor's pool view, straight to a replica), with the tool's own timeout;
@@ -15,12 +16,13 @@ A tool's failure is shown to the model as the tool's result (`is_error`), not ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,7 @@ from actors.admission import tool_problems
 from actors.llm_providers import ToolSpec
 from actors.models import MCPServer, Task, TaskResult, ToolRef
 from actors.skills import Skill, _input_model, load_entrypoint
+from cluster import netguard
 from cluster.allowlist import CodePolicy, policy_for
 from cluster.errors import SpecInvalid
 
@@ -139,9 +142,15 @@ class MCPConnection:
     """One open MCP client session, held by a background task (the SDK's transports are
     anyio context managers that must close in the task that opened them)."""
 
-    def __init__(self, server: MCPServer, timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        server: MCPServer,
+        timeout_s: float | None,
+        outbound: netguard.OutboundPolicy | None = None,
+    ) -> None:
         self.server = server
         self.timeout_s = timeout_s
+        self.outbound = outbound or netguard.policy_for(None)
         self.client: Any = None
         self.tools: list[Any] = []
         self._ready = asyncio.Event()
@@ -153,7 +162,7 @@ class MCPConnection:
 
     def _target(self) -> Any:
         if self.server.url:
-            return self.server.url
+            return _guarded_http(self.server.url, self.outbound)
         from mcp.client.stdio import StdioServerParameters
 
         command = list(self.server.command or [])
@@ -219,6 +228,21 @@ class MCPConnection:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
+@contextlib.asynccontextmanager
+async def _guarded_http(url: str, outbound: netguard.OutboundPolicy) -> AsyncIterator[Any]:
+    """MCP's streamable HTTP transport over a client that connects only where allowed."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    transport = netguard.guarded_transport(outbound, httpx2)
+    timeout = httpx2.Timeout(30, read=300)  # the SDK's own: a stream may stay open long
+    async with (
+        httpx2.AsyncClient(transport=transport, timeout=timeout) as http,
+        streamable_http_client(url, http_client=http) as streams,
+    ):
+        yield streams
+
+
 def _root(exc: BaseException | None) -> str:
     """The innermost error of an exception group (anyio wraps transport failures)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -263,7 +287,8 @@ class ToolBox:
         self._connections: list[MCPConnection] = []
         self._ready = False
         self._lock = asyncio.Lock()
-        problems = tool_problems(refs, policy)
+        self._outbound = netguard.policy_for(None)
+        problems = tool_problems(refs, policy) + self._url_problems(refs)
         if problems:  # nothing is imported when any tool is refused
             raise SpecInvalid("tools", problems)
         for i, ref in enumerate(refs):
@@ -278,6 +303,16 @@ class ToolBox:
                 )
         if problems:
             raise SpecInvalid("tools", problems)
+
+    def _url_problems(self, refs: list[ToolRef]) -> list[str]:
+        """MCP urls whose host resolves to an address the platform does not allow."""
+        found = []
+        for i, ref in enumerate(refs):
+            url = ref.mcp.url if ref.mcp else None
+            problem = self._outbound.url_problem(url) if url else None
+            if problem:
+                found.append(f"llm.tools[{i}].mcp.url: {problem}")
+        return found
 
     def _add(self, tool: Tool) -> None:
         if tool.spec.name in self._tools:
@@ -300,7 +335,7 @@ class ToolBox:
     async def _connect(self) -> None:
         for ref in self.refs:
             if ref.mcp is not None:
-                connection = MCPConnection(ref.mcp, ref.timeout_s)
+                connection = MCPConnection(ref.mcp, ref.timeout_s, self._outbound)
                 await connection.open()
                 self._connections.append(connection)
                 for tool in mcp_tools(ref, connection):

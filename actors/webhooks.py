@@ -9,6 +9,12 @@ after a restart, so receivers deduplicate. Each attempt is signed anew (`webhook
 `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`) with the tenant's
 secret, retried with exponential backoff on 5xx, 408, 429 and connection errors; every
 failed attempt and the outcome are appended to the execution's events.
+
+The URL is checked when the execution is submitted (`check_webhook`) and every connection
+again (`cluster.netguard`): an address the platform's `outbound_allow` does not name
+(loopback, private, link-local, cloud metadata) is refused, and not retried. Events record
+only the outcome's class ("refused", "timeout", "connection error", "http 500"), never a
+remote's error text: the events are read by viewers, the remote may be anything.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from tenacity import (
 
 from actors.messages import DomainEvent
 from cluster.contracts import Contract
+from cluster.errors import OutboundRefused
+from cluster.netguard import OutboundPolicy, guarded_transport, policy_for, refused_in
 from cluster.store import Store
 from cluster.streams import MAX_BLOCK_MS, cancel_and_wait, stream_replies
 from workflows.execution import Event
@@ -85,6 +93,23 @@ class Refused(Retryable):
     """The receiver refused the webhook for good (a 3xx or a 4xx other than 408 and 429)."""
 
 
+def check_webhook(spec: WebhookSpec, outbound: OutboundPolicy) -> None:
+    """Refuse a URL whose host resolves to an address `outbound` does not allow (blocking:
+    it resolves the host). Raises: OutboundRefused naming `webhook.url`."""
+    outbound.check_url(str(spec.url), "webhook.url")
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The class of a failed attempt, for the events: never the remote's own words."""
+    if refused_in(exc) is not None:
+        return "refused"
+    if isinstance(exc, Retryable) and exc.status is not None:
+        return f"http {exc.status}"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    return "connection error"
+
+
 def webhook_key(store: Store, execution_id: str) -> str:
     return store.key("webhook", execution_id)
 
@@ -126,8 +151,11 @@ class WebhookDispatcher:
         policy: WebhookPolicy | None = None,
         consumer: str = "supervisor",
         sweep_s: float = 30.0,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         self.store = store
+        #: Where deliveries may connect: by default this process's settings' `outbound_allow`.
+        self.outbound = outbound or policy_for(None)
         #: How often entries left unacknowledged (a delivery cut short by an outage) are
         #: taken up again; the first sweep, at start, takes up those of a dead supervisor.
         self.sweep_s = sweep_s
@@ -237,16 +265,17 @@ class WebhookDispatcher:
             reraise=True,
         )
         status: int | None = None
-        async with httpx.AsyncClient(timeout=policy.timeout_s) as http:
+        transport = guarded_transport(self.outbound)
+        async with httpx.AsyncClient(timeout=policy.timeout_s, transport=transport) as http:
             try:
                 async for attempt in retrying:
                     with attempt:
                         status = await self._attempt(
                             http, execution_id, url, webhook_id, body, secret
                         )
-            except (Retryable, httpx.HTTPError) as exc:
+            except (Retryable, httpx.HTTPError, OutboundRefused) as exc:
                 last = exc.status if isinstance(exc, Retryable) else None
-                await self._outcome(execution_id, "failed", webhook_id, last, str(exc))
+                await self._outcome(execution_id, "failed", webhook_id, last, outcome_of(exc))
                 return
         await self._outcome(execution_id, "delivered", webhook_id, status)
 
@@ -254,7 +283,10 @@ class WebhookDispatcher:
         self, http: httpx.AsyncClient, execution_id: str, url: str, webhook_id: str, body: str,
         secret: str,
     ) -> int:  # fmt: skip
-        """One signed POST; its status. Raises: Retryable, Refused, httpx.HTTPError."""
+        """One signed POST; its status.
+
+        Raises: Retryable, Refused, httpx.HTTPError, OutboundRefused (the address).
+        """
         headers = signed_headers(secret, webhook_id, body, datetime.now(UTC))
         attempts = await self.store.async_redis().hincrby(
             webhook_key(self.store, execution_id), "attempts", 1
@@ -262,9 +294,9 @@ class WebhookDispatcher:
         failed = {"webhook_id": webhook_id, "attempt": attempts, "status": None}
         try:
             status = (await http.post(url, content=body, headers=headers)).status_code
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OutboundRefused) as exc:
             await self._append(
-                execution_id, "webhook.attempt_failed", {**failed, "error": str(exc)}
+                execution_id, "webhook.attempt_failed", {**failed, "error": outcome_of(exc)}
             )
             raise
         if status >= 300:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import os
 import re
 import socket
 from collections.abc import Iterable, Sequence
@@ -38,6 +40,8 @@ from cluster.errors import OutboundRefused
 
 if TYPE_CHECKING:
     from cluster.settings import Settings
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -332,12 +336,24 @@ OutboundAllow = Annotated[list[str], NoDecode, BeforeValidator(_entries), AfterV
 
 
 def policy_for(settings: Settings | None) -> OutboundPolicy:
-    """The policy of `settings`, else of this process's settings (`DAFNCK_*`, its file)."""
-    if settings is None:
-        from cluster.settings import load_settings
+    """The policy of `settings`, else of this process's settings (`DAFNCK_*`, its file).
 
-        settings = load_settings()
-    return OutboundPolicy.from_entries(settings.outbound_allow)
+    When this process's settings do not load, `DAFNCK_OUTBOUND_ALLOW` alone is read, and
+    when that does not parse either, nothing beyond public addresses is allowed.
+    """
+    if settings is not None:
+        return OutboundPolicy.from_entries(settings.outbound_allow)
+    from cluster.settings import load_settings
+
+    try:
+        return OutboundPolicy.from_entries(load_settings().outbound_allow)
+    except Exception:  # another setting of this process is bad: read ours alone
+        log.warning("this process's settings do not load; reading DAFNCK_OUTBOUND_ALLOW alone")
+    try:
+        return OutboundPolicy.from_entries(_entries(os.environ.get("DAFNCK_OUTBOUND_ALLOW", "")))
+    except (ValueError, TypeError):
+        log.error("DAFNCK_OUTBOUND_ALLOW does not parse: only public addresses are reached")
+        return OutboundPolicy()
 
 
 __all__ = [

@@ -16,16 +16,16 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.models import new_id
-from actors.webhooks import WebhookSpec, register_webhook
+from actors.webhooks import WebhookSpec, check_webhook, register_webhook
+from cluster.netguard import policy_for
 from cluster.security_models import Action
 from serve.deps import Caller, allowed
+from serve.patterns import STREAM_ID  # the cursor of event pages and streams
 from workflows.execution import Event, Execution, ExecutionStatus
 from workflows.spec import NAME
 
 router = APIRouter(prefix="/v1/executions", tags=["executions"])
 
-#: A Redis stream id, the cursor of event pages and streams.
-STREAM_ID = r"^\d+-\d+$"
 #: How often `?wait=true` looks at the execution's state.
 WAIT_POLL_S = 0.1
 
@@ -88,12 +88,15 @@ async def start_execution(
 ) -> dict[str, Any]:
     """Start the workflow; 202 with the execution (200 once ended, with `?wait=true`).
 
-    Raises: NotFound (no such workflow or version), InputInvalid (inputs of the wrong type).
+    Raises: NotFound (no such workflow or version), InputInvalid (inputs of the wrong type),
+    OutboundRefused (a webhook URL at an address the platform does not allow).
     """
     workflows = caller.client.workflows
     execution_id = new_id()
     with caller.audited(Action.EXECUTIONS_CONTROL, obj=request.workflow):
         if request.webhook:
+            outbound = policy_for(caller.services.settings)
+            await asyncio.to_thread(check_webhook, request.webhook, outbound)
             store = caller.services.store.for_tenant(caller.tenant)
             await asyncio.to_thread(register_webhook, store, execution_id, request.webhook)
         execution = await asyncio.to_thread(

@@ -20,6 +20,10 @@ from cluster.valkey import free_port, server_url, start_server
 
 #: The repository root: Ray workers import test agents as `tests.fixtures.agents` from it.
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The test servers (fake LLM, webhook receivers, A2A and MCP servers) listen on 127.0.0.1:
+#: the session's settings, and Ray's workers (which inherit the variable), may reach it.
+#: tests/security/test_ssrf.py shows the refusals with the default, empty list.
+os.environ.setdefault("DAFNCK_OUTBOUND_ALLOW", '["127.0.0.1"]')
 
 
 @pytest.fixture(scope="session", autouse=True)

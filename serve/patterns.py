@@ -1,0 +1,53 @@
+"""The shapes of ids and cursors the API takes, checked at the edge (REST and gRPC alike).
+
+Ids become parts of Redis keys (`exec:<id>`), so an id with `:` could name another key of
+the tenant (`exec:<id>:events`, a stream, read as a hash: WRONGTYPE); a stream id's parts
+are 64-bit numbers in Redis, so a longer one is refused here instead of by Redis.
+"""
+
+from __future__ import annotations
+
+import re
+
+from actors.messages import EVENT_TYPE
+from cluster.errors import InputInvalid
+
+#: An id the platform makes (executions, channels: `uuid4().hex`) or a caller gives it.
+ID = r"^[A-Za-z0-9_-]{1,64}$"
+#: A task's id, as `actors.models.Task.id` takes it.
+TASK_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+#: A Redis stream id (`<ms>-<seq>`), each part below 2^64 (19 digits at most).
+STREAM_ID = r"^\d{1,19}-\d{1,19}$"
+#: An agent's name, optionally `@<version range>` (as `Client.agents.scale` takes it).
+AGENT_REF = r"^[a-z][a-z0-9-]{0,62}(@[\x21-\x7e]{1,100})?$"
+#: A step id, or one item of a for_each step (`analyse[3]`).
+STEP_KEY = r"^[a-z][a-z0-9_]*(\[\d+\])?$"
+#: The largest millisecond time a stream id holds.
+MAX_STREAM_MS = 2**64 - 1
+
+_STREAM_ID = re.compile(STREAM_ID)
+
+
+def is_stream_id(text: str) -> bool:
+    return bool(_STREAM_ID.match(text))
+
+
+def check(value: str, pattern: str, field: str, what: str = "request") -> str:
+    """`value` when it matches `pattern`. Raises: InputInvalid naming `field`."""
+    if not re.match(pattern, value):
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise InputInvalid(what, [f"{field}: {shown!r} does not match {pattern}"])
+    return value
+
+
+__all__ = [
+    "AGENT_REF",
+    "EVENT_TYPE",
+    "ID",
+    "MAX_STREAM_MS",
+    "STEP_KEY",
+    "STREAM_ID",
+    "TASK_ID",
+    "check",
+    "is_stream_id",
+]
