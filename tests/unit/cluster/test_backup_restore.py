@@ -117,14 +117,16 @@ def test_restore_of_an_old_backup_never_brings_back_a_revoked_key(
     ]
 
 
-def test_into_empty_ignores_security_records(acme: Store, dm: DataManager) -> None:
+def test_into_empty_ignores_security_records(acme: Store, dm: DataManager, tmp_path: Path) -> None:
     made = dm.store({"n": 1}, DataMetadata(name="doc"))
-    backup_id = dm.backup().info.backup_id
-    dm.delete(made.id)
-    ApiKeys(acme).create_api_key("acme", Role.ADMIN, "ops")
-    security_records(acme)
-    dm.restore(backup_id)  # only credentials and the audit are there: it counts as empty
-    assert dm.get(made.id).data == {"n": 1}
+    info = dm.backup().info
+    fresh = acme.for_tenant("fresh")
+    ApiKeys(fresh).create_api_key("fresh", Role.ADMIN, "ops")
+    security_records(fresh)
+    target = DataManager(fresh, str(tmp_path / "blobs"), tmp_path / "data.key",
+                         backup_root=str(Path(info.uri).parent))  # fmt: skip
+    target.restore(info.backup_id)  # only credentials and the audit are there: it is empty
+    assert target.get(made.id).data == {"n": 1}
 
 
 def test_a_failed_restore_is_audited_after_its_start(acme: Store, dm: DataManager) -> None:
