@@ -133,8 +133,12 @@ async def query_objects(
     name: str | None = None,
     kind: str | None = None,
     tag: list[str] = Query(default=[]),  # noqa: B008
-    since: float | None = Query(default=None, description="Created at or after (epoch s)"),
-    until: float | None = Query(default=None, description="Created before (epoch s)"),
+    since: float | None = Query(
+        default=None, allow_inf_nan=False, description="Created at or after (epoch s)"
+    ),
+    until: float | None = Query(
+        default=None, allow_inf_nan=False, description="Created before (epoch s)"
+    ),
     cursor: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=1000),
     include_data: bool = True,

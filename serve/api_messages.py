@@ -16,10 +16,12 @@ from actors.messages import TOPIC, TRACEPARENT, Message
 from actors.models import NAME
 from cluster.security_models import Action
 from serve.deps import Caller, allowed
+from serve.patterns import ID, MAX_STREAM_MS, STREAM_ID
 
 router = APIRouter(tags=["messages"])
 
-STREAM_ID = r"^\d+-\d+$"
+#: `inbox:<agent>`, `topic:<name>` or `channel:<id>`: the name becomes part of a key.
+TARGET = "^(inbox:{}|topic:{}|channel:{})$".format(*(p.strip("^$") for p in (NAME, TOPIC, ID)))
 AgentName = Path(pattern=NAME, description="The recipient agent's name")
 TopicName = Path(pattern=TOPIC)
 ChannelId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
@@ -170,10 +172,10 @@ async def read_channel(
 
 @router.get("/v1/messages/history")
 async def history(
-    target: str = Query(description="inbox:<agent>, topic:<name> or channel:<id>"),
+    target: str = Query(pattern=TARGET, description="inbox:<agent>, topic:<name> or channel:<id>"),
     cursor: str | None = Query(default=None, pattern=STREAM_ID, description="next_cursor"),
-    since_ms: int | None = Query(default=None, ge=0),
-    until_ms: int | None = Query(default=None, ge=0),
+    since_ms: int | None = Query(default=None, ge=0, le=MAX_STREAM_MS),
+    until_ms: int | None = Query(default=None, ge=0, le=MAX_STREAM_MS),
     limit: int = Query(default=50, ge=1, le=1000),
     newest_first: bool = False,
     caller: Caller = Depends(allowed(Action.MESSAGES_READ)),  # noqa: B008

@@ -28,12 +28,13 @@ from starlette.websockets import WebSocketDisconnect
 from cluster.errors import DafnckError, Forbidden, InputInvalid, NotFound, Unauthorized
 from cluster.security_models import Action
 from cluster.streams import stream_replies, unreachable_as_error
+from serve import patterns
 from serve.deps import Caller, allowed, credential, request_id
 from workflows.execution import Event, Execution
 
 router = APIRouter(tags=["streams"])
 
-STREAM_ID = re.compile(r"^\d+-\d+$")
+STREAM_ID = re.compile(patterns.STREAM_ID)  # each part below 2^64, as Redis keeps them
 #: Longest wait of one read; also how soon a stream notices its execution ended.
 BLOCK_MS = 1000
 #: Seconds without an event after which an SSE stream sends a comment.
@@ -164,6 +165,7 @@ async def ws_execution_events(websocket: WebSocket, execution_id: str) -> None:
     if who is None:
         return
     try:
+        patterns.check(execution_id, patterns.ID, "execution_id")
         after = _resume_point(None, websocket.query_params.get("cursor"))
         await _load(who, execution_id)
     except InputInvalid as exc:
@@ -188,13 +190,15 @@ async def ws_execution_events(websocket: WebSocket, execution_id: str) -> None:
 
 def parse_bus_cursor(text: str | None) -> dict[str, str]:
     """`type=id,type=id` -> {type: id}; a bare id (`0-0`) is where unnamed types start.
+    Each type must be an event type (`step.started`): it becomes part of a key.
 
     Raises: InputInvalid.
     """
     positions: dict[str, str] = {}
     for part in filter(None, (text or "").split(",")):
         kind, _, position = part.rpartition("=")
-        if not STREAM_ID.match(position) or (not kind and "=" in part):
+        bad_kind = not re.match(patterns.EVENT_TYPE, kind) if kind else "=" in part
+        if not STREAM_ID.match(position) or bad_kind:
             raise InputInvalid(
                 "cursor", [f"{part!r} is not 'event.type=<stream id>' (from an event's id)"]
             )

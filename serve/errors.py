@@ -84,6 +84,16 @@ def _invalid(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("InputInvalid", message, problems=problems), status_code=422)
 
 
+def _too_deep(request: Request, exc: Exception) -> JSONResponse:
+    """A body nested past what the parser recurses into (`[[[[...`): bad input, not a fault."""
+    log.warning("%s %s: input nested too deeply to read", request.method, request.url.path)
+    problem = "nested too deeply to read (arrays or objects inside each other)"
+    body = error_body(
+        "InputInvalid", f"body: {problem}", problems=[{"field": "body", "problem": problem}]
+    )
+    return JSONResponse(body, status_code=400)
+
+
 def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     return JSONResponse(
@@ -102,4 +112,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DafnckError, _platform)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(RecursionError, _too_deep)
     app.add_exception_handler(Exception, _unexpected)

@@ -29,6 +29,7 @@ from serve.api_executions import ExecutionRequest
 from serve.api_streams import STREAM_ID, execution_frames
 from serve.api_tasks import start_task
 from serve.deps import Caller, Services, authenticated, authorized, header_credential
+from serve.patterns import AGENT_REF, ID, STEP_KEY, TASK_ID, check
 from serve.protos import dafnck_pb2 as pb
 from workflows.execution import Execution
 
@@ -148,7 +149,8 @@ class GrpcApi:
     async def GetTask(self, request: pb.GetTaskRequest, grpc_context: Any) -> pb.TaskReply:
         async def work() -> pb.TaskReply:
             who = await self._caller(grpc_context, Action.TASKS_READ)
-            return _task_record(await TaskRecords(who.client.store).get(request.id))
+            task_id = check(request.id, TASK_ID, "id", "task request")
+            return _task_record(await TaskRecords(who.client.store).get(task_id))
 
         return await self._answer(grpc_context, pb.TaskReply(), work)
 
@@ -166,6 +168,7 @@ class GrpcApi:
     async def ScaleAgent(self, request: pb.ScaleAgentRequest, grpc_context: Any) -> pb.AgentsReply:
         async def work() -> pb.AgentsReply:
             who = await self._caller(grpc_context, Action.AGENTS_WRITE)
+            check(request.name, AGENT_REF, "name", "scale request")
             body = _contract(ScaleRequest, "scale request", replicas=request.replicas)
             with who.audited(Action.AGENTS_WRITE, obj=f"agent:{request.name}"):
                 records = await asyncio.to_thread(
@@ -206,7 +209,8 @@ class GrpcApi:
     ) -> pb.ExecutionReply:
         async def work() -> pb.ExecutionReply:
             who = await self._caller(grpc_context, Action.EXECUTIONS_READ)
-            return _execution(await asyncio.to_thread(who.client.workflows.status, request.id))
+            execution_id = check(request.id, ID, "id", "execution request")
+            return _execution(await asyncio.to_thread(who.client.workflows.status, execution_id))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -215,6 +219,8 @@ class GrpcApi:
     ) -> pb.ExecutionReply:
         async def work() -> pb.ExecutionReply:
             who = await self._caller(grpc_context, Action.EXECUTIONS_APPROVE)
+            check(request.execution_id, ID, "execution_id", "approval")
+            check(request.step, STEP_KEY, "step", "approval")
             workflows = who.client.workflows
             decide = workflows.reject if request.reject else workflows.approve
             obj = f"{request.execution_id}/{request.step}"
@@ -232,6 +238,7 @@ class GrpcApi:
     ) -> pb.ExecutionReply:
         async def work() -> pb.ExecutionReply:
             who = await self._caller(grpc_context, Action.EXECUTIONS_CONTROL)
+            check(request.id, ID, "id", "cancel request")
             with who.audited(Action.EXECUTIONS_CONTROL, obj=request.id):
                 done = await asyncio.to_thread(
                     who.client.workflows.cancel, request.id, who.principal.subject, request.reason
@@ -250,6 +257,7 @@ class GrpcApi:
         """
         try:
             who = await self._caller(grpc_context, Action.EXECUTIONS_READ)
+            check(request.id, ID, "id", "watch request")
             after = request.cursor or "0-0"
             if not STREAM_ID.match(after):
                 raise InputInvalid("cursor", [f"{after!r} is not a stream id like '17-0'"])
