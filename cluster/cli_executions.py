@@ -70,7 +70,9 @@ def run(
         return
     done = watch(remote.workflows, execution, console)
     if done.outputs is not None:
-        print_json(done.outputs)
+        from workflows.tables import summarise
+
+        print_json(summarise(done.outputs))
     if done.error:
         err.print(f"[red]{done.status.value}:[/] {escape(done.error.message)}")
     raise typer.Exit(EXIT_CODES.get(done.status.value, 4))
@@ -180,8 +182,11 @@ def executions_ls(
 
 @exec_app.command("show")
 def executions_show(execution_id: str) -> None:
-    """One execution: status, inputs, outputs and every step."""
-    print_json(client().workflows.status(execution_id).model_dump())
+    """One execution: status, inputs, outputs and every step (each Arrow table as its rows,
+    columns and where it is stored)."""
+    from workflows.tables import execution_view
+
+    print_json(execution_view(client().workflows.status(execution_id)))
 
 
 @exec_app.command("events")

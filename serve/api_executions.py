@@ -23,6 +23,7 @@ from serve.deps import Caller, allowed
 from serve.patterns import STREAM_ID  # the cursor of event pages and streams
 from workflows.execution import Event, Execution, ExecutionStatus
 from workflows.spec import NAME
+from workflows.tables import execution_view
 
 router = APIRouter(prefix="/v1/executions", tags=["executions"])
 
@@ -70,7 +71,9 @@ class EventsResponse(BaseModel):
 
 
 def execution_json(execution: Execution) -> dict[str, Any]:
-    return execution.model_dump(mode="json")
+    """The execution as the API shows it: each Arrow table in its outputs summarised
+    (`{"$table": {rows, columns, stored_at}}`, see `workflows.tables`), never sent whole."""
+    return execution_view(execution)
 
 
 @router.post(

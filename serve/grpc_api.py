@@ -32,6 +32,7 @@ from serve.deps import Caller, Services, authenticated, authorized, header_crede
 from serve.patterns import AGENT_REF, ID, STEP_KEY, TASK_ID, check
 from serve.protos import dafnck_pb2 as pb
 from workflows.execution import Execution
+from workflows.tables import execution_view
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _contract(model: type[C], what: str, **fields: Any) -> C:
 
 
 def _execution(execution: Execution) -> pb.ExecutionReply:
-    data = execution.model_dump(mode="json")
+    data = execution_view(execution)  # Arrow tables summarised, as REST shows them
     return pb.ExecutionReply(id=execution.id, status=data["status"], execution=to_struct(data))
 
 

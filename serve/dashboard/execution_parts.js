@@ -2,10 +2,11 @@
 // the timeline of its steps, a step's inputs and output, one event's line.
 
 import { api, socketUrl, endSession } from "./api.js";
-import { h, badge, when, json } from "./ui.js";
+import { h, badge, when, json, table } from "./ui.js";
 
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 const MAX_SPANS = 80;
+const MAX_TABLES = 50;
 
 /**
  * Follow the execution's events over `WS /v1/ws/executions/{id}`: each frame goes to
@@ -123,8 +124,38 @@ export function stepDetails(step, state, execution) {
     h("h4", {}, "Inputs (as written; the execution's inputs below)"), json(step.with),
     execution ? json(execution.inputs) : null,
     items.length ? [h("h4", {}, "Items"), h("ul", {}, items)] : null,
-    h("h4", {}, "Output"), st.output === undefined || st.output === null ? h("p", { class: "empty" }, "—") : json(st.output),
+    h("h4", {}, "Output"), outputView(st.output),
     st.error ? [h("h4", {}, "Error"), h("p", { class: "error-text" }, `${st.error.type}: ${st.error.message}`)] : null);
+}
+
+function isSummary(value) {
+  const t = value.$table;
+  return Object.keys(value).length === 1 && t !== null && typeof t === "object"
+    && Number.isInteger(t.rows) && Array.isArray(t.columns);
+}
+
+/**
+ * The Arrow tables in an output, as the API summarises them (`{"$table": {rows, columns,
+ * stored_at}}`, never the data), each with its place in the output: `output.files[3]`.
+ */
+export function tableSummaries(value, path = "output", found = []) {
+  if (found.length >= MAX_TABLES || value === null || typeof value !== "object") return found;
+  if (Array.isArray(value)) value.forEach((v, i) => tableSummaries(v, `${path}[${i}]`, found));
+  else if (isSummary(value)) found.push({ path, ...value.$table });
+  else Object.entries(value).forEach(([k, v]) => tableSummaries(v, `${path}.${k}`, found));
+  return found;
+}
+
+/** An output (a step's, or the execution's): its Arrow tables listed, then the whole as JSON. */
+export function outputView(output, name = "output") {
+  if (output === undefined || output === null) return h("p", { class: "empty" }, "—");
+  const tables = tableSummaries(output, name);
+  const caption = `${tables.length}${tables.length >= MAX_TABLES ? "+" : ""} Arrow table${tables.length === 1 ? "" : "s"} (shown as rows and columns; the data stays in the store)`;
+  return h("div", { class: "output" },
+    tables.length ? table(["In the output", "Rows", "Columns", "Stored at"], tables.map((t) => [
+      h("code", {}, t.path), String(t.rows), t.columns.join(", "), t.stored_at ? h("code", {}, t.stored_at) : "—",
+    ]), { caption }) : null,
+    json(output));
 }
 
 export function eventItem(frame) {

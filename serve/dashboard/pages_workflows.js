@@ -4,7 +4,7 @@
 import { api, session } from "./api.js";
 import { h, table, badge, section, when, every, actionButton, notify, alertError } from "./ui.js";
 import { drawGraph } from "./graph.js";
-import { liveExecution, timeline, stepDetails, eventItem } from "./execution_parts.js";
+import { liveExecution, timeline, stepDetails, eventItem, outputView } from "./execution_parts.js";
 
 const REFRESH_MS = 2000;
 const TIMELINE_MS = 1500;
@@ -126,6 +126,7 @@ export async function executionPage(main, id) {
   const approvalBox = h("div", { "aria-live": "polite" });
   const detailBox = h("div");
   const timelineBox = h("div");
+  const outputsBox = h("div", { id: "execution-outputs" });
   const events = h("ol", { class: "events", "aria-live": "polite", "aria-label": "Events" });
   const { svg, paint } = drawGraph(graph.steps, (stepId) => {
     selected = stepId;
@@ -144,6 +145,7 @@ export async function executionPage(main, id) {
     paint(execution.steps, selected);
     controlBox.replaceChildren(controls(execution, reason, apply));
     approvalBox.replaceChildren(approvals(execution, graph, reason, apply));
+    outputsBox.replaceChildren(outputView(execution.outputs, "outputs"));
     const step = graph.steps.find((s) => s.id === selected);
     detailBox.replaceChildren(step ? stepDetails(step, execution.steps[step.id], execution)
       : h("p", { class: "empty" }, "Select a step in the graph to see its inputs and output."));
@@ -157,6 +159,7 @@ export async function executionPage(main, id) {
         ["pending", "queued", "running", "waiting_approval", "succeeded", "failed", "skipped", "cancelled"].map(badge))),
       section("Control", h("label", { for: "reason" }, "Reason"), reason, controlBox, h("h3", {}, "Approvals"), approvalBox),
       section("Step", detailBox),
+      section("Outputs", outputsBox),
       section("Timeline", timelineBox),
       section("Events", events)));
   render();
