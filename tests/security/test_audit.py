@@ -4,6 +4,7 @@ secrets are recorded, request ids are the server's, and `GET /v1/audit` filters 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,9 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from cluster.auth_keys import AUTH_SPACE
+from cluster.cli_auth import auth_app
 from cluster.security import Security
 from cluster.security_models import Role
+from cluster.settings import Settings
 from tests.e2e.conftest import ECHO, Tenant, _tenant
 from tests.integration.conftest import kill_tenant
 
@@ -115,3 +120,27 @@ def test_the_audit_is_for_admins_and_filters_by_time(http: httpx.Client, tenant:
     assert bad.status_code == 422 and "since" in bad.text
     cursor = http.get("/v1/audit", params={"cursor": "x"}, headers=tenant.headers(Role.ADMIN))
     assert cursor.status_code == 422 and "cursor" in cursor.text
+
+
+def test_dafnck_auth_audit_filters_what_the_api_recorded(
+    http: httpx.Client, tenant: Tenant, e2e_settings: Settings
+) -> None:
+    viewer = tenant.headers(Role.VIEWER)
+    assert http.post("/v1/agents", json=ECHO, headers=viewer).status_code == 403
+    assert http.get("/v1/agents", headers={"Authorization": "Bearer nonsense"}).status_code == 401
+    env = {"DAFNCK_REDIS_URL": str(e2e_settings.redis_url),
+           "DAFNCK_STATE_DIR": str(e2e_settings.state_dir)}  # fmt: skip
+    runner, base = CliRunner(), ["audit", "--tenant", tenant.name, "--json"]
+
+    denied = runner.invoke(auth_app, [*base, "--outcome", "denied", "--since", "10m"], env=env)
+    assert denied.exit_code == 0, denied.output
+    [entry] = json.loads(denied.output)["entries"]
+    assert (entry["subject"], entry["action"]) == (subject(tenant, Role.VIEWER), "agents:write")
+    none = runner.invoke(auth_app, [*base, "--outcome", "ok"], env=env)
+    assert json.loads(none.output)["entries"] == []
+    # A credential naming no key is counted in the platform's auth space, for the operator.
+    space = ["audit", "--tenant", AUTH_SPACE, "--unauthenticated", "--since", "10m", "--json"]
+    counted = json.loads(runner.invoke(auth_app, space, env=env).output)
+    assert any(c["key_id"] == "-" and c["source"] == "127.0.0.1" for c in counted), counted
+    bad = runner.invoke(auth_app, [*base, "--since", "yesterday"], env=env)
+    assert bad.exit_code != 0 and "15m" in bad.output
