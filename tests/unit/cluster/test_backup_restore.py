@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from cluster import backup
+from cluster import backup_keys
 from cluster.auth_audit import AuditLog
 from cluster.auth_keys import ApiKeys
 from cluster.data import DataManager
@@ -57,17 +57,17 @@ def legacy_backup(dm: DataManager, backup_id: str) -> str:
     snaps = dm._snapshots
     client = snaps._client()
     keys = list(client.scan_iter(match=snaps.prefix + b"*"))
-    dumps = backup._read_keys(client, keys, snaps.prefix)
+    dumps = backup_keys.read_keys(client, keys, snaps.prefix)
     client.close()
     directory = f"{snaps.root}/{backup_id}"
     snaps.fs.create_dir(directory, recursive=True)
-    sinks = backup._Sinks(snaps.fs, directory)
+    sinks = backup_keys.Sinks(snaps.fs, directory)
     for d in dumps:
         sinks.add(d)
     manifest = BackupManifest(
         backup_id=backup_id, tenant=dm._objects.store.tenant, created_at=time.time(),
         uri=directory, counts=BackupCounts(keys=len(dumps), rows=sinks.close()),
-        checksum=backup._checksum({d.key: d.digest() for d in dumps}),
+        checksum=backup_keys.checksum_of({d.key: d.digest() for d in dumps}),
     )  # fmt: skip
     with snaps.fs.open_output_stream(f"{directory}/manifest.json") as out:
         out.write(manifest.model_dump_json().encode())
