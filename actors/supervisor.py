@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from packaging.version import Version
 
-from actors.admission import check_code
+from actors.admission import check_code, code_problems
 from actors.autoscaler import PoolAutoscaler, resource_bundle
 from actors.capacity import check_capacity
 from actors.messages import DomainEvent
@@ -255,12 +255,21 @@ class Supervisor:
         """Rebuild pools from the registry after a (re)start, adopting live replicas."""
         async with self._lock:
             for record in self.registry.all():
+                self._warn_if_refused(record.spec)
                 found = self.launcher.find(self._prefix(record.agent_id))
                 pool = Pool(record, found)
                 numbers = [int(n.rsplit("/", 1)[1]) for n in found if n.rsplit("/", 1)[1].isdigit()]
                 self._numbers[record.agent_id] = itertools.count(max(numbers, default=0) + 1)
                 self.pools[record.agent_id] = pool
             await asyncio.gather(*(self._reconcile_pool(p) for p in self.pools.values()))
+
+    def _warn_if_refused(self, spec: AgentSpec) -> None:
+        """A stored spec the allow-lists refuse now (narrowed since it was applied, or never
+        checked): its replicas refuse to load, so the operator is told why."""
+        problems = code_problems(spec, self.policy) if self.policy is not None else []
+        if problems:
+            log.warning("agent %s names code or secrets the platform does not allow; its "
+                        "replicas will not load it: %s", spec.agent_id, "; ".join(problems))  # fmt: skip
 
     async def reconcile(self) -> None:
         """Probe every replica; replace dead ones and match each pool's desired size."""

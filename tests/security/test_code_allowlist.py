@@ -91,7 +91,9 @@ def test_a_python_entrypoint_outside_the_list_runs_nothing(
     assert not marker.exists()
 
 
-def test_an_allowed_entrypoint_still_serves(http: httpx.Client, tenants: tuple[Tenant, Tenant]) -> None:
+def test_an_allowed_entrypoint_still_serves(
+    http: httpx.Client, tenants: tuple[Tenant, Tenant]
+) -> None:
     """The control: the same route and key apply an agent the platform lists."""
     answer = apply(http, tenants[0], {**ECHO, "name": "allowed-echo"})
     assert answer.status_code == 200, answer.text

@@ -123,3 +123,19 @@ async def test_the_supervisor_starts_no_replica_for_a_refused_spec(store: Any) -
         await supervisor.create_agent(spec(entrypoint="subprocess:Popen"))
     assert fields_of(list(caught.value.problems)) == ["entrypoint"]
     assert launcher.started == [] and supervisor.registry.all() == []
+
+
+async def test_a_stored_spec_the_lists_now_refuse_is_reported_on_restore(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from actors.models import AgentRecord
+    from actors.registry import AgentRegistry
+
+    registry = AgentRegistry(store)
+    registry.register_agent(
+        AgentRecord(spec=spec(entrypoint="os:system"), skills={}, desired_replicas=0)
+    )
+    with caplog.at_level("WARNING", logger="actors.supervisor"):
+        await Supervisor(registry, FakeLauncher(), policy=POLICY).restore()
+    assert "agent a@1.0.0 names code or secrets the platform does not allow" in caplog.text
+    assert "entrypoint: 'os:system' is not in the platform's agent_entrypoints" in caplog.text
