@@ -8,7 +8,8 @@ entrypoint: actors.a2a_remote:A2ARemoteAgent
 config:
   url: https://agents.example.com/translator     # its card: <url>/.well-known/agent-card.json
   skills: {text.translate: translate}            # optional: capability -> remote skill id
-  auth_env: TRANSLATOR_TOKEN                     # optional: env var holding the credential
+  auth_env: DAFNCK_SECRET_TRANSLATOR             # optional: env var holding the credential
+                                                 # (DAFNCK_SECRET_* or in secret_env_allow)
 ```
 
 The card is resolved on the first task (then kept); a task's input becomes the message
@@ -68,7 +69,8 @@ class A2ARemoteConfig(Contract):
     #: capability -> the remote skill id sent as message metadata `skill`; empty: the
     #: agent's one capability, sent without a skill id.
     skills: dict[str, str] = {}
-    #: The environment variable holding the credential (never the credential itself).
+    #: The environment variable holding the credential (never the credential itself):
+    #: `DAFNCK_SECRET_*` or one the operator lists in `secret_env_allow`.
     auth_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     #: The header carrying it; `Authorization` gets `Bearer <credential>`.
     auth_header: str = "Authorization"
