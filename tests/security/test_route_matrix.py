@@ -91,7 +91,7 @@ def api_routes(app: FastAPI) -> list[RouteInfo]:
             infos.append(RouteInfo("WS", route.path, frozenset(_actions(route.dependant))))
         elif isinstance(route, APIRoute):
             actions = frozenset(_actions(route.dependant))
-            infos += [RouteInfo(m, route.path, actions) for m in sorted(route.methods)]
+            infos += [RouteInfo(m, route.path, actions) for m in sorted(route.methods or ())]
     return infos
 
 
@@ -120,7 +120,7 @@ def test_every_route_declares_one_permission_or_is_public_on_purpose(
 
 def _send(http: httpx.Client, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
     url = re.sub(r"\{[^}]+\}", "nope", path)
-    body = {} if method in ("POST", "PUT", "PATCH") else None
+    body: dict[str, object] | None = {} if method in ("POST", "PUT", "PATCH") else None
     deadline = time.monotonic() + 30
     while True:
         answer = http.request(method, url, json=body, headers=headers)
