@@ -13,6 +13,7 @@ from actors.models import AgentRecord, AgentSpec, AgentStatus, DiscoveryCriteria
 from cluster.errors import InputInvalid
 from cluster.security_models import Action
 from serve.deps import Caller, allowed
+from serve.patterns import check_agent_ref
 
 router = APIRouter(tags=["agents"])
 
@@ -84,6 +85,7 @@ async def set_status(
     who: Caller = Depends(allowed(Action.AGENTS_WRITE)),  # noqa: B008
 ) -> AgentsResponse:
     """Set the status of `agent_id` (or of every version of a bare name)."""
+    check_agent_ref(agent_id, "path.agent_id", "agent reference")
     with who.audited(Action.AGENTS_WRITE, obj=f"agent:{agent_id}"):
         records = await asyncio.to_thread(
             lambda: who.client.agents.set_status(agent_id, body.status)
@@ -98,6 +100,7 @@ async def scale_agent(
     who: Caller = Depends(allowed(Action.AGENTS_WRITE)),  # noqa: B008
 ) -> AgentsResponse:
     """Scale every version matching `name` (or `name@range`) within its min..max."""
+    check_agent_ref(name, "path.name", "agent reference")
     with who.audited(Action.AGENTS_WRITE, obj=f"agent:{name}"):
         records = await asyncio.to_thread(lambda: who.client.agents.scale(name, body.replicas))
     return AgentsResponse(agents=records)
@@ -109,6 +112,7 @@ async def remove_agent(
     who: Caller = Depends(allowed(Action.AGENTS_WRITE)),  # noqa: B008
 ) -> RemovedResponse:
     """Remove `agent_id` (or every version of a bare name) and stop its replicas."""
+    check_agent_ref(agent_id, "path.agent_id", "agent reference")
     with who.audited(Action.AGENTS_WRITE, obj=f"agent:{agent_id}"):
         removed = await asyncio.to_thread(lambda: who.client.agents.rm(agent_id))
     return RemovedResponse(removed=removed)

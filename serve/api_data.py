@@ -10,7 +10,10 @@ fields come as `field.<name>=<value>`; a value that parses as a JSON scalar (`3`
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
+import math
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
@@ -119,6 +122,17 @@ async def delete_object(
     return _dump(result)
 
 
+def _check_cursor(cursor: str) -> None:
+    """Refuse a page cursor (`[time, id]`, as `cluster.data` writes it) whose time is not a
+    finite number, before it becomes a bound of a Redis range. Raises: InputInvalid."""
+    try:
+        finite = math.isfinite(float(json.loads(base64.urlsafe_b64decode(cursor.encode()))[0]))
+    except (ValueError, TypeError, IndexError, KeyError, binascii.Error):
+        return  # not a cursor at all: the data store refuses it, naming it
+    if not finite:
+        raise InputInvalid("query", [f"cursor: {cursor!r} is not one this API returned"])
+
+
 def _scalar(text: str) -> Scalar:
     try:
         value = json.loads(text)
@@ -160,6 +174,8 @@ async def query_objects(
         )  # fmt: skip
     except ValueError as exc:  # pydantic's ValidationError is one
         raise InputInvalid("query", [str(exc)]) from None
+    if cursor is not None:
+        _check_cursor(cursor)
     page = await asyncio.to_thread(caller.client.data.retrieve, query)
     return _dump(page)
 

@@ -29,7 +29,7 @@ from serve.api_executions import ExecutionRequest
 from serve.api_streams import STREAM_ID, execution_frames
 from serve.api_tasks import start_task
 from serve.deps import Caller, Services, authenticated, authorized, header_credential
-from serve.patterns import AGENT_REF, ID, STEP_KEY, TASK_ID, check
+from serve.patterns import ID, STEP_KEY, TASK_ID, check, check_agent_ref
 from serve.protos import dafnck_pb2 as pb
 from workflows.execution import Execution
 from workflows.tables import execution_view
@@ -169,7 +169,7 @@ class GrpcApi:
     async def ScaleAgent(self, request: pb.ScaleAgentRequest, grpc_context: Any) -> pb.AgentsReply:
         async def work() -> pb.AgentsReply:
             who = await self._caller(grpc_context, Action.AGENTS_WRITE)
-            check(request.name, AGENT_REF, "name", "scale request")
+            check_agent_ref(request.name, "name", "scale request")
             body = _contract(ScaleRequest, "scale request", replicas=request.replicas)
             with who.audited(Action.AGENTS_WRITE, obj=f"agent:{request.name}"):
                 records = await asyncio.to_thread(

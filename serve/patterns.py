@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 
+from pydantic import ValidationError
+
 from actors.messages import EVENT_TYPE
+from actors.models import DiscoveryCriteria
 from cluster.errors import InputInvalid
 
 #: An id the platform makes (executions, channels: `uuid4().hex`) or a caller gives it.
@@ -40,6 +43,19 @@ def check(value: str, pattern: str, field: str, what: str = "request") -> str:
     return value
 
 
+def check_agent_ref(value: str, field: str, what: str = "request") -> str:
+    """`value` when it is an agent id, a name or `name@<version range>` whose range parses
+    (as `AgentRegistry.resolve` reads it). Raises: InputInvalid naming `field`."""
+    check(value, AGENT_REF, field, what)
+    name, _, version = value.partition("@")
+    try:
+        DiscoveryCriteria(name=name, version=version or None)
+    except ValidationError as exc:
+        problems = [f"{field}: {e['msg']}" for e in exc.errors()]
+        raise InputInvalid(what, problems) from None
+    return value
+
+
 __all__ = [
     "AGENT_REF",
     "EVENT_TYPE",
@@ -49,5 +65,6 @@ __all__ = [
     "STREAM_ID",
     "TASK_ID",
     "check",
+    "check_agent_ref",
     "is_stream_id",
 ]

@@ -3,6 +3,8 @@ Serve and over gRPC, each row one input that used to reach Redis (or the parser)
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +22,8 @@ from tests.e2e.conftest import ECHO, Tenant
 FLOW = {"name": "bad-input", "steps": [{"id": "say", "uses": "test.echo", "with": {"text": "x"}}]}
 #: Past 2^64: Redis keeps a stream id's parts as 64-bit numbers.
 HUGE = str(2**64 + 5)
+#: A data page cursor (`[time, id]`) whose time is NaN.
+NAN_CURSOR = base64.urlsafe_b64encode(json.dumps(["NaN", "x"]).encode()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +68,23 @@ def test_rows_of_bad_query_values(
         ("/v1/messages/history", {"target": "inbox:a:b"}, "target"),
         (f"/v1/executions/{execution_id}/events", {"cursor": f"1-{HUGE}"}, "cursor"),
         ("/v1/channels/c1/messages", {"cursor": f"{HUGE}-1"}, "cursor"),
+        ("/v1/data", {"cursor": NAN_CURSOR}, "cursor"),
     ]
     for path, params, field in rows:
         _error(http.get(path, params=params, headers=admin), 422, field)
+
+
+def test_agent_references_with_bad_version_ranges(
+    http: httpx.Client, tenants: tuple[Tenant, Tenant]
+) -> None:
+    admin = tenants[0].headers(Role.ADMIN)
+    rows = [
+        ("POST", "/v1/agents/echo@>>>/scale", {"replicas": 1}, "path.name"),
+        ("PUT", "/v1/agents/echo@!!/status", {"status": "active"}, "path.agent_id"),
+        ("DELETE", "/v1/agents/echo@>>>", None, "path.agent_id"),
+    ]
+    for method, path, body, field in rows:
+        _error(http.request(method, path, json=body, headers=admin), 422, field)
 
 
 @pytest.mark.parametrize(
@@ -122,6 +140,7 @@ def test_grpc_ids_are_checked_before_they_name_a_key(
         ),
         (orchestration.GetTask, pb.GetTaskRequest(id="a task id"), "id"),
         (orchestration.ScaleAgent, pb.ScaleAgentRequest(name="Echo:1", replicas=1), "name"),
+        (orchestration.ScaleAgent, pb.ScaleAgentRequest(name="echo@>>>", replicas=1), "name"),
     ]
     for call, request, field in calls:
         with pytest.raises(grpc.RpcError) as failed:
