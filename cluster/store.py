@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 from redis._parsers import _AsyncRESP3Parser, _RESP3Parser
@@ -13,7 +14,7 @@ from redis.retry import Retry
 
 from cluster.errors import StoreFull, StoreUnavailable
 from cluster.settings import Settings
-from cluster.valkey import ensure_valkey
+from cluster.valkey import ensure_valkey, running_url
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -126,11 +127,29 @@ def unavailable_as_error(fn: Callable[..., R]) -> Callable[..., R]:
 
 
 def resolve_redis_url(settings: Settings) -> str:
-    """The configured Redis URL, or the embedded Valkey's admin URL (started if needed)."""
+    """The configured Redis URL, or the embedded Valkey's admin URL (started if needed).
+
+    A configured URL without a password that names this state directory's embedded Valkey
+    gets its password from the 0600 file there, so the URL itself may travel (in a
+    runtime_env, a job's env) without the secret.
+    """
     if settings.redis_url:
+        if urlsplit(settings.redis_url).password is None:
+            embedded = running_url(settings.state_dir)
+            if embedded and _same_server(embedded, settings.redis_url):
+                return embedded
         return settings.redis_url
     maxmemory = settings.valkey_maxmemory_mb
     return ensure_valkey(settings.state_dir, maxmemory * 1024 * 1024 if maxmemory else None)
+
+
+def _same_server(a: str, b: str) -> bool:
+    one, other = urlsplit(a), urlsplit(b)
+    return (one.hostname, one.port, one.path or "/0") == (
+        other.hostname,
+        other.port,
+        other.path or "/0",
+    )
 
 
 def connect_store(settings: Settings, *, url: str | None = None) -> Store:

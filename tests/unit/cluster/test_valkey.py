@@ -161,3 +161,18 @@ def test_a_server_started_without_a_password_is_restarted_with_one(fresh_state_d
     url = ensure_valkey(fresh_state_dir)
     assert legacy.wait(10) is not None
     assert redis.Redis.from_url(url).ping()
+
+
+def test_a_bare_url_of_the_embedded_server_gets_its_password(fresh_state_dir: Path) -> None:
+    from cluster.settings import load_settings
+    from cluster.store import resolve_redis_url
+
+    admin = ensure_valkey(fresh_state_dir)
+    bare = f"redis://127.0.0.1:{recorded_port(fresh_state_dir)}/0"
+
+    def resolved(url: str) -> str:
+        return resolve_redis_url(load_settings(redis_url=url, state_dir=str(fresh_state_dir)))
+
+    assert resolved(bare) == admin
+    assert resolved("redis://127.0.0.1:1/0") == "redis://127.0.0.1:1/0"  # another server
+    assert resolved("redis://:own@127.0.0.1:1/0") == "redis://:own@127.0.0.1:1/0"
