@@ -143,6 +143,8 @@ def make_provider(
     problem = outbound.url_problem(cfg.base_url) if cfg.base_url else None
     if problem:
         raise SpecInvalid(f"llm model {cfg.model!r}", [f"llm.base_url: {problem}"])
+    if not cfg.base_url and base_url(cfg):  # the operator's OPENAI_BASE_URL, not a tenant's
+        outbound = outbound.trusting(str(base_url(cfg)))
     if cfg.provider == "anthropic":
         return AnthropicProvider(cfg, api_key, outbound)
     return OpenAIProvider(cfg, api_key, outbound)

@@ -163,6 +163,19 @@ class OutboundPolicy:
             raise ValueError("; ".join(problems))
         return cls(tuple(parsed))
 
+    def trusting(self, url: str) -> OutboundPolicy:
+        """This policy, and `url`'s host and port too: for an endpoint the platform's own
+        configuration names (an operator's `OPENAI_BASE_URL`), never one a tenant gave."""
+        parts = _parse(url)
+        if isinstance(parts, str):
+            return self
+        host, port = parts
+        name = host.strip("[]").lower()
+        entry = AllowEntry(host=name, port=port)
+        if _literal(name) is not None:
+            entry = AllowEntry(network=ipaddress.ip_network(name), port=port)
+        return OutboundPolicy((*self.allow, entry))
+
     def problem(self, host: str, port: int, addresses: Sequence[IPAddress]) -> str | None:
         """Why a connection to `host` (resolved to `addresses`) is refused, or None."""
         if any(e.host is not None and e.allows(host, None, port) for e in self.allow):

@@ -83,6 +83,17 @@ def test_allow_list_admits_only_what_it_names() -> None:
     assert OutboundPolicy.from_entries(["127.0.0.0/8"]).problem("x", 80, mapped) is None
 
 
+def test_a_platform_endpoint_is_trusted_on_its_host_and_port_only() -> None:
+    loopback = [ipaddress.ip_address("127.0.0.1")]
+    ollama = DEFAULT.trusting("http://localhost:11434/v1")
+    assert ollama.problem("localhost", 11434, loopback) is None
+    assert ollama.problem("localhost", 8265, loopback) is not None  # Ray's job API
+    assert ollama.problem("127.0.0.1", 11434, loopback) is not None  # another name
+    by_address = DEFAULT.trusting("http://[::1]:8000/v1")
+    assert by_address.problem("::1", 8000, [ipaddress.ip_address("::1")]) is None
+    assert DEFAULT.trusting("not a url") == DEFAULT
+
+
 def test_every_address_of_a_name_is_checked() -> None:
     mixed = [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.0.0.1")]
     problem = DEFAULT.problem("both.example", 443, mixed)
