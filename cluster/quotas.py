@@ -12,6 +12,7 @@ leases, so they expire after `stream_lease_s` instead of holding the slots forev
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -159,13 +160,23 @@ class StreamLease:
             await redis.zadd(key, {self.id: expiry}, xx=True)
 
     async def release(self) -> None:
-        """Free the slot; an outage leaves it to expire."""
+        """Free the slot, even while the caller is being cancelled (a stream whose client
+        left is cancelled, and Starlette's cancel scopes cancel every later await again):
+        the removal runs as a task of its own. An outage leaves the lease to expire."""
+        task = asyncio.ensure_future(self._remove())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
-            redis = self.store.async_redis()
-            for key in self._keys:
-                await redis.zrem(key, self.id)
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
         except Exception:  # the lease expires on its own
             return
+
+    async def _remove(self) -> None:
+        async with self.store.async_redis().pipeline(transaction=True) as pipe:
+            for key in self._keys:
+                pipe.zrem(key, self.id)
+            await pipe.execute()
 
 
 # -- stored data -------------------------------------------------------------------------

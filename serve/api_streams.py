@@ -9,6 +9,11 @@ from any replica: the streams are in Redis, not in the replica.
 Execution streams end when the execution has ended and every event was sent; bus streams
 run until the client leaves. Idle SSE streams send a `: keep-alive` comment every
 `KEEPALIVE_S` so proxies keep the connection open.
+
+Every open stream holds a lease in its key's and its tenant's counts (the `quotas`
+`streams_per_key` and `streams_per_tenant`); a stream past either is refused with 429 (a
+WebSocket closes with 4429), naming the limit. The lease is given back however the stream
+ends, and expires on its own if the replica serving it dies.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
-from cluster.errors import DafnckError, Forbidden, InputInvalid, NotFound, Unauthorized
+from cluster.errors import (
+    DafnckError,
+    Forbidden,
+    InputInvalid,
+    NotFound,
+    QuotaExceeded,
+    Unauthorized,
+)
+from cluster.quotas import StreamLease
 from cluster.security_models import Action
 from cluster.streams import stream_replies, unreachable_as_error
 from serve import patterns
@@ -51,6 +64,23 @@ class EventStreamResponse(StreamingResponse):
     """An SSE body; as a route's `response_class` it documents `text/event-stream`."""
 
     media_type = "text/event-stream"
+
+
+class _LeasedResponse(StreamingResponse):
+    """An SSE response that gives its stream's lease back however it ends: the body ran
+    out, sending failed, or the request was cancelled (Serve cancels it when the client
+    leaves). Starlette leaves a body that failed to send suspended, so the body's own
+    `finally` cannot be relied on."""
+
+    def __init__(self, body: AsyncIterator[bytes], lease: StreamLease) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+        self.lease = lease
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.lease.release()
 
 
 def _resume_point(last_event_id: str | None, cursor: str | None) -> str:
@@ -102,6 +132,27 @@ async def execution_frames(
         yield None
 
 
+async def _lease(caller: Caller) -> StreamLease:
+    """A slot for one more stream of the caller's key and tenant. Raises: QuotaExceeded."""
+    services = caller.services
+    quotas = services.settings.quotas.for_tenant(caller.tenant)
+    holder = caller.principal.key_id or caller.principal.subject
+    return await StreamLease(services.store.for_tenant(caller.tenant), quotas, holder).acquire()
+
+
+async def _leased(
+    frames: AsyncIterator[Frame | None], lease: StreamLease
+) -> AsyncIterator[Frame | None]:
+    """`frames`, renewing the lease meanwhile and releasing it however the stream ends
+    (finished, client gone, cancelled, failed)."""
+    try:
+        async for frame in frames:
+            await lease.renew()
+            yield frame
+    finally:
+        await lease.release()
+
+
 async def _sse_body(frames: AsyncIterator[Frame | None]) -> AsyncIterator[bytes]:
     quiet_since = time.monotonic()
     async for frame in frames:
@@ -122,12 +173,13 @@ async def stream_execution_events(
 ) -> StreamingResponse:
     """The execution's events as SSE (`id:` is the stream id), ending when it has ended.
 
-    Raises: NotFound, InputInvalid (a malformed cursor).
+    Raises: NotFound, InputInvalid (a malformed cursor), QuotaExceeded (streams open).
     """
     after = _resume_point(last_event_id, cursor)
     await _load(caller, execution_id)  # 404 before the stream starts
-    body = _sse_body(execution_frames(caller, execution_id, after))
-    return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+    lease = await _lease(caller)
+    body = _sse_body(_leased(execution_frames(caller, execution_id, after), lease))
+    return _LeasedResponse(body, lease)
 
 
 async def _ws_caller(websocket: WebSocket, action: Action) -> Caller | None:
@@ -159,7 +211,8 @@ async def ws_execution_events(websocket: WebSocket, execution_id: str) -> None:
     """The execution's events as JSON frames `{"id", "event"}`, after `?cursor=`; the socket
     closes normally (1000) once the execution has ended and every event was sent.
 
-    Close codes: 4400 bad cursor, 4401 no or bad credential, 4403 role, 4404 not found.
+    Close codes: 4400 bad cursor, 4401 no or bad credential, 4403 role, 4404 not found,
+    4429 a stream quota (the reason names it).
     """
     who = await _ws_caller(websocket, Action.EXECUTIONS_READ)
     if who is None:
@@ -175,7 +228,12 @@ async def ws_execution_events(websocket: WebSocket, execution_id: str) -> None:
         await websocket.close(code=4404, reason=exc.message[:120])
         return
     try:
-        async for frame in execution_frames(who, execution_id, after):
+        lease = await _lease(who)
+    except QuotaExceeded as exc:
+        await websocket.close(code=4429, reason=exc.message[:120])
+        return
+    try:
+        async for frame in _leased(execution_frames(who, execution_id, after), lease):
             if frame is not None:
                 await websocket.send_json({"id": frame[0], "event": frame[1]})
         await websocket.close(code=1000)
@@ -183,6 +241,8 @@ async def ws_execution_events(websocket: WebSocket, execution_id: str) -> None:
         return
     except DafnckError as exc:
         await websocket.close(code=1011, reason=exc.message[:120])
+    finally:
+        await lease.release()
 
 
 # -- the event bus ---------------------------------------------------------------------------
@@ -264,14 +324,15 @@ async def stream_bus_events(
 
     Without a cursor the stream starts with the events published from now on.
 
-    Raises: InputInvalid (a malformed cursor).
+    Raises: InputInvalid (a malformed cursor), QuotaExceeded (streams open).
     """
     positions = parse_bus_cursor(last_event_id or cursor)
     if not (last_event_id or cursor):
         positions = await _now(caller, type)
-    frames = bus_frames(caller, type, positions)
+    lease = await _lease(caller)
+    frames = _leased(bus_frames(caller, type, positions), lease)
     body = _sse_body(_about(frames, subject) if subject else frames)
-    return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+    return _LeasedResponse(body, lease)
 
 
 async def _about(frames: AsyncIterator[Frame | None], subject: str) -> AsyncIterator[Frame | None]:
