@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from actors.admission import check_code
 from actors.models import AgentSpec, SkillInfo, Task
+from cluster import extras
 from cluster.allowlist import CodePolicy, CodeSetting, policy_for
 from cluster.errors import InputInvalid, SpecInvalid
 
@@ -129,7 +130,7 @@ def load_entrypoint(entrypoint: str, policy: CodePolicy, setting: CodeSetting) -
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+        raise ValueError(f"cannot import module {module_name!r}: {exc}{extras.hint(exc)}") from None
     try:
         target = getattr(module, attr)
     except AttributeError:
@@ -188,6 +189,9 @@ def load_agent(spec: AgentSpec, settings: Settings | None = None) -> Implementat
     policy = policy_for(settings)
     check_code(spec, policy)
     if spec.kind == "llm":
+        absent = extras.problem("llm", "an llm agent")
+        if absent:
+            raise SpecInvalid(f"agent {spec.agent_id!r}", [f"kind: {absent}"])
         from actors.llm import load_llm_agent
 
         return load_llm_agent(spec, settings, policy)

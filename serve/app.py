@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from cluster import telemetry
+from cluster import extras, telemetry
 from cluster.settings import Settings
 from serve import errors
 from serve.deps import Services
@@ -70,6 +70,8 @@ def build_app(
         return await call_next(request)
 
     for name in ROUTER_MODULES:
+        if name == "serve.api_a2a" and extras.missing("a2a"):
+            continue  # the A2A endpoint comes with the [a2a] extra
         app.include_router(importlib.import_module(name).router, responses=errors.ERROR_RESPONSES)
     from serve import api_audit, api_dashboard, api_metrics, idempotency
 
