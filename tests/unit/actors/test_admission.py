@@ -139,3 +139,17 @@ async def test_a_stored_spec_the_lists_now_refuse_is_reported_on_restore(
         await Supervisor(registry, FakeLauncher(), policy=POLICY).restore()
     assert "agent a@1.0.0 names code or secrets the platform does not allow" in caplog.text
     assert "entrypoint: 'os:system' is not in the platform's agent_entrypoints" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[3] / "configs" / "agents").rglob("*.yaml")), ids=str
+)
+def test_the_shipped_agents_pass_the_default_lists(path: Path, tmp_path: Path) -> None:
+    """`dafnck demo` and the example configs work on a platform with default settings."""
+    from actors.client import load_agent_specs
+    from cluster.settings import Settings
+
+    defaults = CodePolicy.from_settings(Settings.model_construct(state_dir=tmp_path))
+    specs = load_agent_specs(path)
+    assert specs
+    assert [code_problems(s, defaults) for s in specs] == [[] for _ in specs]
