@@ -222,7 +222,8 @@ class Client:
         self.tasks = Tasks(PoolRouter(self._pool), settings.tenant)
         self.workflows = Workflows(supervisor, ExecutionStore(store, BlobStore(settings.blobs)))
         #: Messages (async API): send, broadcast, publish, channels, history.
-        self.hub = CommunicationHub(store, self.registry)
+        quotas = settings.quotas.for_tenant(settings.tenant)  # topics
+        self.hub = CommunicationHub(store, self.registry, quotas=quotas)
         #: Data objects and backups of this tenant's state.
         self.data = DataManager.from_settings(store, settings)
 

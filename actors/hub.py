@@ -36,6 +36,7 @@ from actors.models import AgentStatus, DiscoveryCriteria
 from actors.queues import MessageQueue
 from actors.registry import AgentRegistry
 from cluster.errors import AgentNotFound, Forbidden, NotFound, SpecInvalid
+from cluster.quotas import Quotas, admit_member
 from cluster.store import Store
 from cluster.streams import (
     MAX_BLOCK_MS,
@@ -119,9 +120,13 @@ class CommunicationHub:
         retention: int = 10_000,
         *,
         known_agents_ttl_s: float = 5.0,
+        quotas: Quotas | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
+        #: The tenant's `topics` quota; topics known to be counted skip the check.
+        self.quotas = quotas or Quotas()
+        self._topics: set[str] = set()
         #: Entries kept per stream (`MAXLEN ~`): the history limit.
         self.retention = retention
         self._known_ttl_s = known_agents_ttl_s
@@ -132,6 +137,12 @@ class CommunicationHub:
 
     def topic_key(self, topic: str) -> str:
         return self.store.key("topic", _check_topic(topic))
+
+    async def _admit_topic(self, topic: str) -> None:
+        """Count a topic the tenant uses. Raises: QuotaExceeded (topics)."""
+        if topic not in self._topics:
+            await admit_member(self.store, "topics", topic, "topics", self.quotas.topics)
+            self._topics.add(topic)
 
     def channel_key(self, channel_id: str) -> str:
         return self.store.key("channel", channel_id)
@@ -207,9 +218,11 @@ class CommunicationHub:
         Raises:
             SpecInvalid: the topic name is not allowed.
             AgentNotFound: the subscriber is not a registered agent.
+            QuotaExceeded: a new topic past the tenant's `topics` quota.
             StoreUnavailable: Redis cannot be reached.
         """
         key = self.topic_key(topic)
+        await self._admit_topic(topic)
         if subscriber is None:
             return TopicFeed(self.store, key, await last_id(self.store, key))
         await self._require_agents([subscriber])
@@ -248,8 +261,10 @@ class CommunicationHub:
         """Publish on a topic: every subscribed pool and every open feed gets it.
 
         Raises:
-            SpecInvalid, Forbidden, StoreUnavailable.
+            SpecInvalid, Forbidden, QuotaExceeded (a new topic past `topics`), StoreUnavailable.
         """
+        self.topic_key(topic)  # a bad name is refused before it is counted
+        await self._admit_topic(topic)
         stamped = self._stamp(message, topic=topic)
         entry = await append(self.store, self.topic_key(topic), stamped.to_fields(), self.retention)
         return _result(stamped, entry, f"topic:{topic}")
