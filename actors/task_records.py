@@ -4,6 +4,10 @@
 the task and its result as JSON, and timestamps; it expires a day after the last write so
 nothing is kept forever. All methods are async (redis.asyncio) so the API's event loop
 never blocks on them.
+
+`store.key("tasks", "kept")` (a sorted set of ids scored by their expiry) counts the
+records a tenant keeps against its `task_records` quota: a task past it is refused
+before anything is recorded.
 """
 
 from __future__ import annotations
@@ -13,35 +17,61 @@ import time
 from typing import Any, Literal
 
 from actors.models import Task, TaskResult
-from cluster.errors import Conflict, NotFound
+from cluster.errors import Conflict, NotFound, QuotaExceeded
+from cluster.quotas import Quotas
 from cluster.store import Store
 
 TaskStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 #: How long a record outlives its last change.
 RECORD_TTL_S = 24 * 3600
 _FINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: KEYS: kept set. ARGV: now, id, expiry, max. Returns 1 (counted) or 0 (full).
+_KEEP_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) == false
+   and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+return 1
+"""
 
 
 class TaskRecords:
     """Create, finish, cancel and read task records of one tenant."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, quotas: Quotas | None = None) -> None:
         self.store = store
+        self.quotas = quotas or Quotas()
 
     def _key(self, task_id: str) -> str:
         return self.store.key("task", task_id)
 
     async def create(self, task: Task) -> None:
-        """Record a task as pending. Raises: Conflict (the id is taken)."""
+        """Record a task as pending.
+
+        Raises: Conflict (the id is taken), QuotaExceeded (task_records).
+        """
         redis = self.store.async_redis()
         now = str(time.time())
         key = self._key(task.id)
+        await self._count(task.id)
         if not await redis.hsetnx(key, "status", "pending"):
             raise Conflict(f"task {task.id!r} already exists; submit with a new id")
         await redis.hset(
             key, mapping={"task": task.model_dump_json(), "created_at": now, "updated_at": now}
         )
         await redis.expire(key, RECORD_TTL_S)
+
+    async def _count(self, task_id: str) -> None:
+        now, most = time.time(), self.quotas.task_records
+        script = self.store.async_redis().register_script(_KEEP_LUA)
+        kept = self.store.key("tasks", "kept")
+        if not int(await script(keys=[kept], args=[now, task_id, now + RECORD_TTL_S, most])):
+            raise QuotaExceeded(
+                "task_records",
+                most,
+                f"tenant {self.store.tenant!r} keeps {most} task records (each for a day); "
+                "wait for results with ?wait=true instead",
+            )
 
     async def set_running(self, task_id: str) -> None:
         await self._transition(task_id, "running", {})

@@ -108,7 +108,8 @@ async def start_task(who: Caller, task: Task, wait: bool) -> TaskResult | None:
     with who.audited(Action.TASKS_RUN, obj=f"task:{task.id}"):
         if wait:
             return await _run(client, task)
-        records = TaskRecords(client.store)
+        quotas = client.settings.quotas.for_tenant(client.settings.tenant)
+        records = TaskRecords(client.store, quotas)  # task_records
         await records.create(task)
         runner = asyncio.create_task(_run_recorded(client, records, task))
         _RUNNING.add(runner)
