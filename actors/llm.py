@@ -324,13 +324,14 @@ def load_llm_agent(
     from cluster.store import connect_store
 
     store = connect_store(settings)
+    quotas = settings.quotas.for_tenant(store.tenant)  # llm_usd_per_day
     delegation: tuple[Delegate | None, SchemaLookup | None] = (None, None)
     if spec.llm is not None and any(t.agent for t in spec.llm.tools):
         delegation = ray_delegation(settings)
     delegate, schema_of = delegation
     agent = build_llm_agent(
         spec,
-        lambda task: LLMEffects.for_task(store, spec, task),
+        lambda task: LLMEffects.for_task(store, spec, task, quotas=quotas),
         EventBus(store),
         delegate,
         schema_of,

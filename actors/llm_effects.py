@@ -27,6 +27,7 @@ from cluster.errors import (
     BudgetExceeded,
     BudgetNeedsApproval,
     DafnckError,
+    QuotaExceeded,
     SpecInvalid,
     TaskFailed,
     ToolMayHaveRun,
@@ -35,6 +36,7 @@ from cluster.llm_limits import RateLimiter
 from cluster.llm_prices import Prices, default_prices
 from cluster.llm_usage import Charge, Usage, UsageLedger
 from cluster.metrics import record_tokens
+from cluster.quotas import Quotas
 from cluster.redact import redact
 from cluster.store import Store
 
@@ -44,7 +46,14 @@ log = logging.getLogger(__name__)
 class LLMEffects:
     """The durable side of one LLM task: journal, response cache, limits, usage, memory."""
 
-    def __init__(self, store: Store, spec: AgentSpec, task: Task, prices: Prices) -> None:
+    def __init__(
+        self,
+        store: Store,
+        spec: AgentSpec,
+        task: Task,
+        prices: Prices,
+        quotas: Quotas | None = None,
+    ) -> None:
         if spec.llm is None:
             raise SpecInvalid(f"agent {spec.agent_id!r}", ["llm: required for kind 'llm'"])
         self.store = store
@@ -52,6 +61,8 @@ class LLMEffects:
         self.llm: LLMConfig = spec.llm
         self.task = task
         self.prices = prices
+        #: The tenant's `llm_usd_per_day` (no cap when None).
+        self.quotas = quotas or Quotas()
         context = task.context
         self.execution_id = context.execution_id
         scope = context.execution_id or f"task:{task.id}"
@@ -69,10 +80,15 @@ class LLMEffects:
 
     @classmethod
     def for_task(
-        cls, store: Store, spec: AgentSpec, task: Task, prices: Prices | None = None
+        cls,
+        store: Store,
+        spec: AgentSpec,
+        task: Task,
+        prices: Prices | None = None,
+        quotas: Quotas | None = None,
     ) -> LLMEffects:
         """Raises: SpecInvalid (not an llm agent, or the prices file is invalid)."""
-        return cls(store, spec, task, prices or default_prices())
+        return cls(store, spec, task, prices or default_prices(), quotas)
 
     # -- model calls ----------------------------------------------------------------------
 
@@ -147,8 +163,11 @@ class LLMEffects:
         past its budget (`budget_waived`) is not checked.
 
         Raises:
-            BudgetExceeded, or BudgetNeedsApproval when the budget's policy asks a person.
+            BudgetExceeded, or BudgetNeedsApproval when the budget's policy asks a person;
+            QuotaExceeded: the tenant's spend today reached `llm_usd_per_day` (a person's
+            approval does not waive it).
         """
+        await self._check_day()
         context = self.task.context
         if context.budget_waived:
             return
@@ -167,6 +186,19 @@ class LLMEffects:
         if over:
             error = BudgetNeedsApproval if budget.on_exceed == "approval" else BudgetExceeded
             raise error(f"execution {self.execution_id} reached its workflow budget ({over})")
+
+    async def _check_day(self) -> None:
+        """Raises: QuotaExceeded (llm_usd_per_day)."""
+        cap = self.quotas.llm_usd_per_day
+        if cap is None:
+            return
+        spent = (await self.ledger.day_usage()).cost_usd
+        if spent >= cap:
+            raise QuotaExceeded(
+                "llm_usd_per_day",
+                cap,
+                f"tenant {self.store.tenant!r} spent ${spent:.4f} on models today (UTC)",
+            )
 
     # -- tool calls -----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ never counts a call without caching it (or the other way round).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -105,10 +106,21 @@ class UsageLedger:
     def workflow_key(self, workflow: str) -> str:
         return self.store.key("llm", "usage", "workflow", workflow)
 
+    def day_key(self, when: float | None = None) -> str:
+        """The tenant's usage of one UTC day (the `llm_usd_per_day` quota's count)."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(time.time() if when is None else when))
+        return self.store.key("llm", "usage", "day", day)
+
+    async def day_usage(self) -> Usage:
+        return Usage.from_hash(await self.store.async_redis().hgetall(self.day_key()))
+
     def charge(self, pipe: Any, charge: Charge) -> None:
         """Queue the increments of one paid call on `pipe` (a MULTI the caller executes)."""
         model = f"model:{charge.provider}/{charge.model}:"
         _increment(pipe, self.tenant_key(), charge.usage, "", model)
+        day = self.day_key()
+        _increment(pipe, day, charge.usage, "")
+        pipe.expire(day, 2 * 86_400)  # kept past its day only for the report of yesterday
         if charge.execution_id:
             step = f"step:{charge.step_id}:" if charge.step_id else None
             _increment(pipe, self.execution_key(charge.execution_id), charge.usage, "", step)
