@@ -8,8 +8,9 @@ release the key so the client can retry. The tenant and the principal come from 
 credential: a record is kept per (tenant, principal, key), so another caller reusing the key
 runs as a fresh request under its own rights and never sees the first caller's answer. A
 request whose credential does not authenticate passes through untouched (the route answers
-401). Answers of credential routes (keys, users, tokens, the webhook secret) carry secrets:
-they are never stored, and the key is ignored there.
+401). Answers of credential routes (keys, users, the webhook secret) carry secrets: only
+their status is kept, so a duplicate still has no second effect and gets 409 saying the
+answer was not kept (no secret sits in Redis, its AOF or backups).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ MAX_KEY_CHARS = 255
 MAX_STORED_BYTES = 1024 * 1024
 _REPLAYED_HEADERS = frozenset({"content-type", "location", "retry-after"})
 #: Routes whose answers hold secrets (a new key, a TOTP enrolment, a token, the webhook
-#: secret): a stored copy would sit in Redis, its AOF and backups for a day.
+#: secret): a stored copy would sit in Redis, its AOF and backups for a day; only the
+#: status of their answer is kept.
 _UNSTORED_PREFIXES = ("/v1/keys", "/v1/users", "/v1/auth/", "/v1/webhooks/secret")
 
 
@@ -63,8 +65,7 @@ class IdempotencyMiddleware:
         headers = Headers(scope=scope)
         key = headers.get(HEADER)
         length = headers.get("content-length", "")
-        too_big = length.isdigit() and int(length) > self.max_body_bytes
-        if not key or too_big or not _stores_answers(scope["path"]):
+        if not key or (length.isdigit() and int(length) > self.max_body_bytes):
             await self.app(scope, receive, send)
             return
         if len(key) > MAX_KEY_CHARS:
@@ -114,7 +115,8 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, captured)
         finally:
             if captured.storable:
-                await redis.set(rkey, json.dumps(captured.record(fp)), ex=TTL_S)
+                record = captured.record(fp, keep_body=_stores_answers(scope["path"]))
+                await redis.set(rkey, json.dumps(record), ex=TTL_S)
             else:
                 await redis.delete(rkey)
 
@@ -148,7 +150,10 @@ class _Captured:
     def storable(self) -> bool:
         return self.complete and not self.too_big and 0 < self.status < 500
 
-    def record(self, fp: str) -> dict[str, Any]:
+    def record(self, fp: str, keep_body: bool) -> dict[str, Any]:
+        """What is kept: the whole answer, or (`keep_body` false) its status alone."""
+        if not keep_body:
+            return {"state": "done", "fp": fp, "status": self.status, "withheld": True}
         return {
             "state": "done",
             "fp": fp,
@@ -164,6 +169,12 @@ async def _answer_from(
     if record.get("fp") != fp:
         message = "this Idempotency-Key was used with a different request; use a new key"
         response = JSONResponse(error_body("IdempotencyKeyReused", message), status_code=409)
+    elif record.get("withheld"):
+        message = (
+            f"a request with this Idempotency-Key already got {record.get('status')}; its "
+            "answer held a secret and was not kept: list what it made, or use a new key"
+        )
+        response = JSONResponse(error_body("IdempotencyAnswerNotKept", message), status_code=409)
     elif record.get("state") != "done":
         message = "a request with this Idempotency-Key is still in progress; retry shortly"
         response = JSONResponse(

@@ -34,10 +34,16 @@ def test_an_agent_replaying_the_admins_key_creation_gets_403_and_no_secret(
     assert secret not in replay.text and "idempotent-replayed" not in replay.headers
     records = _idempotency_records(security, tenant.name)
     assert not any(secret in value for value in records.values())
-    # The admin's own retry is not replayed either: it makes a second key, as without a key.
-    again = http.post("/v1/keys", json=body, headers={**tenant.headers(Role.ADMIN), **idem})
-    assert again.status_code == 201 and again.json()["secret"] != secret
-    assert "idempotent-replayed" not in again.headers
+    # The admin's own retry has no second effect, and the secret was not kept to replay.
+    admin = tenant.headers(Role.ADMIN)
+    count = len(http.get("/v1/keys", headers=admin).json())
+    again = http.post("/v1/keys", json=body, headers={**admin, **idem})
+    assert again.status_code == 409 and again.json()["error"]["type"] == "IdempotencyAnswerNotKept"
+    assert secret not in again.text
+    assert len(http.get("/v1/keys", headers=admin).json()) == count
+    assert any(
+        '"withheld": true' in v for v in _idempotency_records(security, tenant.name).values()
+    )
 
 
 def test_a_stored_answer_is_replayed_to_its_principal_only(
