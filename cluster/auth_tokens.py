@@ -126,6 +126,9 @@ class TokenService:
             "origin": principal.kind,
             "key_id": principal.key_id,
         }
+        if principal.kind == "user":
+            # The user's token version: a new password or disabling voids this token.
+            claims["ver"] = principal.token_version or 0
         return jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"kid": kid})
 
     def verify_token(self, token: str) -> Principal:
@@ -155,9 +158,12 @@ class TokenService:
                 role=claims.get("role"),
                 kind="token",
                 key_id=claims.get("key_id"),
+                token_version=claims.get("ver"),
             )
         except ValidationError:
-            raise Unauthorized("bearer token claims are invalid (tenant, role or key_id)") from None
+            raise Unauthorized(
+                "bearer token claims are invalid (tenant, role, key_id or ver)"
+            ) from None
 
     def _decode(self, token: str, secret: str) -> dict[str, Any]:
         try:

@@ -1,4 +1,5 @@
-"""Users: argon2 password hashes (pwdlib), TOTP second factor (pyotp), lockout after failures.
+"""Users: argon2 password hashes (pwdlib), TOTP second factor (pyotp), disable, delete, new
+passwords, and the token version that makes a user's tokens stop working at once.
 
 Enrolment: `create_user` makes the account with no second factor; `enable_totp` (run by an
 admin holding `users:manage`, or by the operator's CLI) issues a secret, kept Fernet-
@@ -7,12 +8,16 @@ login with a valid code moves the factor from "pending" to "active". An admin wi
 TOTP secret cannot log in at all, and nor can any user who has one but gives no valid code.
 
 Every failed login answers the same "invalid username, password or one-time code" (the
-log says which part failed) and counts against the username, whether or not it exists;
-after `max_login_failures` within `lockout_s` the name is locked (RateLimited) until the
-window ends, even for the right password. A code is accepted once: replays are refused.
+log says which part failed), a disabled user's too. How often one may try is not decided
+here: `cluster.auth_limits.LoginLimits` admits a login before any hashing (per address, per
+username, and a growing delay per (username, address)), so no one can lock a user out. A
+code is accepted once: replays are refused.
+
+Each user record has a `token_version`, written into the `ver` claim of the tokens its logins
+mint; a new password, disabling or enabling bumps it, and `check_token` (on every use of a
+user's token: one HGET) refuses a token whose user is gone, disabled or a version behind.
 
 Redis: `dafnck:<tenant>:auth:users` (hash: username -> UserRecord JSON),
-`dafnck:<tenant>:auth:fails:<username>` (failure counter, expiring),
 `dafnck:<tenant>:auth:otp:<username>:<time step>` (used codes, expiring).
 """
 
@@ -30,7 +35,7 @@ from pwdlib import PasswordHash
 from pydantic import ValidationError
 
 from cluster.data import KeyRing
-from cluster.errors import Conflict, InputInvalid, NotFound, RateLimited, Unauthorized
+from cluster.errors import Conflict, InputInvalid, NotFound, Unauthorized
 from cluster.security_models import (
     TENANT,
     USERNAME,
@@ -77,13 +82,7 @@ class Users:
         Raises: InputInvalid (bad tenant, name, role or a too short/long password),
         Conflict (the name is taken in this tenant), StoreUnavailable.
         """
-        problems = []
-        if len(password) < self._config.min_password_length:
-            problems.append(
-                f"password must have at least {self._config.min_password_length} characters"
-            )
-        if len(password) > MAX_PASSWORD_CHARS:
-            problems.append(f"password must have at most {MAX_PASSWORD_CHARS} characters")
+        problems = self._password_problems(password)
         try:
             info = UserInfo(username=username, tenant=tenant, role=role, created_at=time.time())  # type: ignore[arg-type]
         except ValidationError as exc:
@@ -97,6 +96,74 @@ class Users:
             raise Conflict(f"user {username!r} already exists in tenant {tenant!r}")
         log.info("created user %s (%s)", username, info.role, extra={"tenant": tenant})
         return info
+
+    def _password_problems(self, password: str) -> list[str]:
+        if len(password) < self._config.min_password_length:
+            return [f"password must have at least {self._config.min_password_length} characters"]
+        if len(password) > MAX_PASSWORD_CHARS:
+            return [f"password must have at most {MAX_PASSWORD_CHARS} characters"]
+        return []
+
+    @unavailable_as_error
+    def set_password(self, tenant: str, username: str, password: str) -> UserInfo:
+        """Give the user a new password; every token it holds stops working.
+
+        Raises: InputInvalid (too short/long), NotFound, StoreUnavailable.
+        """
+        problems = self._password_problems(password)
+        if problems:
+            raise InputInvalid(f"user {username!r}", problems)
+        changes = {"password_hash": self._hasher.hash(password)}
+        info = self._bump(tenant, username, changes)
+        log.info("new password for %s; its tokens are void", username, extra={"tenant": tenant})
+        return info
+
+    @unavailable_as_error
+    def set_disabled(self, tenant: str, username: str, disabled: bool) -> UserInfo:
+        """Disable a user (no login, its tokens refused at once) or enable it again (the
+        tokens it held before stay void). Raises: NotFound, StoreUnavailable."""
+        info = self._bump(tenant, username, {"disabled": disabled})
+        log.info("%s user %s", "disabled" if disabled else "enabled", username,
+                 extra={"tenant": tenant})  # fmt: skip
+        return info
+
+    @unavailable_as_error
+    def delete_user(self, tenant: str, username: str) -> None:
+        """Remove the account; its tokens are refused at once. Raises: NotFound, StoreUnavailable."""
+        if not self.store.redis.hdel(self._key(tenant, "users"), username):
+            raise NotFound(f"user {username!r} not found in tenant {tenant!r}")
+        log.info("deleted user %s", username, extra={"tenant": tenant})
+
+    @unavailable_as_error
+    def list_users(self, tenant: str) -> list[UserInfo]:
+        """The tenant's users, by name (never a hash or a secret). Raises: StoreUnavailable."""
+        raw = self.store.redis.hgetall(self._key(tenant, "users"))
+        records = (UserRecord.model_validate_json(value) for value in raw.values())
+        infos = [UserInfo.model_validate(r.model_dump()) for r in records]
+        return sorted(infos, key=lambda info: info.username)
+
+    @unavailable_as_error
+    def check_token(self, tenant: str, username: str, version: int | None) -> None:
+        """Refuse a user's token if the user is gone, disabled, or has a newer token version.
+
+        Raises: Unauthorized, StoreUnavailable.
+        """
+        record = self._record(tenant, username) if _TENANT.match(tenant) else None
+        if record is None:
+            raise Unauthorized(f"user {username!r} behind this token no longer exists")
+        if record.disabled:
+            raise Unauthorized(f"user {username!r} behind this token is disabled")
+        if (version or 0) != record.token_version:
+            raise Unauthorized(
+                "this token was revoked (new password or the user was disabled); log in again"
+            )
+
+    def _bump(self, tenant: str, username: str, changes: dict[str, Any]) -> UserInfo:
+        """Apply `changes` and bump the token version in one atomic update. Raises: NotFound."""
+        record = self._update(tenant, username, changes, bump=True)
+        if record is None:
+            raise NotFound(f"user {username!r} not found in tenant {tenant!r}")
+        return UserInfo.model_validate(record.model_dump())
 
     @unavailable_as_error
     def get_user(self, tenant: str, username: str) -> UserInfo:
@@ -131,17 +198,15 @@ class Users:
     ) -> Principal:
         """The user's principal if the password and (when required) the one-time code match.
 
-        Raises: Unauthorized (one message for every wrong part), RateLimited (locked after
-        too many failures), ConfigError (no key to read the TOTP secret), StoreUnavailable.
+        Raises: Unauthorized (one message for every wrong part, and for a disabled user),
+        ConfigError (no key to read the TOTP secret), StoreUnavailable.
         """
         if not (_TENANT.match(tenant) and _NAME.match(username)):
             self._verify_password(None, password)  # same work whatever the input
             raise Unauthorized(BAD_LOGIN)
-        self._refuse_if_locked(tenant, username)
         record = self._record(tenant, username)
         reason = self._failure(tenant, record, password, totp_code)
         if reason:
-            self._count_failure(tenant, username)
             log.info(
                 "login of %s refused: %s",
                 username,
@@ -150,11 +215,16 @@ class Users:
             )
             raise Unauthorized(BAD_LOGIN)
         assert record is not None
-        self.store.redis.delete(self._key(tenant, "fails", username))
         if record.totp == "pending":
             # Only if the secret is still the one just used: a new enrolment may have raced us.
             self._update(tenant, username, {"totp": "active"}, if_secret=record.totp_secret_enc)
-        return Principal(subject=username, tenant=tenant, role=record.role, kind="user")
+        return Principal(
+            subject=username,
+            tenant=tenant,
+            role=record.role,
+            kind="user",
+            token_version=record.token_version,
+        )
 
     def _failure(
         self, tenant: str, record: UserRecord | None, password: str, code: str | None
@@ -162,6 +232,8 @@ class Users:
         """Why the login fails ("" if it does not); the password is always verified."""
         if not self._verify_password(record, password) or record is None:
             return "unknown user" if record is None else "wrong password"
+        if record.disabled:
+            return "user disabled"
         if record.totp_secret_enc is None:
             return (
                 "admin without a TOTP secret: run enable_totp" if record.role is Role.ADMIN else ""
@@ -192,28 +264,18 @@ class Users:
                 return bool(self.store.redis.set(used, "1", nx=True, ex=totp.interval * 4))
         return False
 
-    def _refuse_if_locked(self, tenant: str, username: str) -> None:
-        key = self._key(tenant, "fails", username)
-        failures = int(self.store.redis.get(key) or 0)
-        if failures >= self._config.max_login_failures:
-            retry_s = max(int(self.store.redis.ttl(key)), 1)
-            raise RateLimited(
-                f"too many failed logins for {username!r}; try again in {retry_s} s", retry_s
-            )
-
-    def _count_failure(self, tenant: str, username: str) -> None:
-        key = self._key(tenant, "fails", username)
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, self._config.lockout_s, nx=True)
-        pipe.execute()
-
     def _update(
-        self, tenant: str, username: str, changes: dict[str, Any], if_secret: str | None = None
+        self,
+        tenant: str,
+        username: str,
+        changes: dict[str, Any],
+        if_secret: str | None = None,
+        bump: bool = False,
     ) -> UserRecord | None:
         """Change fields of a user atomically (WATCH); None if the user is gone.
 
-        With `if_secret`, change nothing unless the TOTP secret is still that one.
+        With `if_secret`, change nothing unless the TOTP secret is still that one; with
+        `bump`, also add one to the token version.
         """
         key = self._key(tenant, "users")
         with self.store.redis.pipeline() as pipe:
@@ -226,6 +288,8 @@ class Users:
                     record = UserRecord.model_validate_json(raw)
                     if if_secret is not None and record.totp_secret_enc != if_secret:
                         return record
+                    if bump:
+                        changes = {**changes, "token_version": record.token_version + 1}
                     record = record.model_copy(update=changes)
                     pipe.multi()
                     pipe.hset(key, username, record.model_dump_json())

@@ -21,7 +21,9 @@ from cluster.store import connect_store
 
 auth_app = typer.Typer(help="Create and revoke API keys and users.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys: create (secret shown once), list, revoke.")
-users_app = typer.Typer(help="Users: create (password prompted), enable TOTP.")
+users_app = typer.Typer(
+    help="Users: create, passwd (password prompted), totp, ls, disable, enable, delete."
+)
 auth_app.add_typer(keys_app, name="keys")
 auth_app.add_typer(users_app, name="users")
 console = Console()
@@ -109,6 +111,55 @@ def users_totp(name: str, tenant: TenantOpt = None) -> None:
     enrolment = security.users.enable_totp(tenant or settings.tenant, name)
     console.print("add this to an authenticator app (shown once):")
     typer.echo(enrolment.provisioning_uri)
+
+
+@users_app.command("ls")
+def users_ls(tenant: TenantOpt = None) -> None:
+    """List the tenant's users (never a hash or a secret)."""
+    security, settings = _security()
+    table = Table("user", "role", "totp", "disabled", "created")
+    for user in security.users.list_users(tenant or settings.tenant):
+        table.add_row(user.username, user.role.value, user.totp,
+                      "yes" if user.disabled else "-", _when(user.created_at))  # fmt: skip
+    console.print(table)
+
+
+@users_app.command("disable")
+def users_disable(name: str, tenant: TenantOpt = None) -> None:
+    """Disable a user: no login, and its tokens are refused at once."""
+    security, settings = _security()
+    security.users.set_disabled(tenant or settings.tenant, name, True)
+    console.print(f"disabled user {name!r}; its tokens no longer work")
+
+
+@users_app.command("enable")
+def users_enable(name: str, tenant: TenantOpt = None) -> None:
+    """Let a disabled user log in again (its old tokens stay void)."""
+    security, settings = _security()
+    security.users.set_disabled(tenant or settings.tenant, name, False)
+    console.print(f"enabled user {name!r}")
+
+
+@users_app.command("delete")
+def users_delete(name: str, tenant: TenantOpt = None) -> None:
+    """Delete a user; its tokens are refused at once."""
+    security, settings = _security()
+    security.users.delete_user(tenant or settings.tenant, name)
+    console.print(f"deleted user {name!r}")
+
+
+@users_app.command("passwd")
+def users_passwd(  # the "" default password means: prompt for it  # nosec B107
+    name: str,
+    tenant: TenantOpt = None,
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)
+    ] = "",
+) -> None:
+    """Set a new password (prompted); every token the user holds stops working."""
+    security, settings = _security()
+    security.users.set_password(tenant or settings.tenant, name, password)
+    console.print(f"new password set for {name!r}; its old tokens no longer work")
 
 
 @auth_app.command("audit")

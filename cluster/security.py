@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from cluster.auth_audit import AuditLog
 from cluster.auth_keys import KEY_PREFIX, ApiKeys
-from cluster.auth_limits import RateLimits
+from cluster.auth_limits import LoginLimits, RateLimits
 from cluster.auth_tokens import JwtKeyring, TokenService
 from cluster.auth_users import Users
 from cluster.data import KeyRing
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # mypy reads the Annotated union as a value; pydantic builds the discriminated adapter.
 _GRANT: TypeAdapter[PasswordGrant | ClientCredentialsGrant] = TypeAdapter(cast(Any, TokenGrant))
+Grant = PasswordGrant | ClientCredentialsGrant
 
 
 def is_allowed(principal: Principal, action: Action | str) -> bool:
@@ -67,10 +68,12 @@ class Security:
         tokens: TokenService,
         limits: RateLimits,
         audit: AuditLog,
+        logins: LoginLimits | None = None,
     ) -> None:
         self.keys, self.users, self.tokens = keys, users, tokens
         self.limits, self.audit = limits, audit
         self.config = tokens.config
+        self.logins = logins or LoginLimits(limits.store, self.config)
 
     @classmethod
     def from_settings(
@@ -93,7 +96,8 @@ class Security:
     def authenticate(self, credential: str) -> Principal:
         """The principal behind an API key or a bearer token (the part after "Bearer ").
 
-        A token an API key minted stops working as soon as the key is revoked.
+        A token an API key minted stops working as soon as the key is revoked; a user's token
+        as soon as the user is deleted, disabled or given a new password.
 
         Raises: Unauthorized (the message says why, never echoing the credential),
         StoreUnavailable.
@@ -103,17 +107,25 @@ class Security:
         if credential.startswith(KEY_PREFIX):
             return self.keys.authenticate_api_key(credential)
         principal = self.tokens.verify_token(credential)
-        if principal.key_id is not None and not self.keys.is_active(principal.key_id):
+        if principal.key_id is None:  # a user's login minted it
+            self.users.check_token(principal.tenant, principal.subject, principal.token_version)
+        elif not self.keys.is_active(principal.key_id):
             raise Unauthorized(f"API key {principal.key_id!r} behind this token has been revoked")
         return principal
 
-    def token_endpoint(
-        self, grant: PasswordGrant | ClientCredentialsGrant | Mapping[str, Any]
-    ) -> TokenResponse:
-        """OAuth2 token endpoint: `password` (+ `totp_code`) or `client_credentials` grants.
+    def token_endpoint(self, grant: Grant | Mapping[str, Any], source: str = "") -> TokenResponse:
+        """OAuth2 token endpoint: `admit_login` then `issue_for` (the API runs the two apart).
 
-        Raises: InputInvalid (malformed grant, naming fields, never values), Unauthorized,
-        RateLimited (login locked), StoreUnavailable.
+        Raises: InputInvalid, Unauthorized, RateLimited, StoreUnavailable.
+        """
+        return self.issue_for(self.admit_login(grant, source), source)
+
+    def admit_login(self, grant: Grant | Mapping[str, Any], source: str = "") -> Grant:
+        """The validated grant, once a password grant is admitted by the login limits (no
+        hashing here: cheap enough to answer a flood quickly).
+
+        Raises: InputInvalid (malformed grant, naming fields, never values), RateLimited,
+        StoreUnavailable.
         """
         if not isinstance(grant, PasswordGrant | ClientCredentialsGrant):
             try:
@@ -124,9 +136,25 @@ class Security:
                 ]
                 raise InputInvalid("token request", problems) from None
         if isinstance(grant, PasswordGrant):
-            principal = self.users.login(
-                grant.tenant, grant.username, grant.password.get_secret_value(), grant.totp_code
-            )
+            self.logins.admit(grant.tenant, grant.username, source or "-")
+        return grant
+
+    def issue_for(self, grant: Grant, source: str = "") -> TokenResponse:
+        """A token for an admitted grant: `password` (+ `totp_code`, the costly hash) or
+        `client_credentials`; a failed password login delays the next from `source`.
+
+        Raises: Unauthorized, StoreUnavailable.
+        """
+        if isinstance(grant, PasswordGrant):
+            tenant, username = grant.tenant, grant.username
+            try:
+                principal = self.users.login(
+                    tenant, username, grant.password.get_secret_value(), grant.totp_code
+                )
+            except Unauthorized:
+                self.logins.failed(tenant, username, source or "-")
+                raise
+            self.logins.succeeded(tenant, username, source or "-")
         else:
             principal = self.keys.authenticate_api_key(grant.client_secret.get_secret_value())
             if grant.client_id is not None and grant.client_id != principal.key_id:

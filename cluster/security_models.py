@@ -84,6 +84,9 @@ class Principal(Record):
     kind: PrincipalKind
     #: The API key behind the call (directly or through a token it minted), else None.
     key_id: str | None = Field(default=None, pattern=KEY_ID)
+    #: A user's token version when logged in (or in the token's `ver` claim): a token whose
+    #: version is behind the user's record (new password, disabled) is refused.
+    token_version: int | None = Field(default=None, ge=0)
 
 
 class ApiKeyInfo(Record):
@@ -112,6 +115,8 @@ class UserInfo(Record):
     created_at: float
     #: "none", "pending" (secret issued, no code used yet) or "active".
     totp: Literal["none", "pending", "active"] = "none"
+    #: A disabled user cannot log in and the tokens it holds are refused.
+    disabled: bool = False
 
 
 class UserRecord(UserInfo):
@@ -119,6 +124,8 @@ class UserRecord(UserInfo):
 
     password_hash: str
     totp_secret_enc: str | None = None
+    #: Bumped by a new password, disabling or enabling: older tokens stop working at once.
+    token_version: int = Field(default=0, ge=0)
 
 
 class TotpEnrolment(Record):
@@ -189,7 +196,8 @@ class AuditPage(Record):
 
 
 class SecurityConfig(Contract):
-    """Issuer, audience, lifetimes, lockout and rate limits (limits' notation: "100/second")."""
+    """Issuer, audience, lifetimes, login limits and rate limits (limits' notation: "100/second";
+    several joined by ";")."""
 
     issuer: str = "dafnck"
     audience: str = "dafnck-api"
@@ -197,8 +205,17 @@ class SecurityConfig(Contract):
     max_token_ttl_s: int = Field(default=3600, gt=0)
     leeway_s: float = Field(default=5.0, ge=0, le=60)
     min_password_length: int = Field(default=12, ge=8)
-    max_login_failures: int = Field(default=5, gt=0)
-    lockout_s: int = Field(default=900, gt=0)
+    #: Password logins per client address (every attempt, counted before any hashing).
+    login_rate_per_source: str = "5/second;60/minute"
+    #: Failed logins per username of a tenant, from anywhere (checked before hashing).
+    login_rate_per_user: str = "30/minute;300/hour"
+    #: Failures of one (username, address) allowed before each next try must wait a delay
+    #: that doubles from `login_delay_base_s` up to `login_delay_max_s`.
+    login_free_failures: int = Field(default=3, ge=0)
+    login_delay_base_s: float = Field(default=1.0, gt=0)
+    login_delay_max_s: float = Field(default=300.0, gt=0)
+    #: How long a (username, address)'s failures are remembered without a new one.
+    login_failure_window_s: int = Field(default=3600, gt=0)
     rate_per_key: str = "100/second"
     rate_per_tenant: str = "1000/second"
     rate_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
@@ -217,6 +234,17 @@ class SecurityConfig(Contract):
         except ValueError:
             raise ValueError(
                 f"{value!r} is not a rate like '100/second' or '10 per minute'"
+            ) from None
+        return value
+
+    @field_validator("login_rate_per_source", "login_rate_per_user")
+    @classmethod
+    def _rates(cls, value: str) -> str:
+        try:
+            limits.parse_many(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not rates like '10/second;100/minute' (';' between them)"
             ) from None
         return value
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -59,15 +59,27 @@ class Settings(BaseSettings):
     #: Where `dafnck up` serves the HTTP API (Ray Serve); port 0 leaves the API off.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
-    #: Where `dafnck up` serves gRPC (Serve's gRPC proxy listens on every interface, in
-    #: plain text); 0 leaves it off.
-    grpc_port: int = Field(default=9000, ge=0, le=65535)
+    #: Where `dafnck up` serves gRPC; 0 (the default) leaves it off. Serve 2.60's gRPC proxy
+    #: listens on every interface in plain text whatever `api_host` says: it is refused
+    #: when `api_host` is not loopback; firewall the port or front it with a TLS proxy.
+    grpc_port: int = Field(default=0, ge=0, le=65535)
     #: PEM certificate (chain) and private key: the HTTP API answers HTTPS; both or neither.
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     #: API rate limits in `limits` notation ("100/second"): per credential, per tenant.
     rate_per_key: str = "100/second"
     rate_per_tenant: str = "1000/second"
+    # -- abuse limits (auth-abuse): logins, request bodies, the metrics scrape --
+    #: Password logins per client address, and failed logins per username (`limits` rates,
+    #: ";" between several), both counted before any password is hashed.
+    login_rate_per_source: str = "5/second;60/minute"
+    login_rate_per_user: str = "30/minute;300/hour"
+    #: HTTP bodies (chunked or not) and gRPC messages (both ways) above this are refused
+    #: (413 / RESOURCE_EXHAUSTED) before anything parses them.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, lt=2**31)
+    #: What Prometheus sends to scrape `/metrics` (`Authorization: Bearer <it>`); unset:
+    #: `/metrics` answers 403 to everyone. Tenant keys and tokens never read it.
+    metrics_token: SecretStr | None = Field(default=None, min_length=16)
     # -- audit: kept per principal (one caller's flood evicts only its own entries) and by age.
     audit_max_entries_per_principal: int = Field(default=100_000, gt=0)
     audit_retention_days: float = Field(default=90, gt=0, le=3650)

@@ -10,6 +10,7 @@ after its route template, child of an incoming `traceparent` header.
 
 from __future__ import annotations
 
+import hmac
 import time
 import uuid
 from typing import Any
@@ -20,9 +21,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import generate_latest as _generate_latest
 
 from cluster import tracing
+from cluster.errors import Forbidden, Unauthorized
 from cluster.logs import log_context
 from cluster.metrics import HTTP_REQUESTS, HTTP_SECONDS, REGISTRY, sync
-from serve.deps import Caller, caller
+from serve.deps import header_credential
 
 #: The metrics this module records (kept as names for callers of the old module).
 REQUESTS, LATENCY = HTTP_REQUESTS, HTTP_SECONDS
@@ -31,9 +33,25 @@ _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", response_class=Response)
-async def metrics(who: Caller = Depends(caller)) -> Response:  # noqa: B008
-    """Prometheus text exposition; any authenticated caller may scrape."""
+def scraper(request: Request) -> None:
+    """The platform's scrape credential (`metrics_token`), compared in constant time: the
+    series span every tenant, so no tenant key or token reads them, an admin's neither.
+
+    Raises: Forbidden (no `metrics_token` set, or another credential), Unauthorized (none).
+    """
+    expected = request.app.state.settings.metrics_token
+    if expected is None:
+        raise Forbidden("/metrics is off: set `metrics_token` and scrape with it as the bearer")
+    given = header_credential(request.headers)
+    if not given:
+        raise Unauthorized("no credential: scrape with 'Authorization: Bearer <metrics_token>'")
+    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise Forbidden("only the scrape credential (`metrics_token`) reads /metrics")
+
+
+@router.get("/metrics", response_class=Response, dependencies=[Depends(scraper)])
+async def metrics() -> Response:
+    """Prometheus text exposition, for the platform's scraper only (`metrics_token`)."""
     sync()
     return Response(_generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

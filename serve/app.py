@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import importlib
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cluster import extras, telemetry
 from cluster.settings import Settings
 from serve import errors
+from serve.body_limit import BodyLimit
 from serve.deps import Services
 
 #: Modules with a `router`, in the order their routes appear in the OpenAPI document.
@@ -37,7 +37,7 @@ ROUTER_MODULES = [
     "serve.api_traces",
     "serve.api_dashboard",
 ]
-#: Bodies larger than this are refused with 413 before they are read whole.
+#: The default of `Settings.max_body_bytes`: larger bodies get 413 before they are parsed.
 MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -59,16 +59,6 @@ def build_app(
     )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts or ["*"])
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            body = errors.error_body(
-                "PayloadTooLarge", f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}"
-            )
-            return JSONResponse(body, status_code=413)
-        return await call_next(request)
-
     for name in ROUTER_MODULES:
         if name == "serve.api_a2a" and extras.missing("a2a"):
             continue  # the A2A endpoint comes with the [a2a] extra
@@ -76,8 +66,10 @@ def build_app(
     from serve import api_audit, api_dashboard, api_metrics, idempotency
 
     api_dashboard.install(app)  # the pages at `/`, after every route so the API wins
-    idempotency.install(app, MAX_BODY_BYTES)
+    idempotency.install(app, settings.max_body_bytes)
     api_audit.install(app)  # a mutating call's failed validation is audited
+    # Outside everything that reads a body (chunked ones too), inside the metrics.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     api_metrics.install(app)  # added last, so outermost: 401s and replays count too
     return app
 

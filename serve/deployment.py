@@ -15,6 +15,7 @@ with `Retry-After: 1` instead of its default 503, before our code runs.
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import SecretStr
 from ray import serve as ray_serve
 from ray.serve.config import BackpressureConfig, gRPCOptions
 from ray.serve.deployment import Deployment
@@ -80,6 +82,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         f"DAFNCK_{name.upper()}": _env_value(value)
         for name, value in settings.model_dump(mode="json", exclude_none=True).items()
     }
+    for name, value in settings:  # JSON dumps a secret as "**********": pass the value
+        if isinstance(value, SecretStr):
+            env[f"DAFNCK_{name.upper()}"] = value.get_secret_value()
     if _installed():
         return env
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
@@ -113,14 +118,16 @@ def start_api(
     autoscaling config (e.g. `{"min_replicas": 2, "max_replicas": 2}`). Serve's proxy
     options are fixed once Serve runs: a later call only deploys the application again.
 
-    Raises: ConfigError (only one of the TLS files, or one that cannot be read).
+    Raises: ConfigError (only one of the TLS files, or one that cannot be read; gRPC on
+    with a host that is not loopback).
     """
     http_options = {"host": host, "port": port, **tls_options(settings)}
-    if settings.tls_certfile and settings.grpc_port:
-        log.warning("HTTPS is on, but Serve's gRPC proxy on port %d serves plain text: put a "
-                    "TLS-terminating proxy in front of it", settings.grpc_port)  # fmt: skip
+    check_grpc_exposure(settings, host)
     ray_serve.start(
-        http_options=http_options, grpc_options=grpc_options(settings), logging_config=LOGGING
+        http_options=http_options,
+        grpc_options=grpc_options(settings),
+        logging_config=LOGGING,
+        controller_options=controller_options(settings),
     )
     deployment = INGRESS.options(
         autoscaling_config={**AUTOSCALING, **(replicas or {})},
@@ -129,6 +136,39 @@ def start_api(
     ray_serve.run(deployment.bind(), name=APP_NAME, route_prefix="/", logging_config=LOGGING)
     scheme = "https" if http_options.get("ssl_certfile") else "http"
     return f"{scheme}://{host}:{port}"
+
+
+def check_grpc_exposure(settings: Settings, host: str) -> None:
+    """Serve 2.60's gRPC proxy takes no host (it binds `[::]:<port>`) and no TLS: it is
+    refused beside an API on a public host, and warned about beside a loopback one.
+
+    Raises: ConfigError (gRPC on while `host` is not loopback).
+    """
+    if not settings.grpc_port:
+        return
+    if not _loopback(host):
+        raise ConfigError(
+            f"grpc_port {settings.grpc_port} with api_host {host!r}: Serve's gRPC proxy serves "
+            "plain text on every interface; set grpc_port: 0, or serve the API on 127.0.0.1 "
+            "behind a TLS-terminating proxy for both"
+        )
+    log.warning("Serve's gRPC proxy on port %d listens on every interface in plain text "
+                "(Ray Serve 2.60 takes no host for it): firewall it from other machines",
+                settings.grpc_port)  # fmt: skip
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def controller_options(settings: Settings) -> dict[str, Any]:
+    """Serve's controller environment, which its proxies inherit: the gRPC proxy reads
+    `RAY_SERVE_GRPC_MAX_MESSAGE_SIZE` once when it starts (both directions; 2 GiB otherwise)."""
+    size = str(settings.max_body_bytes)
+    return {"runtime_env": {"env_vars": {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": size}}}
 
 
 def grpc_options(settings: Settings) -> gRPCOptions | None:
@@ -164,6 +204,8 @@ __all__ = [
     "ApiIngress",
     "app",
     "build_ingress_app",
+    "check_grpc_exposure",
+    "controller_options",
     "grpc_options",
     "settings_env",
     "start_api",

@@ -37,6 +37,8 @@ class Services:
         limits = SecurityConfig(
             rate_per_key=settings.rate_per_key,
             rate_per_tenant=settings.rate_per_tenant,
+            login_rate_per_source=settings.login_rate_per_source,
+            login_rate_per_user=settings.login_rate_per_user,
             audit_max_entries=settings.audit_max_entries_per_principal,
             audit_retention_s=int(settings.audit_retention_days * 86400),
         )
@@ -115,11 +117,25 @@ def credential(request: Request) -> str:
     found = header_credential(request.headers)
     if found:
         return found
-    # Browsers can't set headers on a WebSocket or an EventSource: allow a query parameter.
+    # Browsers can't set headers on a WebSocket or an EventSource: there only, a query
+    # parameter (elsewhere it would end up in proxies' and servers' access logs).
     token = request.query_params.get("access_token", "").strip()
-    if token:
+    if token and is_stream(request):
         return token
+    if token:
+        raise Unauthorized(
+            "access_token in the query is accepted on stream routes (SSE, WebSocket) only; "
+            "send 'Authorization: Bearer <token or API key>'"
+        )
     raise Unauthorized("no credential: send 'Authorization: Bearer <token or API key>'")
+
+
+def is_stream(request: Request) -> bool:
+    """A WebSocket, or a route whose answer is an event stream (its `response_class`)."""
+    if request.scope.get("type") == "websocket":
+        return True
+    answer = getattr(request.scope.get("route"), "response_class", None)
+    return getattr(answer, "media_type", None) == "text/event-stream"
 
 
 def authenticated(svc: Services, token: str | None, request_id: str, source: str = "") -> Caller:

@@ -20,6 +20,9 @@ from cluster.valkey import free_port, server_url, start_server
 
 #: The repository root: Ray workers import test agents as `tests.fixtures.agents` from it.
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The scrape credential (`metrics_token`) of the tests' APIs, and its header.
+METRICS_TOKEN = "test-scrape-credential-0123456789"  # nosec B105
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 #: The test servers (fake LLM, webhook receivers, A2A and MCP servers) listen on 127.0.0.1:
 #: the session's settings, and Ray's workers (which inherit the variable), may reach it.
 #: tests/security/test_ssrf.py shows the refusals with the default, empty list.

@@ -17,6 +17,7 @@ from cluster.security_models import Role
 from cluster.settings import Settings, load_settings
 from cluster.store import connect_store
 from cluster.valkey import free_port
+from tests.conftest import METRICS_TOKEN
 from tests.integration.conftest import kill_tenant
 
 #: The echo agent the e2e modules share (tests.fixtures.agents:echo).
@@ -40,6 +41,7 @@ def e2e_settings(valkey_url: str, state_dir: Path) -> Settings:
         state_dir=str(state_dir),
         reconcile_interval_s=0.5,
         grpc_port=free_port(),  # Serve's gRPC proxy, next to the HTTP one
+        metrics_token=METRICS_TOKEN,
     )
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from cluster.security_models import Role
+from tests.conftest import SCRAPER
 from tests.e2e.conftest import ECHO, Tenant
 
 
@@ -157,7 +158,8 @@ def test_metrics_count_requests_by_route_template(
     viewer = tenants[0].headers(Role.VIEWER)
     http.get("/v1/agents/some-agent@1.0.0", headers=viewer)
     assert http.get("/metrics").status_code == 401
-    text = http.get("/metrics", headers=viewer).text
+    assert http.get("/metrics", headers=viewer).status_code == 403  # tenants never scrape
+    text = http.get("/metrics", headers=SCRAPER).text
     assert 'route="/v1/agents/{agent_id}"' in text
     assert "some-agent" not in text
     assert "dafnck_http_requests_total" in text

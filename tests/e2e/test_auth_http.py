@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cluster.auth_tokens import JwtKeyring
+from cluster.security import Security
 from cluster.security_models import PERMISSIONS, Action, Role
 from cluster.settings import Settings
 from tests.e2e.conftest import Tenant
@@ -48,17 +49,19 @@ def test_every_route_without_credentials_is_401_but_the_allow_list(http: httpx.C
 
 def _claims(tenant: str, **override: Any) -> dict[str, Any]:
     now = int(time.time())
-    claims = {"iss": "dafnck", "aud": "dafnck-api", "sub": "user:x", "iat": now, "nbf": now,
+    claims = {"iss": "dafnck", "aud": "dafnck-api", "sub": "jwt-probe", "iat": now, "nbf": now,
               "exp": now + 300, "jti": "j", "tenant": tenant, "role": "admin",
               "origin": "user", "key_id": None}  # fmt: skip
     return {**claims, **override}
 
 
 def test_jwt_negatives_are_401(
-    http: httpx.Client, e2e_settings: Settings, tenants: tuple[Tenant, Tenant]
+    http: httpx.Client, e2e_settings: Settings, tenants: tuple[Tenant, Tenant], security: Security
 ) -> None:
     kid, secret = JwtKeyring.load(e2e_settings.state_dir).current
     name = tenants[0].name
+    # A user's token is checked against the user's record: the forged one names a real user.
+    security.users.create_user(name, "jwt-probe", "a long enough password", Role.ADMIN)
     good = jwt.encode(_claims(name), secret, algorithm="HS256", headers={"kid": kid})
     assert http.get("/v1/agents", headers={"Authorization": f"Bearer {good}"}).status_code == 200
 
@@ -82,6 +85,9 @@ def test_jwt_negatives_are_401(
         ),
         "unknown kid": jwt.encode(_claims(name), secret, "HS256", headers={"kid": "nope"}),
         "no kid": jwt.encode(_claims(name), secret, "HS256"),
+        "no such user": jwt.encode(
+            _claims(name, sub="nobody"), secret, "HS256", headers={"kid": kid}
+        ),
         **_confused(_claims(name), kid),
     }
     for why, token in bad.items():

@@ -18,6 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from cluster.security import Security
 from cluster.security_models import Role
+from tests.conftest import SCRAPER
 from tests.integration.conftest import kill_tenant
 
 pytestmark = pytest.mark.timeout(240)
@@ -302,7 +303,7 @@ def test_the_api_keeps_its_paths_and_the_pages_their_files(site: dict[str, Any])
     missing = httpx.get(f"{site['url']}/v1/nothing-here")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "HTTPError"
     assert httpx.post(f"{site['url']}/index.html").status_code == 404
-    assert http.get("/metrics").status_code == 200
+    assert http.get("/metrics", headers=SCRAPER).status_code == 200
     graph = http.get("/v1/workflows/dash-flow/graph").json()
     needs = {s["id"]: s["needs"] for s in graph["steps"]}
     assert needs == {"fetch": [], "left": ["fetch"], "right": ["fetch"], "merge": ["left", "right"]}

@@ -14,6 +14,7 @@ import ray
 from actors.client import Client, connect
 from actors.system import supervisor_name
 from cluster.settings import RAY_NAMESPACE, Settings, load_settings
+from tests.conftest import METRICS_TOKEN
 
 
 def kill_tenant(tenant: str) -> None:
@@ -31,8 +32,9 @@ def kill_tenant(tenant: str) -> None:
 def tenant_settings(ray_session: None, valkey_url: str, state_dir: Path) -> Iterator[Settings]:
     tenant = f"t{uuid.uuid4().hex[:10]}"
     yield load_settings(
-        redis_url=valkey_url, state_dir=str(state_dir), tenant=tenant, reconcile_interval_s=0.5
-    )
+        redis_url=valkey_url, state_dir=str(state_dir), tenant=tenant, reconcile_interval_s=0.5,
+        metrics_token=METRICS_TOKEN,
+    )  # fmt: skip
     kill_tenant(tenant)
 
 

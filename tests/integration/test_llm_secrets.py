@@ -20,6 +20,7 @@ from actors.client import Client, connect
 from actors.models import AgentSpec
 from cluster.settings import Settings
 from serve.app import build_app
+from tests.conftest import SCRAPER
 from tests.fixtures.fake_llm import FakeLLM
 from tests.integration.helpers import echo_spec
 
@@ -111,7 +112,7 @@ def test_a_canary_key_appears_nowhere(
         assert llm.requests[0]["headers"]["Authorization"] == f"Bearer {canary}"  # planted
     eid = execution["id"]
     responses += [run, task] + [
-        api.get(path, headers=admin)
+        api.get(path, headers=SCRAPER if path == "/metrics" else admin)
         for path in (f"/v1/executions/{eid}", f"/v1/executions/{eid}/events?limit=1000",
                      f"/v1/executions/{eid}/usage", f"/v1/executions/{eid}/tool-calls", "/v1/usage", "/metrics")
     ]  # fmt: skip

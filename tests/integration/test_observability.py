@@ -31,6 +31,7 @@ from cluster.span_store import execution_spans
 from cluster.store import connect_store
 from cluster.valkey import free_port, start_server
 from serve.app import build_app
+from tests.conftest import SCRAPER
 from tests.fixtures.fake_llm import FakeLLM
 from tests.integration.helpers import REPO_ROOT, wait_until
 from workflows.spec import WorkflowSpec
@@ -142,7 +143,7 @@ def scrape(
 def test_metrics_move_as_work_happens(
     api: TestClient, client: Client, tenant_settings: Settings
 ) -> None:
-    headers = auth(tenant_settings, Role.VIEWER)
+    headers = SCRAPER  # the platform's scrape credential: tenant roles never read /metrics
     ok = frozenset({("capability", "obs.work"), ("outcome", "succeeded")})
     before = scrape(api, headers)
     for value in range(3):
