@@ -45,7 +45,7 @@ def up(
     table.add_row("state store", redacted(url))
     table.add_row("tenant", settings.tenant)
     console.print(table)
-    console.print("[green]DafnckMachine is up.[/] Try: dafnck agents apply -f configs/agents/")
+    console.print("[green]DafnckMachine is up.[/] Try: dafnck demo (dafnck init writes configs/)")
 
 
 def _start_api(settings: Settings, redis_url: str) -> str:
@@ -60,11 +60,11 @@ def _start_api(settings: Settings, redis_url: str) -> str:
 
 def down() -> None:
     """Stop what `dafnck up` started here: the Ray head and the embedded Valkey (its AOF stays)."""
-    from cluster.ray_runtime import recorded_cluster, stop_head
+    from cluster.ray_runtime import stop_head
     from cluster.valkey import stop_valkey
 
     settings = GlobalOptions.settings()
-    stopped = stop_head(settings) if recorded_cluster(settings) else 0
+    stopped = stop_head(settings)  # returns when all of them are gone, leftovers too
     valkey = False if settings.redis_url else stop_valkey(settings.state_dir)
     console.print(
         f"stopped {stopped} Ray process(es)" + ("; embedded Valkey stopped" if valkey else "")
@@ -158,15 +158,18 @@ def restore(
 
 # -- demo and bench --------------------------------------------------------------------
 
-_REVIEW_AGENTS = Path("configs/agents/review.yaml")
-_REVIEW_WORKFLOW = Path("configs/workflows/review.yaml")
-
 
 def demo(
     path: Annotated[Path, typer.Argument(help="The directory to review.")] = Path("."),
     output: Annotated[Path, typer.Option(help="The Markdown report.")] = Path("reports/review.md"),
-    agents: Annotated[Path, typer.Option(help="The demo's agent specs.")] = _REVIEW_AGENTS,
-    workflow: Annotated[Path, typer.Option(help="The demo's workflow.")] = _REVIEW_WORKFLOW,
+    agents: Annotated[
+        Path | None,
+        typer.Option(help="Agent specs [default: configs/agents/review.yaml or packaged]."),
+    ] = None,
+    workflow: Annotated[
+        Path | None,
+        typer.Option(help="Workflow [default: configs/workflows/review.yaml or packaged]."),
+    ] = None,
     llm: Annotated[
         bool, typer.Option("--llm", help="The LLM demo (needs OPENAI_API_KEY or OPENAI_BASE_URL).")
     ] = False,
@@ -181,7 +184,10 @@ def demo(
         run_llm_demo(client, path, model, console)
         return
     from cluster.demo import run_review
+    from cluster.init import example
 
+    agents = agents or example("agents/review.yaml")
+    workflow = workflow or example("workflows/review.yaml")
     outputs = run_review(client(), path, output, agents, workflow, console)
     console.print(f"\n[green]Report written to {outputs['report']}[/]")
 

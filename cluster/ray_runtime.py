@@ -9,6 +9,7 @@ Drivers log JSON lines through Ray's own `LoggingConfig`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -49,10 +50,52 @@ def _head_processes(settings: Settings) -> list[psutil.Process]:
     marker = str(_temp_dir(settings))
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
+        try:
+            cmdline = proc.info.get("cmdline") or []
+        except psutil.Error:
+            continue
         if any(marker in part for part in cmdline):
             found.append(proc)
     return found
+
+
+def session_processes(settings: Settings) -> list[psutil.Process]:
+    """Every process of the head `dafnck up` started here.
+
+    Those naming the session files (GCS, raylet, dashboard, monitors), the ones recorded
+    when it started, and all their descendants: Ray's agents and workers rename
+    themselves `ray::...` and name no path, but they are the raylet's children.
+    """
+    found: dict[int, psutil.Process] = {}
+    for proc in [*_head_processes(settings), *_recorded_processes(settings)]:
+        found.setdefault(proc.pid, proc)
+        with contextlib.suppress(psutil.Error):
+            for child in proc.children(recursive=True):
+                found.setdefault(child.pid, child)
+    return list(found.values())
+
+
+def _recorded_processes(settings: Settings) -> list[psutil.Process]:
+    """The processes recorded by `start_head` that still run (same pid and start time)."""
+    try:
+        record = json.loads(_state_file(settings).read_text())
+    except (OSError, ValueError):
+        return []
+    alive = []
+    for entry in record.get("processes", []):
+        with contextlib.suppress(psutil.Error, KeyError, TypeError):
+            proc = psutil.Process(int(entry["pid"]))
+            if abs(proc.create_time() - float(entry["create_time"])) < 0.01:
+                alive.append(proc)
+    return alive
+
+
+def _describe(procs: list[psutil.Process]) -> list[dict[str, Any]]:
+    described = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            described.append({"pid": proc.pid, "create_time": proc.create_time()})
+    return described
 
 
 def address_to_join(settings: Settings, address: str | None = None) -> str | None:
@@ -104,6 +147,8 @@ def start_head(settings: Settings, num_cpus: int | None = None) -> dict[str, Any
     address_file = temp_dir / "ray_current_cluster"
     address = address_file.read_text().strip() if address_file.exists() else "auto"
     record = {"address": address, "started_at": time.time()}
+    # `dafnck down` ends these (and their descendants) even if they no longer name the session.
+    record["processes"] = _describe(session_processes(settings))
     _state_file(settings).write_text(json.dumps(record))
     return record
 
@@ -121,18 +166,47 @@ def protect_token() -> None:
 
 
 def stop_head(settings: Settings, timeout_s: float = 15.0) -> int:
-    """Stop the head that `dafnck up` started under this state directory (and only it)."""
-    procs = _head_processes(settings)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    for proc in alive:
-        proc.kill()
+    """Stop the head that `dafnck up` started under this state directory (and only it).
+
+    Returns when every one of its processes (see `session_processes`) is gone: SIGTERM,
+    then SIGKILL to what is left after `timeout_s`. Processes are ended by pid only.
+
+    Raises:
+        ClusterUnavailable: some process survived SIGKILL (its pid is in the message).
+    """
+    procs = session_processes(settings)
+    _signal(procs, "terminate")
+    alive = _wait_gone(procs, timeout_s)
+    _signal(alive, "kill")
+    left = [p.pid for p in _wait_gone(alive, timeout_s)]
+    if left:
+        raise ClusterUnavailable(f"Ray processes {left} survived SIGKILL; end them by hand")
     _state_file(settings).unlink(missing_ok=True)
     return len(procs)
+
+
+def _signal(procs: list[psutil.Process], how: Literal["terminate", "kill"]) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            getattr(proc, how)()
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until none of `procs` runs; returns those still running at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _running(p)]
+    return alive
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Still there and not a zombie waiting for its parent to reap it."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 #: What `init_ray` does when there is no cluster to join.
@@ -174,6 +248,8 @@ def init_ray(
         )
     except (ConnectionError, RuntimeError) as exc:
         raise ClusterUnavailable(f"cannot join the Ray cluster at {target!r}: {exc}") from None
+    if _temp_dir(settings).is_dir():  # every Ray process joining makes it 0777 again
+        private_dir(_temp_dir(settings))
     global _dashboard
     _dashboard = context.dashboard_url or ""
     return _dashboard_url()
