@@ -43,6 +43,22 @@ _COMMANDS = (
 )
 for _command in _COMMANDS:
     app.command()(_command)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to write configs/.")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Write editable copies of the example agents and workflows to DIRECTORY/configs/."""
+    from cluster.cli_common import console
+    from cluster.init import write_examples
+
+    for path in write_examples(directory, force=force):
+        console.print(f"wrote {path}")
+    console.print("Edit them, then: dafnck up && dafnck agents apply -f configs/agents/review.yaml")
+
+
 app.add_typer(agents_app, name="agents")
 app.add_typer(task_app, name="task")
 app.add_typer(exec_app, name="executions")
