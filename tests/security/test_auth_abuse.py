@@ -19,7 +19,9 @@ import grpc
 import httpx
 import pytest
 from google.protobuf import json_format
+from typer.testing import CliRunner
 
+from cluster.cli_auth import auth_app
 from cluster.security import Security
 from cluster.security_models import Role
 from cluster.settings import Settings
@@ -258,3 +260,41 @@ def test_a_query_string_token_works_on_stream_routes_only(
     # A stream route takes it (the caller is known: the execution is simply not found).
     stream = http.get("/v1/executions/nope/events/stream", params={"access_token": key})
     assert stream.status_code == 404, stream.text
+
+
+def test_the_cli_disables_deletes_and_repasswords_users_whose_tokens_then_fail(
+    http: httpx.Client, e2e_settings: Settings, fresh_login_limits: None
+) -> None:
+    tenant = f"cli{uuid.uuid4().hex[:6]}"
+    env = {"DAFNCK_REDIS_URL": str(e2e_settings.redis_url),
+           "DAFNCK_STATE_DIR": str(e2e_settings.state_dir), "DAFNCK_TENANT": tenant}  # fmt: skip
+    runner = CliRunner()
+
+    def cli(*args: str, password: str | None = None) -> str:
+        given = None if password is None else f"{password}\n" * 2
+        done = runner.invoke(auth_app, ["users", *args], input=given, env=env)
+        assert done.exit_code == 0, done.output
+        return done.output
+
+    cli("create", "cleo", "--role", "viewer", password=PASSWORD)
+
+    def token(password: str = PASSWORD) -> str:
+        answer = login(http, tenant, "cleo", password)
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["access_token"])
+
+    def status(tok: str) -> int:
+        return http.get("/v1/agents", headers=bearer(tok)).status_code
+
+    first = token()
+    assert status(first) == 200
+    cli("disable", "cleo")
+    assert status(first) == 401 and "yes" in cli("ls")
+    cli("enable", "cleo")
+    second = token()
+    assert "a new long passphrase" not in cli("passwd", "cleo", password="a new long passphrase")
+    assert status(second) == 401
+    third = token("a new long passphrase")
+    assert status(third) == 200
+    cli("delete", "cleo")
+    assert status(third) == 401 and "cleo" not in cli("ls")
