@@ -169,6 +169,9 @@ ERRORS: dict[type[errors.DafnckError], errors.DafnckError] = {
     errors.ToolMayHaveRun: errors.ToolMayHaveRun("tool 'send' (call c1) may have run"),
     errors.ProviderError: errors.ProviderError("openai gpt-4o: 429 rate limited after 3 tries"),
     errors.OutputInvalid: errors.OutputInvalid("reply did not match the schema: 'answer' missing"),
+    errors.OutboundRefused: errors.OutboundRefused(
+        "webhook.url: 169.254.169.254 is a cloud metadata address"
+    ),
 }
 
 
