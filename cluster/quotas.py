@@ -61,7 +61,7 @@ class Quotas(BaseModel):
     #: Sub-workflows inside sub-workflows: A -> B -> C is depth 2.
     workflow_depth: int = Field(default=5, ge=0)
     #: One expression's evaluation: interpreter steps, and seconds (off the event loop).
-    expression_steps: int = Field(default=200_000, ge=100)
+    expression_steps: int = Field(default=100_000, ge=100)
     expression_timeout_s: float = Field(default=1.0, gt=0)
     #: LLM spend per UTC day in USD; empty: no daily cap.
     llm_usd_per_day: float | None = Field(default=None, ge=0)
