@@ -32,6 +32,7 @@ def up(
     settings = GlobalOptions.settings()
     with console.status("starting DafnckMachine..."):
         url = resolve_redis_url(settings)
+        _check_schema(settings, url)
         if address_to_join(settings, GlobalOptions.address) is None:
             start_head(settings, num_cpus)
         dashboard = init_ray(settings, GlobalOptions.address, missing="fail")
@@ -46,6 +47,15 @@ def up(
     table.add_row("tenant", settings.tenant)
     console.print(table)
     console.print("[green]DafnckMachine is up.[/] Try: dafnck demo (dafnck init writes configs/)")
+
+
+def _check_schema(settings: Settings, url: str) -> None:
+    """Migrate an older store forward (after a backup) or refuse a newer one."""
+    from cluster.schema_version import CURRENT, ensure_schema
+    from cluster.store import connect_store
+
+    for version in ensure_schema(connect_store(settings, url=url).redis, settings):
+        console.print(f"store migrated from schema {version} to {version + 1} (of {CURRENT})")
 
 
 def _start_api(settings: Settings, redis_url: str) -> str:

@@ -258,8 +258,10 @@ def init_ray(
 def job_metadata(settings: Settings) -> dict[str, str]:
     """What the Ray dashboard's Jobs view shows about this driver."""
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:3]]) if sys.argv else "python"
+    from cluster.schema_version import platform_version
+
     return {"dafnck.tenant": settings.tenant, "dafnck.command": command[:200],
-            "dafnck.version": "0.1.0"}  # fmt: skip
+            "dafnck.version": platform_version()}  # fmt: skip
 
 
 def _token_auth_on() -> None:
