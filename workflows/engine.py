@@ -85,9 +85,9 @@ class WorkflowEngine:
             NotFound: no such workflow; InputInvalid: the inputs don't match its types;
             QuotaExceeded: executions_running, or workflow_depth (naming the chain).
         """
-        self._check_room()
         if parent:
             self._check_depth(name, parent)
+        self._check_room()
         version, spec = self._load_spec(name, version)
         checked = spec.check_inputs(inputs)
         execution = Execution(
