@@ -59,10 +59,25 @@ def wait_for(env: dict[str, str], execution_id: str, wanted: str, timeout_s: flo
     raise AssertionError(f"execution {execution_id} is {status}, not {wanted}")
 
 
+def assert_private(state: Path) -> None:
+    """What `dafnck up` leaves on disk is the user's alone: directories 0700, secrets 0600.
+    (Ray makes its own temp dir, `<state>/ray`, 0777 again whenever a process joins: the
+    state directory around it is what keeps others out.)"""
+    valkey = state / "valkey"
+    dirs = [state, valkey, *[d for d in [state / "blobs"] if d.exists()]]
+    assert {str(d): oct(d.stat().st_mode & 0o777) for d in dirs} == {str(d): "0o700" for d in dirs}
+    files = [valkey / "password", valkey / "users.acl", *(valkey / "appendonlydir").iterdir()]
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    files += [token] if token.exists() else []
+    assert {str(f): oct(f.stat().st_mode & 0o777) for f in files} == {
+        str(f): "0o600" for f in files
+    }
+
+
 def test_an_execution_waiting_for_approval_survives_down_and_up(
     cli: tuple[dict[str, str], Path], tmp_path: Path
 ) -> None:
-    env, _ = cli
+    env, state = cli
     # The review agents' workspace (where `up` starts them): a copy of cluster/ reviewed
     # there, the report written as <workspace>/reports/review.md.
     env = {**env, "DAFNCK_WORKSPACE_ROOT": str(tmp_path)}
@@ -70,6 +85,7 @@ def test_an_execution_waiting_for_approval_survives_down_and_up(
         REPO / "cluster", tmp_path / "cluster", ignore=shutil.ignore_patterns("__pycache__")
     )
     dafnck(env, "up", "--num-cpus", "2")
+    assert_private(state)
     dafnck(env, "agents", "apply", "-f", "configs/agents/review.yaml")
     report = tmp_path / "reports" / "review.md"
     execution_id = dafnck(
