@@ -92,6 +92,16 @@ def _contract(model: type[C], what: str, **fields: Any) -> C:
         raise InputInvalid(what, problems) from None
 
 
+def _fields(message: Message, what: str) -> dict[str, Any]:
+    """A Struct as JSON data. Raises: InputInvalid (a NaN or infinite number: not JSON, and
+    protobuf's error names no field)."""
+    try:
+        return json_format.MessageToDict(message)
+    except (json_format.Error, ValueError):  # protobuf raises a bare ValueError for these
+        problem = f"{what}: every number must be finite (no NaN or Infinity)"
+        raise InputInvalid(what, [problem]) from None
+
+
 def _execution(execution: Execution) -> pb.ExecutionReply:
     data = execution_view(execution)  # Arrow tables summarised, as REST shows them
     return pb.ExecutionReply(id=execution.id, status=data["status"], execution=to_struct(data))
@@ -138,7 +148,7 @@ class GrpcApi:
     async def SubmitTask(self, request: pb.SubmitTaskRequest, grpc_context: Any) -> pb.TaskReply:
         async def work() -> pb.TaskReply:
             who = await self._caller(grpc_context, Action.TASKS_RUN)
-            task = _contract(Task, "task", **json_format.MessageToDict(request.task))
+            task = _contract(Task, "task", **_fields(request.task, "task"))
             result = await start_task(who, task, request.wait)
             if result is not None:
                 data = result.model_dump(mode="json")
@@ -190,7 +200,7 @@ class GrpcApi:
                 ExecutionRequest,
                 "execution request",
                 workflow=request.workflow,
-                inputs=json_format.MessageToDict(request.inputs),
+                inputs=_fields(request.inputs, "inputs"),
                 version=request.version or None,
             )
             with who.audited(Action.EXECUTIONS_CONTROL, obj=body.workflow):

@@ -11,18 +11,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from google.protobuf import json_format
 
 from actors.client import Client
 from actors.models import AgentSpec
 from cluster.security_models import Role
 from cluster.settings import Settings
+from serve.deployment import APP_NAME
+from serve.protos import dafnck_pb2 as pb
+from serve.protos import dafnck_pb2_grpc as rpc
+from tests.e2e.conftest import ECHO, Tenant
 from tests.fixtures.fake_llm import FakeLLM
 from tests.integration import test_api_executions as shared
 from tests.integration.helpers import slow_spec
 
 keys = shared.keys  # fixture: API keys of the test's tenant
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -123,3 +131,32 @@ def test_a_timeout_above_the_agents_is_capped_at_the_agents(
     assert result["status"] == "failed", result
     assert result["error"]["type"] == "TaskTimeout"
     assert "after 1.0s" in result["error"]["message"]
+
+
+def test_a_task_over_grpc_starts_from_a_fresh_context_too(
+    api_url: str, e2e_settings: Settings, tenants: tuple[Tenant, Tenant]
+) -> None:
+    tenant = tenants[0]
+    admin = tenant.headers(Role.ADMIN)
+    with httpx.Client(base_url=api_url, timeout=60, headers=admin) as http:
+        assert http.post("/v1/agents", json=ECHO).status_code == 200
+    meta = [("application", APP_NAME), ("authorization", f"Bearer {tenant.keys[Role.AGENT]}")]
+    spoofed = {"tenant": tenants[1].name, "execution_id": "victim", "step_id": "s",
+               "budget_waived": True, "attempt": 7, "traceparent": TRACEPARENT}  # fmt: skip
+    body = {"capability": "test.echo", "input": {"text": "x"}, "context": spoofed}
+    with grpc.insecure_channel(f"127.0.0.1:{e2e_settings.grpc_port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        stub = rpc.OrchestrationStub(channel)
+        task = json_format.ParseDict(body, pb.SubmitTaskRequest().task)
+        sent = stub.SubmitTask(pb.SubmitTaskRequest(task=task), metadata=meta)
+        record = json_format.MessageToDict(stub.GetTask(pb.GetTaskRequest(id=sent.id),
+                                                        metadata=meta).record)  # fmt: skip
+        endless = json_format.ParseDict({**body, "timeout_s": 1e999}, pb.SubmitTaskRequest().task)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SubmitTask(pb.SubmitTaskRequest(task=endless), metadata=meta)
+    context = record["task"]["context"]
+    assert context["tenant"] == tenant.name and context["traceparent"] == TRACEPARENT
+    assert context.get("execution_id") is None and context.get("step_id") is None
+    assert context["budget_waived"] is False and context["attempt"] == 1
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "finite" in str(refused.value.details())
