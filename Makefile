@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bandit security browser unit integration down clean
+.PHONY: run test lint typecheck bandit security browser unit integration down image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ unit: $(STAMP)
 ## Real Ray and Valkey, then HTTP through Serve, then the attacks a tenant would try.
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration tests/e2e tests/security
+
+## The image the KubeRay manifests and configs/cluster/ray-cluster.yaml run (needs Docker).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -f configs/docker/Dockerfile -t dafnck-machine:$(VERSION) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache reports test-artifacts
