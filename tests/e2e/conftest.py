@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +30,12 @@ ECHO = {
 }
 
 
+#: The session's settings and Serve API, shared by every conftest that re-exports these
+#: fixtures (tests/security): pytest keeps one instance per conftest, a Ray cluster has one
+#: Serve proxy, so a second start on another port would never answer.
+_SESSION: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def e2e_ray(ray_session: None) -> None:
     """The session's one Ray (tests/conftest.py)."""
@@ -36,13 +43,16 @@ def e2e_ray(ray_session: None) -> None:
 
 @pytest.fixture(scope="session")
 def e2e_settings(valkey_url: str, state_dir: Path) -> Settings:
-    return load_settings(
-        redis_url=valkey_url,
-        state_dir=str(state_dir),
-        reconcile_interval_s=0.5,
-        grpc_port=free_port(),  # Serve's gRPC proxy, next to the HTTP one
-        metrics_token=METRICS_TOKEN,
-    )
+    if "settings" not in _SESSION:
+        _SESSION["settings"] = load_settings(
+            redis_url=valkey_url,
+            state_dir=str(state_dir),
+            reconcile_interval_s=0.5,
+            grpc_port=free_port(),  # Serve's gRPC proxy, next to the HTTP one
+            metrics_token=METRICS_TOKEN,
+        )
+    settings: Settings = _SESSION["settings"]
+    return settings
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +90,9 @@ def api_url(e2e_ray: None, e2e_settings: Settings) -> Iterator[str]:
 
     from serve.deployment import start_api
 
+    if "url" in _SESSION:  # started by another conftest's copy of this fixture
+        yield _SESSION["url"]
+        return
     url = start_api(e2e_settings, host="127.0.0.1", port=free_port())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -91,7 +104,9 @@ def api_url(e2e_ray: None, e2e_settings: Settings) -> Iterator[str]:
         time.sleep(0.2)
     else:
         pytest.fail(f"the API at {url} did not become ready in 60 s")
+    _SESSION["url"] = url
     yield url
+    _SESSION.pop("url", None)
     ray_serve.shutdown()
 
 
