@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 1000
 #: Entries read per XRANGE while a filtered page is filled.
 _CHUNK = 500
-#: A cursor is the last entry's id and its stream's digest (ids are unique per stream only).
-_CURSOR = re.compile(r"^(\d{1,20})-(\d{1,20})(?:\.([0-9a-f]{16}))?$")
+#: A cursor is the last entry's sort key: its id, its time in µs (which orders entries of
+#: different streams within one millisecond) and its stream's digest (ids are per stream).
+_CURSOR = re.compile(r"^(\d{1,20})-(\d{1,20})\.(\d{1,20})\.([0-9a-f]{16})$")
 _MAX_SOURCE_CHARS = 64
-_Key = tuple[int, int, str]
+_Key = tuple[int, int, int, str]  # (ms, µs, seq, digest)
 #: Entries found while a page is filled: (sort key, entry id, fields).
 _Found = list[tuple[_Key, str, dict[str, str]]]
 
@@ -219,7 +220,7 @@ class AuditLog:
         entries = [AuditEntry(id=eid, **fields) for _, eid, fields in page]
         more = len(found) > limit
         last = page[-1][0] if page else None
-        next_cursor = f"{last[0]}-{last[1]}.{last[2]}" if more and last else None
+        next_cursor = f"{last[0]}-{last[2]}.{last[1]}.{last[3]}" if more and last else None
         return AuditPage(entries=entries, next_cursor=next_cursor)
 
     def _scan(
@@ -227,15 +228,16 @@ class AuditLog:
     ) -> _Found:
         """Up to `want` matching entries of one principal's stream, past `after`."""
         stream = self._key(tenant, "p", digest)
-        start = f"{int(where.since * 1000)}-0" if where.since is not None else "-"
-        if after is not None and (start == "-" or _parse(start)[:2] < after[:2]):
-            start = f"{after[0]}-{after[1]}"
+        low = max(
+            int(where.since * 1000) if where.since is not None else 0, after[0] if after else 0
+        )
+        start = f"{low}-0"  # the whole millisecond: its µs, not its seq, orders the streams
         end = f"{int(where.until * 1000)}-{2**64 - 1}" if where.until is not None else "+"
         out: _Found = []
         while len(out) < want:
             raw = self.store.redis.xrange(stream, min=start, max=end, count=_CHUNK)
             for eid, fields in raw:
-                key = (*_parse(eid), digest)
+                key = _sort_key(eid, fields, digest)
                 if (after is None or key > after) and where.matches(fields):
                     out.append((key, eid, fields))
             if len(raw) < _CHUNK:
@@ -244,9 +246,13 @@ class AuditLog:
         return out[:want]
 
 
-def _parse(entry_id: str) -> tuple[int, int]:
+def _sort_key(entry_id: str, fields: Mapping[str, str], digest: str) -> _Key:
     ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    try:
+        micros = int(float(fields.get("ts", "0")) * 1_000_000)
+    except ValueError:
+        micros = 0
+    return int(ms), micros, int(seq or 0), digest
 
 
 def _validated(cursor: str | None, limit: int, where: AuditFilter) -> _Key | None:
@@ -263,8 +269,8 @@ def _validated(cursor: str | None, limit: int, where: AuditFilter) -> _Key | Non
         raise InputInvalid("audit query", problems)
     if match is None:
         return None
-    # An old cursor (an entry id alone) skips every entry with that id: "g" sorts after hex.
-    return int(match.group(1)), int(match.group(2)), match.group(3) or "g"
+    ms, seq, micros, digest = match.groups()
+    return int(ms), int(micros), int(seq), digest
 
 
 __all__ = ["MAX_PAGE", "AuditFilter", "AuditLog", "UnauthenticatedCount"]
