@@ -22,6 +22,9 @@ from cluster.errors import DafnckError
 from cluster.security_models import Action, AuditPage
 from serve.deps import Caller, allowed
 
+#: Times past the year 9999 are refused at the edge rather than overflowing later.
+MAX_UNIX_S = 253_402_300_799
+
 router = APIRouter(tags=["audit"])
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: The action of an entry for a mutating call refused by validation before its route ran.
@@ -33,8 +36,12 @@ async def list_audit(
     principal: str | None = Query(default=None, max_length=300, description="Subject"),
     action: str | None = Query(default=None, max_length=100, description="e.g. keys:manage"),
     outcome: Literal["ok", "denied", "failed", "invalid"] | None = None,
-    since: float | None = Query(default=None, ge=0, description="Unix time, seconds"),
-    until: float | None = Query(default=None, ge=0, description="Unix time, seconds"),
+    since: float | None = Query(
+        default=None, ge=0, le=MAX_UNIX_S, allow_inf_nan=False, description="Unix time, seconds"
+    ),
+    until: float | None = Query(
+        default=None, ge=0, le=MAX_UNIX_S, allow_inf_nan=False, description="Unix time, seconds"
+    ),
     cursor: str | None = Query(default=None, max_length=80, description="`next_cursor`"),
     limit: int = Query(default=100, ge=1, le=MAX_PAGE),
     who: Caller = Depends(allowed(Action.AUDIT_READ)),  # noqa: B008
@@ -47,8 +54,12 @@ async def list_audit(
 
 @router.get("/v1/audit/unauthenticated", response_model=list[UnauthenticatedCount])
 async def list_unauthenticated(
-    since: float | None = Query(default=None, ge=0, description="Unix time, seconds"),
-    until: float | None = Query(default=None, ge=0, description="Unix time, seconds"),
+    since: float | None = Query(
+        default=None, ge=0, le=MAX_UNIX_S, allow_inf_nan=False, description="Unix time, seconds"
+    ),
+    until: float | None = Query(
+        default=None, ge=0, le=MAX_UNIX_S, allow_inf_nan=False, description="Unix time, seconds"
+    ),
     who: Caller = Depends(allowed(Action.AUDIT_READ)),  # noqa: B008
 ) -> list[UnauthenticatedCount]:
     """Failed authentications with a key of this tenant, counted per minute and source."""

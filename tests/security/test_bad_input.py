@@ -69,6 +69,9 @@ def test_rows_of_bad_query_values(
         (f"/v1/executions/{execution_id}/events", {"cursor": f"1-{HUGE}"}, "cursor"),
         ("/v1/channels/c1/messages", {"cursor": f"{HUGE}-1"}, "cursor"),
         ("/v1/data", {"cursor": NAN_CURSOR}, "cursor"),
+        ("/v1/audit", {"since": "inf"}, "since"),
+        ("/v1/audit", {"until": str(2**64 + 5)}, "until"),
+        ("/v1/audit/unauthenticated", {"since": "nan"}, "since"),
     ]
     for path, params, field in rows:
         _error(http.get(path, params=params, headers=admin), 422, field)
