@@ -18,7 +18,7 @@ def _audit() -> list[dict[str, object]]:
     binary = str(PIP_AUDIT) if PIP_AUDIT.exists() else shutil.which("pip-audit")
     if binary is None:
         pytest.skip("pip-audit is not installed")
-    run = subprocess.run(  # noqa: S603 - our own venv's tool, fixed arguments
+    run = subprocess.run(
         [binary, "--skip-editable", "--progress-spinner", "off", "--format", "json"],
         capture_output=True,
         text=True,
