@@ -33,6 +33,7 @@ from cluster import telemetry, tracing
 from cluster.allowlist import CodePolicy
 from cluster.errors import ClusterUnavailable, ConfigError
 from cluster.redis_acl import tenant_url, without_credentials
+from cluster.retention import Purger, run_sweeps
 from cluster.settings import RAY_NAMESPACE, Settings
 from cluster.store import connect_store
 from cluster.valkey import running_url
@@ -73,6 +74,11 @@ class SupervisorActor:
         )
         self._webhooks = WebhookDispatcher(store, executions)  # execution-end webhooks
         self._webhook_loop = asyncio.get_event_loop().create_task(self._webhooks.run())
+        retention = settings.retention.for_tenant(settings.tenant)  # deletes what is past it
+        purger = Purger(store, executions.blobs.dir, retention.usage_days)
+        self._sweeps = asyncio.get_event_loop().create_task(
+            run_sweeps(purger, retention, lambda: set(self._workflows.engine.runs))
+        )
         self._ready = asyncio.Event()
         self._loop = asyncio.get_event_loop().create_task(self._run())
 

@@ -1,6 +1,8 @@
 """Durable workflow state in Redis: versioned definitions, executions and their event streams.
 
-An execution is a hash (`meta` plus one field per step) and a stream of events. Every
+An execution is a hash (`meta` plus one field per step) and a stream of events, indexed
+by `execs` (a sorted set by creation time), `execs:active` (the set of those not ended) and
+`execs:ended` (a sorted set by end time, which retention purges from). Every
 change is one MULTI/EXEC: the changed fields and the event that explains them land
 together or not at all, so a supervisor killed at any moment leaves a state it can resume.
 
@@ -275,6 +277,11 @@ class ExecutionStore:
             active = self.store.key("execs", "active")
             (pipe.srem if execution.status.terminal else pipe.sadd)(active, execution.id)
             pipe.zadd(self.store.key("execs"), {execution.id: execution.created_at}, nx=True)
+            ended = self.store.key("execs", "ended")  # by end time: what retention purges
+            if execution.status.terminal:
+                pipe.zadd(ended, {execution.id: execution.updated_at})
+            else:
+                pipe.zrem(ended, execution.id)  # retried: alive again
         if fields:
             pipe.hset(key, mapping=fields)
         stream = self.events_key(execution.id)
