@@ -17,6 +17,7 @@ from pydantic_settings import (
 from cluster.errors import ConfigError
 from cluster.netguard import OutboundAllow
 from cluster.quotas import Quotas, quotas_as_json
+from cluster.retention import Retention, retention_as_json
 
 #: Ray namespace of the platform's named actors.
 RAY_NAMESPACE = "dafnck"
@@ -111,6 +112,9 @@ class Settings(BaseSettings):
     # -- quotas --
     #: Per-tenant limits (streams, stored data, replicas, executions, fan-out, expressions).
     quotas: Annotated[Quotas, quotas_as_json] = Field(default_factory=Quotas)
+    # -- retention (cluster/retention.py): how long finished data is kept, the sweep --
+    #: Days finished executions, task records, messages and usage are kept; per tenant too.
+    retention: Annotated[Retention, retention_as_json] = Field(default_factory=Retention)
     # -- outbound calls (cluster/netguard.py): addresses tenants' URLs may reach --
     #: CIDRs, addresses or host names (optionally `:port`) that webhooks, LLM `base_url`s,
     #: MCP and A2A urls may reach although not public (loopback, private, link-local,
