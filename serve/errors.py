@@ -48,7 +48,7 @@ _WHY = {
     422: "The input is invalid; every problem is listed",
     429: "A rate limit, a full queue or a tenant quota (the body names the limit)",
     503: "The store or the cluster is unavailable (retryable)",
-    507: "A storage quota of the tenant (bytes or objects kept; the body names it)",
+    507: "A storage quota of the tenant (the body names it), or the store is full (retryable)",
 }
 #: Error answers every route may give, declared in the OpenAPI document with their body.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
