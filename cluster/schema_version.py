@@ -1,6 +1,6 @@
 """Which layout of the store this platform reads and writes, and moving an older one forward.
 
-The store records its layout under `dafnck:meta:schema` (an integer). `dafnck up` checks it
+The store records its layout under `dafnck:_meta:schema` (an integer). `dafnck up` checks it
 before anything else touches the store: an empty store gets today's version; an older one
 is migrated one step at a time, after a backup of the keys the step changes (Redis DUMP
 payloads in `<state_dir>/backups/schema-v<N>-<time>.jsonl`, restorable with RESTORE); a
@@ -27,7 +27,7 @@ import redis
 from cluster.errors import ConfigError
 from cluster.settings import Settings
 
-SCHEMA_KEY = "dafnck:meta:schema"
+SCHEMA_KEY = "dafnck:_meta:schema"
 #: The layout this version of the platform reads and writes.
 CURRENT = 2
 
@@ -80,7 +80,7 @@ def ensure_schema(client: redis.Redis, settings: Settings) -> list[int]:
 def _record(client: redis.Redis, version: int) -> None:
     client.set(SCHEMA_KEY, version)
     client.hset(
-        "dafnck:meta:written_by", mapping={"schema": version, "version": platform_version()}
+        "dafnck:_meta:written_by", mapping={"schema": version, "version": platform_version()}
     )
 
 

@@ -61,7 +61,7 @@ def test_up_migrates_a_store_of_the_previous_layout(state: tuple[Path, redis.Red
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"store migrated from schema 1 to 2 (of {CURRENT})" in done.stdout
     assert client.get(SCHEMA_KEY) == str(CURRENT)
-    assert client.hget("dafnck:meta:written_by", "schema") == str(CURRENT)
+    assert client.hget("dafnck:_meta:written_by", "schema") == str(CURRENT)
     (backup,) = (directory / "backups").glob("schema-v1-*.jsonl")
     assert json.loads(backup.read_text())["key"] == "dafnck:default:exec:old1"
     stored = json.loads(str(client.hget("dafnck:default:exec:old1", "step:list")))
