@@ -254,6 +254,53 @@ def executions_retry(execution_id: str) -> None:
     _control("retry", execution_id)
 
 
+@exec_app.command("purge")
+def executions_purge(
+    ids: Annotated[list[str] | None, typer.Argument(help="Execution ids; none: by age.")] = None,
+    older_than: Annotated[
+        str | None, typer.Option(help="Only those that ended this long ago: 90s, 30m, 12h, 7d.")
+    ] = None,
+    status: Annotated[
+        str, typer.Option(help="Comma-separated statuses to purge.")
+    ] = "succeeded,failed,cancelled",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Delete finished executions with their events, outputs, blobs, journals and spans.
+
+    Running, paused and waiting executions are never purged (they are listed as active).
+    """
+    import asyncio
+
+    from cluster.cli_common import GlobalOptions
+    from cluster.retention import Purger, check_statuses, parse_duration
+
+    try:
+        statuses = check_statuses(status.split(","))
+        age = None if older_than is None else parse_duration(older_than)
+    except ValueError as exc:
+        raise InputInvalid("--status/--older-than", [str(exc)]) from None
+    if not ids and age is None:
+        raise InputInvalid("ids/--older-than", ["give execution ids, --older-than or both"])
+    executions = client("fail").workflows.executions
+    policy = GlobalOptions.settings().retention.for_tenant(executions.store.tenant)
+    purger = Purger(executions.store, executions.blobs.dir, policy.usage_days)
+
+    async def purge() -> Any:
+        cutoff = None if age is None else time.time() - age
+        chosen = ids or await purger.expired(cutoff or 0.0, statuses)
+        return await purger.purge(chosen, cutoff=cutoff, statuses=statuses, batch=policy.batch)
+
+    report = asyncio.run(purge())
+    if as_json:
+        print_json(report.as_dict())
+        return
+    console.print(f"purged {len(report.purged)} executions ({report.blobs_deleted} with blobs)")
+    for execution_id, state in report.active.items():
+        err.print(f"[yellow]{execution_id}[/]: {state}, not purged (it has not ended)")
+    for execution_id in report.missing:
+        err.print(f"{execution_id}: not found")
+
+
 def _who() -> str:
     return f"cli:{getpass.getuser()}"
 

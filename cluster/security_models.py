@@ -36,6 +36,8 @@ class Action(StrEnum):
     EXECUTIONS_READ = "executions:read"
     EXECUTIONS_CONTROL = "executions:control"
     EXECUTIONS_APPROVE = "executions:approve"
+    #: Deleting finished executions with everything kept for them (operators and admins).
+    EXECUTIONS_PURGE = "executions:purge"
     MESSAGES_READ = "messages:read"
     MESSAGES_SEND = "messages:send"
     DATA_READ = "data:read"

@@ -9,15 +9,18 @@ tenant's execution id is simply not found (404): each tenant has its own store a
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.models import new_id
 from actors.webhooks import WebhookSpec, check_webhook, register_webhook
+from cluster.errors import Conflict, NotFound
 from cluster.netguard import policy_for
+from cluster.retention import TERMINAL, Purger, PurgeReport, check_statuses
 from cluster.security_models import Action
 from serve.deps import Caller, allowed
 from serve.patterns import STREAM_ID  # the cursor of event pages and streams
@@ -31,6 +34,7 @@ router = APIRouter(prefix="/v1/executions", tags=["executions"])
 WAIT_POLL_S = 0.1
 
 ExecutionId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+_EXECUTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: A step id, or one item of a for_each step (`analyse[3]`), which a budget gate may hold.
 StepKey = Path(pattern=r"^[a-z][a-z0-9_]*(\[\d+\])?$", max_length=72)
 
@@ -122,6 +126,86 @@ async def _wait(caller: Caller, execution_id: str, timeout_s: float) -> Executio
         if execution.status.terminal or time.monotonic() >= deadline:
             return execution
         await asyncio.sleep(WAIT_POLL_S)
+
+
+class PurgeRequest(BaseModel):
+    """Which finished executions to delete: the ones named, or those ended `older_than_s`
+    ago (or both: the named ones, if that old). At least one of the two is required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(default=[], max_length=10_000)
+    older_than_s: float | None = Field(default=None, ge=0, le=100 * 365 * 86_400)
+    statuses: list[ExecutionStatus] = [
+        ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED,
+    ]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check(self) -> PurgeRequest:
+        bad = [i for i in self.ids if not _EXECUTION_ID.match(i)]
+        if bad:
+            raise ValueError(f"ids: {bad[:5]!r} are not execution ids ({_EXECUTION_ID.pattern})")
+        if not self.ids and self.older_than_s is None:
+            raise ValueError("give ids, older_than_s or both: an empty request purges nothing")
+        check_statuses(self.statuses)
+        return self
+
+
+class PurgeResponse(BaseModel):
+    purged: list[str]
+    missing: list[str]
+    #: Ids not purged because the execution has not ended (id -> its status).
+    active: dict[str, str]
+    #: Ids not purged: another status than asked for, or not that old.
+    kept: list[str]
+    blobs_deleted: int
+    journal_keys_deleted: int
+
+
+@router.post("/purge", response_model=PurgeResponse)
+async def purge_executions(
+    request: PurgeRequest,
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_PURGE)),  # noqa: B008
+) -> dict[str, Any]:
+    """Delete finished executions with their events, outputs, blobs, journals and spans.
+
+    Executions that have not ended are never purged: they are listed under `active`.
+    """
+    obj = ",".join(request.ids)[:200] or f"older_than_s={request.older_than_s:g}"
+    with caller.audited(Action.EXECUTIONS_PURGE, obj=obj):
+        report = await _purge(caller, request.ids, request.older_than_s, request.statuses)
+    return report.as_dict()
+
+
+@router.delete("/{execution_id}", status_code=204)
+async def delete_execution(
+    execution_id: str = ExecutionId,
+    caller: Caller = Depends(allowed(Action.EXECUTIONS_PURGE)),  # noqa: B008
+) -> Response:
+    """Purge one finished execution. Raises: NotFound, Conflict (it has not ended)."""
+    with caller.audited(Action.EXECUTIONS_PURGE, obj=execution_id):
+        report = await _purge(caller, [execution_id], None, list(TERMINAL))
+    if report.missing:
+        raise NotFound(f"execution {execution_id!r} does not exist")
+    if report.active:
+        raise Conflict(
+            f"execution {execution_id!r} is {report.active[execution_id]}: only finished "
+            "executions are purged; cancel it first"
+        )
+    return Response(status_code=204)
+
+
+async def _purge(
+    caller: Caller, ids: list[str], older_than_s: float | None, statuses: list[Any]
+) -> PurgeReport:
+    executions = caller.client.workflows.executions
+    settings = caller.services.settings.retention.for_tenant(caller.tenant)
+    purger = Purger(executions.store, executions.blobs.dir, settings.usage_days)
+    chosen = [str(s) for s in statuses]
+    cutoff = None if older_than_s is None else time.time() - older_than_s
+    if not ids and cutoff is not None:
+        ids = await purger.expired(cutoff, chosen)
+    return await purger.purge(ids, cutoff=cutoff, statuses=chosen, batch=settings.batch)
 
 
 @router.get("", response_model=ExecutionsResponse)

@@ -5,15 +5,19 @@ execution that is still running is never purged."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from typer.testing import CliRunner
 
 from actors.client import Client
 from actors.models import AgentSpec
+from cluster.cli_executions import exec_app
+from cluster.errors import NotFound
 from cluster.retention import Purger, PurgeReport, trim_messages
 from cluster.settings import Settings
 from tests.integration.helpers import echo_spec, slow_spec, wait_until
@@ -140,4 +144,21 @@ def test_a_running_execution_is_never_purged(client: Client, tenant_settings: Se
     assert report.purged == [] and report.active == {running: "running"}
     assert client.workflows.status(running).status == ExecutionStatus.RUNNING
     assert list(client.workflows.events(running))  # its history is still there
+
+    # `dafnck executions purge ID...` the same: the finished one goes, the running one stays.
+    finished = client.workflows.run("one", timeout_s=60).id
+    env = {
+        "DAFNCK_REDIS_URL": str(tenant_settings.redis_url),
+        "DAFNCK_STATE_DIR": str(tenant_settings.state_dir),
+        "DAFNCK_TENANT": tenant_settings.tenant,
+    }
+    printed = CliRunner().invoke(exec_app, ["purge", "--json", finished, running], env=env)
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.output) == {
+        "purged": [finished], "missing": [], "active": {running: "running"}, "kept": [],
+        "blobs_deleted": 0, "journal_keys_deleted": 0,
+    }  # fmt: skip
+    with pytest.raises(NotFound):
+        client.workflows.status(finished)
+    assert client.workflows.status(running).status == ExecutionStatus.RUNNING
     client.workflows.cancel(running, "test", "done")

@@ -47,6 +47,7 @@ workflows:write       x      x       .      .
 executions:read       x      x       x      .
 executions:control    x      x       .      .
 executions:approve    x      x       .      .
+executions:purge      x      x       .      .
 messages:read         x      x       x      x
 messages:send         x      x       .      x
 data:read             x      x       x      x
