@@ -16,6 +16,7 @@ never purged. Tenant totals of usage (`llm:usage`, per workflow) are running sum
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -142,7 +143,7 @@ def select_expired(
 
 
 #: ARGV: prefix, now, usage seconds (-1: forever), statuses (comma separated), cutoff
-#: (-1: any age), then the ids. Returns one verdict per id: purged, missing, kept or
+#: ("": any age), then the ids. Returns one verdict per id: purged, missing, kept or
 #: active:<status>. Keys are built from the tenant's prefix (one Redis, not a cluster).
 PURGE_LUA = """
 local prefix, now, usage_s = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -158,7 +159,7 @@ for i = 6, #ARGV do
     local m = cjson.decode(meta)
     local status, ended = tostring(m['status']), tonumber(m['updated_at']) or 0
     if not terminal[status] then verdict = 'active:' .. status
-    elseif not allowed[status] or (cutoff >= 0 and ended >= cutoff) then verdict = 'kept'
+    elseif not allowed[status] or (cutoff and ended >= cutoff) then verdict = 'kept'
     else
       verdict = 'purged'
       redis.call('UNLINK', key, key .. ':events', prefix .. 'webhook:' .. id)
@@ -231,8 +232,6 @@ class Purger:
         return select_expired(metas, cutoff, statuses, busy)
 
     async def _metas(self, ids: list[str]) -> dict[str, dict[str, Any] | None]:
-        import json
-
         found: dict[str, dict[str, Any] | None] = {}
         redis = self.store.async_redis()
         for start in range(0, len(ids), 500):
@@ -260,7 +259,8 @@ class Purger:
         ids = list(dict.fromkeys(ids))
         script = self.store.async_redis().register_script(PURGE_LUA)
         usage_s = -1.0 if self.usage_days is None else self.usage_days * DAY
-        head = [self.store.key(""), time.time(), usage_s, ",".join(statuses), cutoff or -1]
+        age = "" if cutoff is None else repr(cutoff)
+        head = [self.store.key(""), time.time(), usage_s, ",".join(statuses), age]
         for start in range(0, len(ids), batch):
             chunk = ids[start : start + batch]
             verdicts = await script(keys=[], args=[*head, *chunk])

@@ -165,3 +165,12 @@ def test_the_sweep_loop_logs_a_failure_and_keeps_going(
 
     with caplog.at_level(logging.ERROR, logger="cluster.retention"):
         asyncio.run(watch())
+
+
+def test_a_cutoff_before_1970_keeps_everything(store: Store, tmp_path: Path) -> None:
+    """`older_than_s` of a century gives a negative cutoff: nothing is that old."""
+    tenant = store.for_tenant("acme")
+    executions = ExecutionStore(tenant, BlobStore(str(tmp_path)))
+    done = _execution(executions, ExecutionStatus.SUCCEEDED)
+    report = asyncio.run(Purger(tenant, executions.blobs.dir).purge([done], cutoff=-1.0))
+    assert report.kept == [done] and executions.load(done).id == done
