@@ -70,6 +70,14 @@ def test_durations_and_per_tenant_settings() -> None:
         load_settings(retention={"tenants": {"acme": {"executions_dayz": 1}}})
 
 
+def test_retention_from_the_environment_and_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAFNCK_RETENTION", '{"tenants": {"acme": {"messages_days": null}}}')
+    settings = load_settings()
+    assert settings.retention.for_tenant("acme").messages_days is None
+    monkeypatch.setenv("DAFNCK_RETENTION", settings.model_dump(mode="json")["retention"])
+    assert load_settings().retention == settings.retention
+
+
 def _execution(executions: ExecutionStore, status: ExecutionStatus, table: bool = False) -> str:
     execution = Execution(workflow="w", version=1, status=status)
     output = {"t": pa.table({"n": [1, 2]})} if table else {"n": 1}
