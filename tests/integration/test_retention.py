@@ -14,11 +14,11 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from actors.client import Client
+from actors.client import Client, connect
 from actors.models import AgentSpec
 from cluster.cli_executions import exec_app
 from cluster.errors import NotFound
-from cluster.retention import Purger, PurgeReport, trim_messages
+from cluster.retention import DAY, Purger, PurgeReport, trim_messages
 from cluster.settings import Settings
 from tests.integration.helpers import echo_spec, slow_spec, wait_until
 from workflows.execution import ExecutionStatus
@@ -160,5 +160,35 @@ def test_a_running_execution_is_never_purged(client: Client, tenant_settings: Se
     }  # fmt: skip
     with pytest.raises(NotFound):
         client.workflows.status(finished)
+    assert client.workflows.status(running).status == ExecutionStatus.RUNNING
+    client.workflows.cancel(running, "test", "done")
+
+
+def test_the_supervisors_sweep_purges_what_is_past_its_retention(
+    tenant_settings: Settings,
+) -> None:
+    """A tenant whose executions are kept about a second: its supervisor's sweep deletes a
+    finished one on its own, and leaves the running one."""
+    short = tenant_settings.retention.model_copy(
+        update={
+            "tenants": {tenant_settings.tenant: {"executions_days": 1 / DAY, "sweep_interval_s": 1}}
+        }
+    )
+    client = connect(settings=tenant_settings.model_copy(update={"retention": short}))
+    _setup(client)
+    running = client.workflows.run("nap", wait=False).id
+    finished = client.workflows.run("tab", timeout_s=60).id
+    outputs = Path(tenant_settings.blobs) / tenant_settings.tenant / "outputs"
+    assert (outputs / finished).is_dir()
+
+    def gone() -> bool:
+        try:
+            client.workflows.status(finished)
+        except NotFound:
+            return True
+        return False
+
+    wait_until(gone, 60, "the sweep to purge the finished execution")
+    assert not (outputs / finished).exists()
     assert client.workflows.status(running).status == ExecutionStatus.RUNNING
     client.workflows.cancel(running, "test", "done")
