@@ -80,7 +80,7 @@ def test_the_llm_demo_runs_a_python_agent_then_an_llm_agent_with_tools(
     llm.reply(tool_calls=[("c1", "outline", {"path": str(repo / "main.py")}),
                           ("c2", "outline", {"path": str(repo / "util.py")})], tokens=(120, 30))  # fmt: skip
     llm.reply(json.dumps(answer), tokens=(300, 40))
-    lister, guide = demo_specs(None)
+    lister, guide = demo_specs(None, repo)
     client.agents.apply([lister, pointed_at(guide, llm, key_file)])
     client.workflows.define(REPO_ROOT / WORKFLOW)
 

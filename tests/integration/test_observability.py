@@ -181,7 +181,7 @@ def test_the_trace_reaches_the_model_and_tool_calls(
         llm.reply(tool_calls=[("c1", "outline", {"path": str(repo / "main.py")})], tokens=(120, 30))
         answer = {"picks": [{"path": "main.py", "why": "it is the entry point"}]}
         llm.reply(json.dumps(answer), tokens=(300, 40))
-        lister, guide = demo_specs(None)
+        lister, guide = demo_specs(None, repo)
         assert guide.llm is not None
         cfg = guide.llm.model_copy(update={"base_url": llm.openai_url, "api_key_file": str(key)})
         client.agents.apply([lister, guide.model_copy(update={"llm": cfg})])
