@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     #: Secret files (`llm.api_key_file`) resolve inside it; empty means `<state_dir>/secrets`.
     secrets_dir: Path | None = None
     #: Secret variables (`llm.api_key_env`, `config.auth_env`) start with this prefix ...
-    secret_env_prefix: str = "DAFNCK_SECRET_"
+    secret_env_prefix: str = "DAFNCK_SECRET_"  # noqa: S105 - a name prefix, not a secret
     #: ... or are one of these names.
     secret_env_allow: list[str] = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"]
     # -- demo agents (actors/examples/review.py): what they may read and write --
