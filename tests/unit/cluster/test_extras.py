@@ -53,8 +53,12 @@ def test_an_llm_agent_without_the_llm_extra_names_the_install(
 def test_an_a2a_agent_without_the_a2a_extra_names_the_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Submodules already imported (by an earlier test) would be found without their parent.
+    for name in [m for m in sys.modules if m == "a2a" or m.startswith("a2a.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    for name in [m for m in sys.modules if m.startswith("actors.a2a")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "a2a", None)
-    monkeypatch.delitem(sys.modules, "actors.a2a_remote", raising=False)
     with pytest.raises(SpecInvalid) as caught:
         load_agent(a2a_spec())
     assert "pip install 'dafnck-machine[a2a]'" in caught.value.message
