@@ -193,10 +193,17 @@ async def history(
     """
     client = store.async_redis()
     with unreachable_as_error(store):
-        if reverse:
-            rows = await client.xrevrange(stream_key, max=end, min=start, count=count + 1)
-        else:
-            rows = await client.xrange(stream_key, min=start, max=end, count=count + 1)
+        try:
+            if reverse:
+                rows = await client.xrevrange(stream_key, max=end, min=start, count=count + 1)
+            else:
+                rows = await client.xrange(stream_key, min=start, max=end, count=count + 1)
+        except redis.ResponseError as exc:
+            # An exclusive bound past either end of the id space ("(0-0" as an end, or
+            # after the largest id) holds nothing; Redis calls it an invalid interval.
+            if "for the interval" not in str(exc):
+                raise
+            rows = []
     more = len(rows) > count
     rows = rows[:count]
     return Page([(str(i), f) for i, f in rows], str(rows[-1][0]) if more and rows else None)

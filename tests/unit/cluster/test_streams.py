@@ -215,6 +215,15 @@ async def test_history_by_time(store: Store) -> None:
     assert page.next is None
 
 
+async def test_history_past_either_end_of_the_id_space_is_empty(store: Store) -> None:
+    key = store.key("s")
+    await append(store, key, {"n": "1"}, maxlen=10)
+    before_all = await history(store, key, end=after("0-0"), reverse=True)
+    last = f"{2**64 - 1}-{2**64 - 1}"
+    after_all = await history(store, key, start=after(last))
+    assert before_all.entries == [] and after_all.entries == []
+
+
 async def test_bad_limits_are_refused_together() -> None:
     fake = Store(redis.Redis(), "redis://127.0.0.1:1/0", "t")
     with pytest.raises(SpecInvalid) as info:
