@@ -12,8 +12,8 @@ from cluster.security_models import Action
 from serve.deps import Caller, allowed
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
-#: The audit entry's object when the secret is read.
-SECRET_READ = "webhooks:secret:read"  # noqa: S105 (a name, not a secret)
+#: The audit entry's object when the secret is read (a name, not a secret).
+SECRET_READ = "webhooks:secret:read"  # noqa: S105  # nosec B105
 
 
 class SecretResponse(BaseModel):
