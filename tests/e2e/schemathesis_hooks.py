@@ -11,6 +11,8 @@ import schemathesis
 
 @schemathesis.hook
 def map_path_parameters(context: Any, path_parameters: dict[str, Any]) -> dict[str, Any]:
-    if "id" in (path_parameters or {}):
-        path_parameters["id"] = os.environ["DAFNCK_SEEDED_EXECUTION"]
+    if "execution_id" in (path_parameters or {}):
+        path_parameters["execution_id"] = os.environ["DAFNCK_SEEDED_EXECUTION"]
+        if "step" in path_parameters:
+            path_parameters["step"] = "t"
     return path_parameters
