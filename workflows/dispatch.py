@@ -14,9 +14,10 @@ from cluster.errors import DafnckError
 from workflows.execution import StepError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StepRequest:
-    """What the dispatcher needs to run one attempt of one step (or fan-out item)."""
+    """What the dispatcher needs to run one attempt of one step (or fan-out item); built
+    with keywords only, so a new field never shifts a caller's arguments."""
 
     execution_id: str
     step_id: str

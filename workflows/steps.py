@@ -294,17 +294,17 @@ class StepRunner:
             run, key, StepStatus.RUNNING, "step.started", data={"attempt": state.attempts}
         )
         request = StepRequest(
-            run.execution.id,
-            key,
-            step.kind,
-            step.target,
-            data,
-            state.attempts,
-            step.timeout_s,
-            f"{run.execution.id}/{key}",
-            run.execution.workflow,
-            run.spec.budget,
-            state.budget_waived,
+            execution_id=run.execution.id,
+            step_id=key,
+            kind=step.kind,
+            target=step.target,
+            input=data,
+            attempt=state.attempts,
+            timeout_s=step.timeout_s,
+            idempotency_key=f"{run.execution.id}/{key}",
+            workflow=run.execution.workflow,
+            budget=run.spec.budget,
+            budget_waived=state.budget_waived,
         )
         work = (
             self._child(run, step, key, data)

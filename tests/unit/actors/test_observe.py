@@ -109,7 +109,10 @@ async def test_execution_events_move_metrics_and_make_the_execution_span(
     observer(None, Event(type="execution.started", execution="x1"))
     engine.runs["x1"] = FakeRun(execution)
     dispatcher = FakeDispatcher()
-    request = StepRequest("x1", "a", "capability", "c.x", {}, 1, None, "x1/a")
+    request = StepRequest(
+        execution_id="x1", step_id="a", kind="capability", target="c.x", input={}, attempt=1,
+        timeout_s=None, idempotency_key="x1/a",
+    )
     await TracedDispatcher(dispatcher, observer).run(request)
     observer(None, Event(type="step.succeeded", execution="x1", step="a"))
     observer(None, Event(type="execution.succeeded", execution="x1"))
