@@ -14,9 +14,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import ray
-from ray.exceptions import RayTaskError
-
+from actors.contract import (
+    AgentRef,
+    CancelExecution,
+    CreateAgent,
+    DecideStep,
+    DefineWorkflow,
+    ExecuteWorkflow,
+    ExecutionRef,
+    GetPool,
+    MonitorHealth,
+    ScaleAgent,
+    SetAgentStatus,
+    WaitExecution,
+)
+from actors.gateway import BlockingSupervisor, SupervisorGateway
 from actors.hub import CommunicationHub
 from actors.models import (
     AgentRecord,
@@ -30,12 +42,11 @@ from actors.models import (
 from actors.registry import AgentRegistry
 from actors.router import Call, PoolRouter, PoolView
 from actors.system import ensure_supervisor
-from cluster.data import DataManager
-from cluster.errors import DafnckError, SpecInvalid
+from cluster.data.objects import DataManager
+from cluster.errors import SpecInvalid
 from cluster.ray_runtime import Missing, init_ray
 from cluster.settings import Settings, load_settings
 from cluster.store import Store, connect_store, resolve_redis_url
-from cluster.tracing import current_traceparent
 from cluster.yamlfile import parse_models
 from workflows.execution import Event, Execution, ExecutionStatus
 from workflows.loader import load_workflow_specs
@@ -43,20 +54,10 @@ from workflows.spec import WorkflowSpec
 from workflows.store import BlobStore, ExecutionStore
 
 
-def call(ref: Any, timeout_s: float | None = 300) -> Any:
-    """`ray.get` that raises our own error, not Ray's wrapper with a remote traceback."""
-    try:
-        return ray.get(ref, timeout=timeout_s)
-    except RayTaskError as exc:
-        if isinstance(exc.cause, DafnckError):
-            raise exc.cause from None
-        raise
-
-
 class Agents:
     """Agents of one tenant: apply specs, list, discover, scale, remove."""
 
-    def __init__(self, supervisor: Any, registry: AgentRegistry) -> None:
+    def __init__(self, supervisor: BlockingSupervisor, registry: AgentRegistry) -> None:
         self._supervisor = supervisor
         self._registry = registry
 
@@ -73,8 +74,7 @@ class Agents:
             if isinstance(source, str | Path)
             else ([source] if isinstance(source, AgentSpec) else list(source))
         )
-        refs = [self._supervisor.create_agent.remote(spec) for spec in specs]
-        return [call(ref) for ref in refs]
+        return [self._supervisor.create_agent(CreateAgent(spec=spec)) for spec in specs]
 
     def ls(self, criteria: DiscoveryCriteria | None = None) -> list[AgentRecord]:
         return self._registry.discover_agents(criteria)
@@ -87,18 +87,22 @@ class Agents:
 
     def scale(self, name: str, replicas: int) -> list[AgentRecord]:
         """Scale every version matching `name` (or `name@range`)."""
-        ids = [r.agent_id for r in self._registry.resolve(name)]
-        return [call(self._supervisor.scale_agents.remote(i, replicas)) for i in ids]
+        return [
+            self._supervisor.scale_agents(ScaleAgent(agent_id=r.agent_id, replicas=replicas))
+            for r in self._registry.resolve(name)
+        ]
 
     def set_status(self, name: str, status: AgentStatus) -> list[AgentRecord]:
-        ids = [r.agent_id for r in self._registry.resolve(name)]
-        return [call(self._supervisor.update_agent_status.remote(i, status)) for i in ids]
+        return [
+            self._supervisor.update_agent_status(SetAgentStatus(agent_id=r.agent_id, status=status))
+            for r in self._registry.resolve(name)
+        ]
 
     def rm(self, name: str) -> list[str]:
         """Remove every version matching `name` (or `name@range`)."""
         ids = [r.agent_id for r in self._registry.resolve(name)]
         for agent_id in ids:
-            call(self._supervisor.remove_agent.remote(agent_id))
+            self._supervisor.remove_agent(AgentRef(agent_id=agent_id))
         return ids
 
 
@@ -133,7 +137,7 @@ class Tasks:
 class Workflows:
     """Define and run workflows; control and watch their executions."""
 
-    def __init__(self, supervisor: Any, executions: ExecutionStore) -> None:
+    def __init__(self, supervisor: BlockingSupervisor, executions: ExecutionStore) -> None:
         self._supervisor = supervisor
         self.executions = executions
 
@@ -148,7 +152,8 @@ class Workflows:
             if isinstance(source, WorkflowSpec)
             else [s for s, _ in load_workflow_specs(source)]
         )
-        return [call(self._supervisor.define_workflow.remote(spec)) for spec in specs]
+        define = self._supervisor.define_workflow
+        return [define(DefineWorkflow(spec=spec)).model_dump() for spec in specs]
 
     def run(
         self,
@@ -165,40 +170,52 @@ class Workflows:
         Raises:
             NotFound, InputInvalid.
         """
-        execution_id = execution_id or new_id()  # a retried call after a restart starts it once
-        execution = call(
-            self._supervisor.execute_workflow.remote(
-                name, inputs, version, execution_id, current_traceparent()
+        execution = self._supervisor.execute_workflow(
+            ExecuteWorkflow(
+                workflow=name, inputs=inputs or {}, version=version,
+                # a retried call (after a supervisor restart) starts it once
+                execution_id=execution_id or new_id(),
             )
-        )
+        )  # fmt: skip
         return self.wait(execution.id, timeout_s) if wait else execution
 
     def wait(self, execution_id: str, timeout_s: float | None = None) -> Execution:
-        return call(self._supervisor.wait_execution.remote(execution_id, timeout_s), None)  # type: ignore[no-any-return]
+        request = WaitExecution(execution_id=execution_id, timeout_s=timeout_s)
+        return self._supervisor.wait_execution(request)
 
     def status(self, execution_id: str) -> Execution:
-        return call(self._supervisor.get_execution_status.remote(execution_id))  # type: ignore[no-any-return]
+        return self._supervisor.get_execution_status(ExecutionRef(execution_id=execution_id))
 
     def ls(self, limit: int = 50, status: ExecutionStatus | None = None) -> list[Execution]:
         return self.executions.list_executions(limit, status)
 
     def pause(self, execution_id: str) -> Execution:
-        return call(self._supervisor.pause_workflow.remote(execution_id))  # type: ignore[no-any-return]
+        return self._supervisor.pause_workflow(ExecutionRef(execution_id=execution_id))
 
     def resume(self, execution_id: str) -> Execution:
-        return call(self._supervisor.resume_workflow.remote(execution_id))  # type: ignore[no-any-return]
-
-    def cancel(self, execution_id: str, by: str = "cli", reason: str = "") -> Execution:
-        return call(self._supervisor.cancel_workflow.remote(execution_id, by, reason))  # type: ignore[no-any-return]
-
-    def approve(self, execution_id: str, step: str, by: str, reason: str = "") -> Execution:
-        return call(self._supervisor.decide_step.remote(execution_id, step, True, by, reason))  # type: ignore[no-any-return]
-
-    def reject(self, execution_id: str, step: str, by: str, reason: str = "") -> Execution:
-        return call(self._supervisor.decide_step.remote(execution_id, step, False, by, reason))  # type: ignore[no-any-return]
+        return self._supervisor.resume_workflow(ExecutionRef(execution_id=execution_id))
 
     def retry(self, execution_id: str) -> Execution:
-        return call(self._supervisor.retry_workflow.remote(execution_id))  # type: ignore[no-any-return]
+        return self._supervisor.retry_workflow(ExecutionRef(execution_id=execution_id))
+
+    def cancel(self, execution_id: str, by: str = "cli", reason: str = "") -> Execution:
+        request = CancelExecution(execution_id=execution_id, by=by, reason=reason)
+        return self._supervisor.cancel_workflow(request)
+
+    def approve(self, execution_id: str, step: str, by: str, reason: str = "") -> Execution:
+        return self.decide(execution_id, step, approved=True, by=by, reason=reason)
+
+    def reject(self, execution_id: str, step: str, by: str, reason: str = "") -> Execution:
+        return self.decide(execution_id, step, approved=False, by=by, reason=reason)
+
+    def decide(
+        self, execution_id: str, step: str, *, approved: bool, by: str, reason: str = ""
+    ) -> Execution:
+        """Approve or reject the step waiting at its approval gate."""
+        return self._supervisor.decide_step(
+            DecideStep(execution_id=execution_id, step=step, approved=approved, by=by,
+                       reason=reason)
+        )  # fmt: skip
 
     def events(
         self, execution_id: str, after: str = "0-0", block_ms: int | None = None
@@ -215,12 +232,16 @@ class Client:
     ) -> None:
         self.settings = settings
         self.store = store
+        #: The supervisor's actor handle; every call to it goes through `gateway`.
         self.supervisor = supervisor
+        #: The supervisor's operations (`actors.contract`), async and blocking.
+        self.gateway = SupervisorGateway(supervisor)
+        self.api = BlockingSupervisor(self.gateway)
         self.dashboard_url = dashboard_url
         self.registry = AgentRegistry(store)
-        self.agents = Agents(supervisor, self.registry)
+        self.agents = Agents(self.api, self.registry)
         self.tasks = Tasks(PoolRouter(self._pool), settings.tenant)
-        self.workflows = Workflows(supervisor, ExecutionStore(store, BlobStore(settings.blobs)))
+        self.workflows = Workflows(self.api, ExecutionStore(store, BlobStore(settings.blobs)))
         #: Messages (async API): send, broadcast, publish, channels, history.
         quotas = settings.quotas.for_tenant(settings.tenant)  # topics
         self.hub = CommunicationHub(store, self.registry, quotas=quotas)
@@ -228,10 +249,10 @@ class Client:
         self.data = DataManager.from_settings(store, settings)
 
     def _pool(self, capability: str, agent: str | None) -> PoolView:
-        return call(self.supervisor.get_pool.remote(capability, agent))  # type: ignore[no-any-return]
+        return self.api.get_pool(GetPool(capability=capability, agent=agent))
 
     def health(self) -> dict[str, Any]:
-        return call(self.supervisor.monitor_health.remote())  # type: ignore[no-any-return]
+        return self.api.monitor_health(MonitorHealth())
 
 
 def connect(

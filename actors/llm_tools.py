@@ -376,14 +376,17 @@ def ray_delegation(settings: Settings) -> tuple[Delegate, SchemaLookup]:
     """Delegation from a replica: a PoolRouter fed by the tenant's supervisor (Ray calls)."""
     import ray
 
+    from actors.contract import GetPool
+    from actors.gateway import SupervisorGateway, blocking
     from actors.router import PoolRouter, PoolView
     from actors.system import supervisor_name
     from cluster.settings import RAY_NAMESPACE
 
     def source(capability: str, agent: str | None) -> PoolView:
         supervisor = ray.get_actor(supervisor_name(settings.tenant), namespace=RAY_NAMESPACE)
-        pool: Any = ray.get(supervisor.get_pool.remote(capability, agent))
-        return pool
+        return blocking(
+            SupervisorGateway(supervisor).get_pool(GetPool(capability=capability, agent=agent))
+        )
 
     router = PoolRouter(source)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from opentelemetry.trace import Span, SpanKind
@@ -235,11 +235,16 @@ _STEP_END = {
 class WorkflowObserver:
     """Sees every execution and step event as it is committed (the store's mirror)."""
 
-    def __init__(self, tenant: str, mirror: Callable[[Any, Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        mirror: Callable[[Any, Any], None] | None = None,
+        runs: Mapping[str, Any] | None = None,
+    ) -> None:
         self.tenant = tenant
         self._mirror = mirror
-        #: The engine whose runs name each execution's workflow; set once it exists.
-        self.engine: Any = None
+        #: The engine's executions in flight (`WorkflowEngine.runs`): they name the workflow.
+        self.runs: Mapping[str, Any] = {} if runs is None else runs
         self._spans: dict[str, Span] = {}
         self._named: set[str] = set()
 
@@ -252,7 +257,7 @@ class WorkflowObserver:
             log.debug("could not observe %s", event.type, exc_info=True)
 
     def workflow_of(self, execution_id: str) -> str | None:
-        run = self.engine.runs.get(execution_id) if self.engine is not None else None
+        run = self.runs.get(execution_id)
         return run.execution.workflow if run is not None else None
 
     def execution_span(self, execution_id: str) -> Span | None:
@@ -263,7 +268,7 @@ class WorkflowObserver:
 
     def _name(self, execution_id: str, span: Span) -> None:
         """Name the span after its workflow once the engine's run is there to say it."""
-        run = self.engine.runs.get(execution_id) if self.engine is not None else None
+        run = self.runs.get(execution_id)
         if run is not None:
             span.update_name(f"workflow {run.execution.workflow}")
             span.set_attribute("dafnck.workflow", run.execution.workflow)
@@ -271,7 +276,7 @@ class WorkflowObserver:
 
     def observe(self, event: Any) -> None:
         kind, execution_id = event.type, event.execution
-        run = self.engine.runs.get(execution_id) if self.engine is not None else None
+        run = self.runs.get(execution_id)
         workflow = run.execution.workflow if run is not None else "unknown"
         if kind in ("execution.started", "execution.recovered", "execution.retried"):
             self._open(execution_id, event, run)
@@ -289,8 +294,7 @@ class WorkflowObserver:
             metrics.STEPS.inc(workflow=workflow, outcome=outcome)
             if started:
                 metrics.STEP_SECONDS.observe(event.at - started, workflow=workflow, outcome=outcome)
-        if self.engine is not None:
-            metrics.EXECUTIONS_RUNNING.set(len(self.engine.runs), tenant=self.tenant)
+        metrics.EXECUTIONS_RUNNING.set(len(self.runs), tenant=self.tenant)
 
     def _ended(self, execution_id: str, event: Any, run: Any, workflow: str, outcome: str) -> None:
         metrics.EXECUTIONS.inc(workflow=workflow, outcome=outcome)

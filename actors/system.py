@@ -10,25 +10,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
+from actors.contract import (
+    AgentRef,
+    CancelExecution,
+    CoordinateAgents,
+    CreateAgent,
+    DecideStep,
+    DefineWorkflow,
+    ExecuteTask,
+    ExecuteWorkflow,
+    ExecutionRef,
+    GetPool,
+    ListExecutions,
+    MonitorHealth,
+    Request,
+    ScaleAgent,
+    SetAgentStatus,
+    WaitExecution,
+    WorkflowDefined,
+)
 from actors.events import EventBus
 from actors.health import components, overall
 from actors.hub import CommunicationHub
 from actors.launcher import RayLauncher
-from actors.models import AgentRecord, AgentSpec, AgentStatus, Task, TaskResult
+from actors.models import AgentRecord, TaskResult
 from actors.observe import PoolGauges, TracedDispatcher, WorkflowObserver
 from actors.registry import AgentRegistry
 from actors.router import PoolView
 from actors.supervisor import Supervisor
 from actors.triggers import TriggerRunner
 from actors.webhooks import WebhookDispatcher
-from actors.workflow_service import WorkflowService
+from actors.workflow_service import AgentDispatcher, WorkflowService
 from cluster import telemetry, tracing
 from cluster.allowlist import CodePolicy
 from cluster.errors import ClusterUnavailable, ConfigError
@@ -37,8 +59,8 @@ from cluster.retention import Purger, run_sweeps
 from cluster.settings import RAY_NAMESPACE, Settings
 from cluster.store import connect_store
 from cluster.valkey import running_url
-from workflows.execution import Execution, ExecutionStatus
-from workflows.spec import WorkflowSpec
+from workflows.execution import Execution
+from workflows.run import Run
 from workflows.store import BlobStore, ExecutionStore
 
 log = logging.getLogger(__name__)
@@ -48,53 +70,97 @@ def supervisor_name(tenant: str) -> str:
     return f"supervisor-{tenant}"
 
 
+@dataclass(frozen=True)
+class SupervisorParts:
+    """One tenant's supervisor, built: the agent core, the workflows, and what runs beside."""
+
+    settings: Settings
+    core: Supervisor
+    workflows: WorkflowService
+    triggers: TriggerRunner
+    webhooks: WebhookDispatcher
+    purger: Purger
+    pool_gauges: PoolGauges
+
+
+def build_supervisor(settings: Settings) -> SupervisorParts:
+    """Build every part of the tenant's supervisor in order, each handed what it needs."""
+    store = connect_store(settings)
+    registry = AgentRegistry(store)
+    events = EventBus(store)
+    policy = CodePolicy.from_settings(settings)  # what specs may run: checked on apply
+    quotas = settings.quotas.for_tenant(settings.tenant)  # replicas, executions, ...
+    core = Supervisor(registry, RayLauncher(settings), events, policy, quotas=quotas)
+    runs: dict[str, Run] = {}  # the engine's executions in flight, which the observer names
+    observer = WorkflowObserver(settings.tenant, events.mirror_execution_event, runs=runs)
+    executions = ExecutionStore(store, BlobStore(settings.blobs), mirror=observer)
+    dispatcher = TracedDispatcher(AgentDispatcher(core.router, registry), observer)
+    workflows = WorkflowService(executions, registry, dispatcher, quotas=quotas, runs=runs)
+    hub = CommunicationHub(store, registry)
+    retention = settings.retention.for_tenant(settings.tenant)
+    return SupervisorParts(
+        settings=settings,
+        core=core,
+        workflows=workflows,
+        triggers=TriggerRunner(workflows, hub, consumer=supervisor_name(settings.tenant)),
+        webhooks=WebhookDispatcher(store, executions),  # execution-end webhooks
+        purger=Purger(store, executions.blobs.dir, retention.usage_days),
+        pool_gauges=PoolGauges(),
+    )
+
+
+Q = TypeVar("Q", bound=Request)
+R = TypeVar("R")
+
+
+def operation(
+    method: Callable[[SupervisorActor, Q], Awaitable[R]],
+) -> Callable[[SupervisorActor, Q], Awaitable[R]]:
+    """A supervisor operation: it waits until the supervisor is ready, and its work joins the
+    caller's trace (the request's `traceparent`, set by `actors.gateway`)."""
+
+    @functools.wraps(method)
+    async def run(self: SupervisorActor, request: Q) -> R:
+        await self._ready.wait()
+        with tracing.remote_parent(request.traceparent):
+            return await method(self, request)
+
+    return run
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class SupervisorActor:
-    """Ray shell of `Supervisor`: builds it, restores pools, runs the reconcile loop."""
+    """Ray shell of `Supervisor` (implements `actors.contract.SupervisorApi`): builds the
+    parts, restores pools and executions, runs the reconcile loop and the sweeps."""
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
         telemetry.setup_process(settings, "supervisor")
-        store = connect_store(settings)
-        registry = AgentRegistry(store)
-        events = EventBus(store)
-        policy = CodePolicy.from_settings(settings)  # what specs may run: checked on apply
-        quotas = settings.quotas.for_tenant(settings.tenant)  # replicas, executions, ...
-        self._core = Supervisor(registry, RayLauncher(settings), events, policy, quotas=quotas)
-        observer = WorkflowObserver(settings.tenant, events.mirror_execution_event)
-        executions = ExecutionStore(store, BlobStore(settings.blobs), mirror=observer)
-        self._workflows = WorkflowService(executions, registry, self._core.router)
-        engine = observer.engine = self._workflows.engine
-        engine.dispatcher = TracedDispatcher(engine.dispatcher, observer)
-        engine.quotas = quotas
-        self._pool_gauges = PoolGauges()
-        hub = CommunicationHub(store, registry)
-        self._triggers = TriggerRunner(
-            self._workflows, hub, consumer=supervisor_name(settings.tenant)
-        )
-        self._webhooks = WebhookDispatcher(store, executions)  # execution-end webhooks
-        self._webhook_loop = asyncio.get_event_loop().create_task(self._webhooks.run())
-        retention = settings.retention.for_tenant(settings.tenant)  # deletes what is past it
-        purger = Purger(store, executions.blobs.dir, retention.usage_days)
-        self._sweeps = asyncio.get_event_loop().create_task(
-            run_sweeps(purger, retention, lambda: set(self._workflows.engine.runs))
-        )
+        parts = self._parts = build_supervisor(settings)
+        self._core, self._workflows = parts.core, parts.workflows
+        engine = self._engine = parts.workflows.engine
         self._ready = asyncio.Event()
-        self._loop = asyncio.get_event_loop().create_task(self._run())
+        loop = asyncio.get_event_loop()
+        retention = settings.retention.for_tenant(settings.tenant)  # deletes what is past it
+        self._background = [
+            loop.create_task(parts.webhooks.run()),
+            loop.create_task(run_sweeps(parts.purger, retention, lambda: set(engine.runs))),
+            loop.create_task(self._run()),
+        ]
 
     async def _run(self) -> None:
         await self._core.restore()
-        recovered = await self._workflows.engine.recover()
+        recovered = await self._engine.recover()
         if recovered:
             log.info("resumed %d executions", len(recovered))
         self._ready.set()
+        interval = self._parts.settings.reconcile_interval_s
         while True:
             with contextlib.suppress(TimeoutError):  # a caller waiting on an idle pool wakes it
-                await asyncio.wait_for(self._core.wake.wait(), self._settings.reconcile_interval_s)
+                await asyncio.wait_for(self._core.wake.wait(), interval)
             try:
                 await self._core.reconcile()
-                self._pool_gauges.record(self._core.pools)
-                await self._triggers.tick()
+                self._parts.pool_gauges.record(self._core.pools)
+                await self._parts.triggers.tick()
             except Exception:  # the loop must outlive a store outage
                 log.exception("reconcile failed; trying again")
 
@@ -106,51 +172,55 @@ class SupervisorActor:
         """Where this supervisor keeps state, for drivers that join the cluster: the URL
         without its credentials (any Ray caller may ask) and the state directory whose
         embedded Valkey password file a driver on this machine may read."""
-        url = self._settings.redis_url or ""
+        settings = self._parts.settings
+        url = settings.redis_url or ""
         return {"url": without_credentials(url) if url else "",
-                "state_dir": str(self._settings.state_dir)}  # fmt: skip
+                "state_dir": str(settings.state_dir)}  # fmt: skip
 
-    async def create_agent(self, spec: AgentSpec) -> AgentRecord:
-        await self._ready.wait()
-        return await self._core.create_agent(spec)
+    # -- agents ---------------------------------------------------------------------------
 
-    async def remove_agent(self, agent_id: str) -> None:
-        await self._ready.wait()
-        await self._core.remove_agent(agent_id)
+    @operation
+    async def create_agent(self, request: CreateAgent) -> AgentRecord:
+        return await self._core.create_agent(request.spec)
 
-    async def scale_agents(self, agent_id: str, replicas: int) -> AgentRecord:
-        await self._ready.wait()
-        return await self._core.scale_agents(agent_id, replicas)
+    @operation
+    async def remove_agent(self, request: AgentRef) -> None:
+        await self._core.remove_agent(request.agent_id)
 
-    async def update_agent_status(self, agent_id: str, status: AgentStatus) -> AgentRecord:
-        await self._ready.wait()
-        return await self._core.update_agent_status(agent_id, status)
+    @operation
+    async def scale_agents(self, request: ScaleAgent) -> AgentRecord:
+        return await self._core.scale_agents(request.agent_id, request.replicas)
 
-    async def get_pool(self, capability: str, agent: str | None = None) -> PoolView:
-        await self._ready.wait()
-        return self._core.get_pool(capability, agent)
+    @operation
+    async def update_agent_status(self, request: SetAgentStatus) -> AgentRecord:
+        return await self._core.update_agent_status(request.agent_id, request.status)
 
-    async def execute_task(self, task: Task) -> TaskResult:
-        await self._ready.wait()
-        return await self._core.execute_task(task)
+    @operation
+    async def get_pool(self, request: GetPool) -> PoolView:
+        return self._core.get_pool(request.capability, request.agent)
 
-    async def monitor_health(self) -> dict[str, Any]:
-        await self._ready.wait()
+    @operation
+    async def execute_task(self, request: ExecuteTask) -> TaskResult:
+        return await self._core.execute_task(request.task)
+
+    @operation
+    async def monitor_health(self, request: MonitorHealth) -> dict[str, Any]:
         report = await asyncio.to_thread(self._core.monitor_health)  # a dead store takes seconds
         context = ray.get_runtime_context()
         report["system"] = {
-            supervisor_name(self._settings.tenant): {
+            supervisor_name(self._parts.settings.tenant): {
                 "pid": os.getpid(),
                 "node": context.get_node_id(),
                 "restarted": context.was_current_actor_reconstructed,
-                "executions_running": len(self._workflows.engine.runs),
+                "executions_running": len(self._engine.runs),
             }
         }
+        nodes = ray.nodes()
         report["ray"] = {
-            "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+            "nodes": sum(1 for n in nodes if n.get("Alive")),
             "resources": ray.cluster_resources(),
             "available": ray.available_resources(),
-            "dead_nodes": sum(1 for n in ray.nodes() if not n.get("Alive")),
+            "dead_nodes": sum(1 for n in nodes if not n.get("Alive")),
         }
         report["components"] = components(report, self._core.registry)
         report["status"] = overall(report["components"])
@@ -158,72 +228,60 @@ class SupervisorActor:
 
     # -- workflows (the seed's WorkflowManager, in Python naming) -------------------------
 
-    async def define_workflow(self, spec: WorkflowSpec) -> dict[str, Any]:
-        await self._ready.wait()
-        return self._workflows.define_workflow(spec)
+    @operation
+    async def define_workflow(self, request: DefineWorkflow) -> WorkflowDefined:
+        return WorkflowDefined(**self._workflows.define_workflow(request.spec))
 
-    async def execute_workflow(
-        self,
-        name: str,
-        inputs: dict[str, Any] | None = None,
-        version: int | None = None,
-        execution_id: str | None = None,
-        traceparent: str | None = None,
-    ) -> Execution:
-        await self._ready.wait()
-        with tracing.remote_parent(traceparent):  # the caller's span parents the execution's
-            return await self._workflows.execute_workflow(
-                name, inputs, version=version, execution_id=execution_id
-            )
+    @operation
+    async def execute_workflow(self, request: ExecuteWorkflow) -> Execution:
+        return await self._workflows.execute_workflow(
+            request.workflow, request.inputs, version=request.version,
+            execution_id=request.execution_id,
+        )  # fmt: skip
 
-    async def coordinate_agents(
-        self,
-        spec: WorkflowSpec,
-        inputs: dict[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> Execution:
-        await self._ready.wait()
-        return await self._workflows.coordinate_agents(spec, inputs, timeout_s)
+    @operation
+    async def coordinate_agents(self, request: CoordinateAgents) -> Execution:
+        return await self._workflows.coordinate_agents(
+            request.spec, request.inputs, request.timeout_s
+        )
 
-    async def get_execution_status(self, execution_id: str) -> Execution:
-        await self._ready.wait()
-        return self._workflows.get_execution_status(execution_id)
+    @operation
+    async def get_execution_status(self, request: ExecutionRef) -> Execution:
+        return self._workflows.get_execution_status(request.execution_id)
 
-    async def wait_execution(self, execution_id: str, timeout_s: float | None = None) -> Execution:
-        await self._ready.wait()
-        return await self._workflows.engine.wait(execution_id, timeout_s)
+    @operation
+    async def wait_execution(self, request: WaitExecution) -> Execution:
+        return await self._engine.wait(request.execution_id, request.timeout_s)
 
-    async def list_executions(
-        self, limit: int = 50, status: ExecutionStatus | None = None
-    ) -> list[Execution]:
-        await self._ready.wait()
-        return self._workflows.list_executions(limit, status)
+    @operation
+    async def list_executions(self, request: ListExecutions) -> list[Execution]:
+        return self._workflows.list_executions(request.limit, request.status)
 
-    async def pause_workflow(self, execution_id: str) -> Execution:
-        await self._ready.wait()
-        return await self._workflows.engine.pause(execution_id)
+    @operation
+    async def pause_workflow(self, request: ExecutionRef) -> Execution:
+        return await self._engine.pause(request.execution_id)
 
-    async def resume_workflow(self, execution_id: str) -> Execution:
-        await self._ready.wait()
-        return await self._workflows.engine.resume(execution_id)
+    @operation
+    async def resume_workflow(self, request: ExecutionRef) -> Execution:
+        return await self._engine.resume(request.execution_id)
 
-    async def cancel_workflow(self, execution_id: str, by: str = "", reason: str = "") -> Execution:
-        await self._ready.wait()
-        return await self._workflows.engine.cancel(execution_id, by, reason)
+    @operation
+    async def retry_workflow(self, request: ExecutionRef) -> Execution:
+        return await self._engine.retry(request.execution_id)
 
-    async def decide_step(
-        self, execution_id: str, step_id: str, approved: bool, by: str, reason: str = ""
-    ) -> Execution:
+    @operation
+    async def cancel_workflow(self, request: CancelExecution) -> Execution:
+        return await self._engine.cancel(request.execution_id, request.by, request.reason)
+
+    @operation
+    async def decide_step(self, request: DecideStep) -> Execution:
         """Approve or reject a step waiting at its approval gate."""
-        await self._ready.wait()
-        return await self._workflows.engine.decide(execution_id, step_id, approved, by, reason)
-
-    async def retry_workflow(self, execution_id: str) -> Execution:
-        await self._ready.wait()
-        return await self._workflows.engine.retry(execution_id)
+        return await self._engine.decide(
+            request.execution_id, request.step, request.approved, request.by, request.reason
+        )
 
     def __repr__(self) -> str:
-        return f"SupervisorActor(tenant={self._settings.tenant})"
+        return f"SupervisorActor(tenant={self._parts.settings.tenant})"
 
 
 def ensure_supervisor(settings: Settings, redis_url: str) -> Any:

@@ -16,8 +16,11 @@ from actors.models import Task, TaskContext
 from actors.registry import AgentRegistry
 from actors.router import PoolRouter
 from cluster.errors import DafnckError, QueueFull, SpecInvalid
+from cluster.quotas import Quotas
+from workflows.dispatch import Dispatcher
 from workflows.engine import StepOutcome, StepRequest, WorkflowEngine
 from workflows.execution import Execution, ExecutionStatus, StepError
+from workflows.run import Run
 from workflows.spec import WorkflowSpec
 from workflows.store import ExecutionStore
 from workflows.validate import validate_workflow
@@ -84,11 +87,17 @@ class WorkflowService:
     """define / execute / pause / resume / status of workflows, for one tenant."""
 
     def __init__(
-        self, executions: ExecutionStore, registry: AgentRegistry, router: PoolRouter
+        self,
+        executions: ExecutionStore,
+        registry: AgentRegistry,
+        dispatcher: Dispatcher,
+        *,
+        quotas: Quotas | None = None,
+        runs: dict[str, Run] | None = None,
     ) -> None:
         self.executions = executions
         self.registry = registry
-        self.engine = WorkflowEngine(executions, AgentDispatcher(router, registry), self.load)
+        self.engine = WorkflowEngine(executions, dispatcher, self.load, quotas, runs)
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one service per supervisor, definitions never change
     def _parsed(self, name: str, version: int) -> WorkflowSpec:

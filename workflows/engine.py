@@ -52,13 +52,15 @@ class WorkflowEngine:
         dispatcher: Dispatcher,
         load_spec: SpecLoader,
         quotas: Quotas | None = None,
+        runs: dict[str, Run] | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         #: The tenant's limits: executions running, fan-out items, depth, expressions.
         self.quotas = quotas or Quotas()
         self._load_spec = load_spec
-        self.runs: dict[str, Run] = {}
+        #: Executions in flight (given when an observer reads it too).
+        self.runs: dict[str, Run] = {} if runs is None else runs
         self.writer = Writer(store)
         self.recorder = Recorder(self.writer)
         self._steps = StepRunner(self, self.recorder)

@@ -19,13 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import serve.app
 from actors.client import Client
+from actors.contract import MonitorHealth
+from actors.gateway import BlockingSupervisor, SupervisorGateway
 from actors.models import AgentSpec
 from actors.system import ensure_supervisor
 from cluster import metrics, tracing
-from cluster.cli_obs import execution_logs
-from cluster.llm_demo import WORKFLOW, demo_specs
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
+from cluster.cli.llm_demo import WORKFLOW, demo_specs
+from cluster.cli.obs import execution_logs
 from cluster.settings import Settings
 from cluster.span_store import execution_spans
 from cluster.store import connect_store
@@ -302,12 +304,12 @@ def test_health_reports_a_stopped_store(tenant_settings: Settings, tmp_path: Pat
     settings = tenant_settings.model_copy(update={"redis_url": url})
     try:
         wait_until(lambda: _answers(url), 10, "the test's own Valkey")
-        supervisor = ensure_supervisor(settings, url)
-        assert ray.get(supervisor.monitor_health.remote(), timeout=60)["status"] == "ok"
+        supervisor = BlockingSupervisor(SupervisorGateway(ensure_supervisor(settings, url)))
+        assert supervisor.monitor_health(MonitorHealth())["status"] == "ok"
     finally:
         server.terminate()
         server.wait(10)
-    health = ray.get(supervisor.monitor_health.remote(), timeout=60)
+    health = supervisor.monitor_health(MonitorHealth())
     assert health["status"] == "unavailable"
     assert health["components"]["store"]["status"] == "unavailable"
     assert health["components"]["registry"]["status"] == "unavailable"

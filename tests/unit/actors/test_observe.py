@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -82,11 +82,6 @@ class FakeRun:
     execution: Execution
 
 
-@dataclass
-class FakeEngine:
-    runs: dict[str, FakeRun] = field(default_factory=dict)
-
-
 class FakeDispatcher:
     def __init__(self) -> None:
         self.seen: list[str | None] = []
@@ -100,18 +95,24 @@ async def test_execution_events_move_metrics_and_make_the_execution_span(
     traced: Settings, store: Store
 ) -> None:
     mirrored: list[str] = []
-    observer = WorkflowObserver("obs", lambda pipe, event: mirrored.append(event.type))
-    engine = observer.engine = FakeEngine()
+    runs: dict[str, FakeRun] = {}  # the engine's executions in flight
+    observer = WorkflowObserver("obs", lambda pipe, event: mirrored.append(event.type), runs)
     execution = Execution(id="x1", workflow="wf", version=1, created_at=time.time() - 2,
                           steps={"a": StepState(started_at=time.time() - 1)})  # fmt: skip
     ended = metrics.EXECUTIONS.value(workflow="wf", outcome="succeeded") or 0
     steps = metrics.STEPS.value(workflow="wf", outcome="succeeded") or 0
     observer(None, Event(type="execution.started", execution="x1"))
-    engine.runs["x1"] = FakeRun(execution)
+    runs["x1"] = FakeRun(execution)
     dispatcher = FakeDispatcher()
     request = StepRequest(
-        execution_id="x1", step_id="a", kind="capability", target="c.x", input={}, attempt=1,
-        timeout_s=None, idempotency_key="x1/a",
+        execution_id="x1",
+        step_id="a",
+        kind="capability",
+        target="c.x",
+        input={},
+        attempt=1,
+        timeout_s=None,
+        idempotency_key="x1/a",
     )
     await TracedDispatcher(dispatcher, observer).run(request)
     observer(None, Event(type="step.succeeded", execution="x1", step="a"))
@@ -128,8 +129,7 @@ async def test_execution_events_move_metrics_and_make_the_execution_span(
 
 
 def test_an_observer_failure_never_fails_the_commit() -> None:
-    observer = WorkflowObserver("obs")
-    observer.engine = object()  # no `runs`: observing raises inside
+    observer = WorkflowObserver("obs", runs=object())  # type: ignore[arg-type]  # raises inside
     observer(None, Event(type="execution.started", execution="x2"))
 
 

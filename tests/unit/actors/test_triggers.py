@@ -12,7 +12,7 @@ from actors.models import AgentRecord, AgentSpec
 from actors.registry import AgentRegistry
 from actors.router import PoolRouter
 from actors.triggers import TriggerRunner
-from actors.workflow_service import WorkflowService
+from actors.workflow_service import AgentDispatcher, WorkflowService
 from cluster.errors import AgentNotFound
 from cluster.store import Store
 from workflows.spec import WorkflowSpec
@@ -31,9 +31,8 @@ def runner(store: Store, tmp_path: Path, name: str, claim_idle_ms: int = 30_000)
     registry.register_agent(
         AgentRecord(spec=AgentSpec(name="w", capabilities=["x.y"], entrypoint="m:f"))
     )
-    service = WorkflowService(
-        ExecutionStore(store, BlobStore(str(tmp_path))), registry, PoolRouter(_no_pools)
-    )
+    dispatcher = AgentDispatcher(PoolRouter(_no_pools), registry)
+    service = WorkflowService(ExecutionStore(store, BlobStore(str(tmp_path))), registry, dispatcher)
     return TriggerRunner(
         service, CommunicationHub(store, registry), consumer=name, claim_idle_ms=claim_idle_ms
     )
