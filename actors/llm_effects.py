@@ -32,9 +32,9 @@ from cluster.errors import (
     TaskFailed,
     ToolMayHaveRun,
 )
-from cluster.llm_limits import RateLimiter
-from cluster.llm_prices import Prices, default_prices
-from cluster.llm_usage import Charge, Usage, UsageLedger
+from cluster.llm.limits import RateLimiter
+from cluster.llm.prices import Prices, default_prices
+from cluster.llm.usage import Charge, Usage, UsageLedger
 from cluster.metrics import record_tokens
 from cluster.quotas import Quotas
 from cluster.redact import redact

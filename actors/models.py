@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from cluster.contracts import Contract, Record
-from cluster.llm_usage import WorkflowBudget
+from cluster.llm.usage import WorkflowBudget
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
 NAME = r"^[a-z][a-z0-9-]{0,62}$"

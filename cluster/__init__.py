@@ -1,6 +1,6 @@
 """The ground floor: settings, errors, the state store, the embedded Valkey, the Ray connection.
 
-The operator entry points (`cluster.cli`, `cluster.bench`) sit on top of every package and
+The operator entry points (`cluster.cli.main`, `cluster.bench.core`) sit on top of every package and
 are not imported here.
 """
 

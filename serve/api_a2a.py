@@ -43,8 +43,8 @@ from actors.a2a_wire import SKILL_KEY, message_input, output_parts
 from actors.client import Client
 from actors.models import NAME, AgentRecord, AgentStatus, Task, TaskContext, TaskResult
 from actors.registry import AgentRegistry
+from cluster.auth.models import Action
 from cluster.errors import DafnckError, InputInvalid
-from cluster.security_models import Action
 from serve.a2a_tasks import RedisTaskStore
 from serve.deps import Caller, allowed
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actors.models import AgentRecord, AgentSpec, AgentStatus, DiscoveryCriteria
+from cluster.auth.models import Action
 from cluster.errors import InputInvalid
-from cluster.security_models import Action
 from serve.deps import Caller, allowed
 from serve.patterns import check_agent_ref
 

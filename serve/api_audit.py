@@ -17,9 +17,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from cluster.auth_audit import MAX_PAGE, AuditFilter, UnauthenticatedCount
+from cluster.auth.audit import MAX_PAGE, AuditFilter, UnauthenticatedCount
+from cluster.auth.models import Action, AuditPage
 from cluster.errors import DafnckError
-from cluster.security_models import Action, AuditPage
 from serve.deps import Caller, allowed
 
 #: Times past the year 9999 are refused at the edge rather than overflowing later.

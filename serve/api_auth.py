@@ -25,8 +25,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from cluster.errors import InputInvalid, RateLimited
-from cluster.security_models import (
+from cluster.auth.models import (
     USERNAME,
     Action,
     ApiKeyInfo,
@@ -35,6 +34,7 @@ from cluster.security_models import (
     TotpEnrolment,
     UserInfo,
 )
+from cluster.errors import InputInvalid, RateLimited
 from serve.deps import Caller, Services, allowed, services
 
 router = APIRouter(tags=["auth"])

@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
-from cluster.security_models import PERMISSIONS, Action
+from cluster.auth.models import PERMISSIONS, Action
 from serve.deps import Caller, allowed, caller
 from workflows.execution import ExecutionStatus
 from workflows.spec import NAME, WorkflowSpec

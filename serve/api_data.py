@@ -19,10 +19,10 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
-from cluster.data_models import BACKUP_ID, BackupCriteria, DataMetadata, DataQuery, Scalar
+from cluster.auth.models import Action
+from cluster.data.models import BACKUP_ID, BackupCriteria, DataMetadata, DataQuery, Scalar
+from cluster.data.restore import restore_audited
 from cluster.errors import DafnckError, InputInvalid
-from cluster.restore import restore_audited
-from cluster.security_models import Action
 from serve.deps import Caller, allowed
 from serve.errors import ErrorResponse
 
@@ -123,7 +123,7 @@ async def delete_object(
 
 
 def _check_cursor(cursor: str) -> None:
-    """Refuse a page cursor (`[time, id]`, as `cluster.data` writes it) whose time is not a
+    """Refuse a page cursor (`[time, id]`, as `cluster.data.objects` writes it) whose time is not a
     finite number, before it becomes a bound of a Redis range. Raises: InputInvalid."""
     try:
         finite = math.isfinite(float(json.loads(base64.urlsafe_b64decode(cursor.encode()))[0]))

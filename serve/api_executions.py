@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.models import new_id
 from actors.webhooks import WebhookSpec, check_webhook, register_webhook
+from cluster.auth.models import Action
 from cluster.errors import Conflict, NotFound
 from cluster.netguard import policy_for
 from cluster.retention import TERMINAL, Purger, PurgeReport, check_statuses
-from cluster.security_models import Action
 from serve.deps import Caller, allowed
 from serve.patterns import STREAM_ID  # the cursor of event pages and streams
 from workflows.execution import Event, Execution, ExecutionStatus

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.messages import TOPIC, TRACEPARENT, Message
 from actors.models import NAME
-from cluster.security_models import Action
+from cluster.auth.models import Action
 from serve.deps import Caller, allowed
 from serve.patterns import ID, MAX_STREAM_MS, STREAM_ID
 

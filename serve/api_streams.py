@@ -30,6 +30,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
+from cluster.auth.models import Action
 from cluster.errors import (
     DafnckError,
     Forbidden,
@@ -39,7 +40,6 @@ from cluster.errors import (
     Unauthorized,
 )
 from cluster.quotas import StreamLease
-from cluster.security_models import Action
 from cluster.streams import stream_replies, unreachable_as_error
 from serve import patterns
 from serve.deps import Caller, allowed, credential, request_id

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from actors.client import Client
 from actors.models import Task, TaskContext, TaskResult
 from actors.task_records import TaskRecords, TaskStatus
+from cluster.auth.models import Action
 from cluster.errors import DafnckError
-from cluster.security_models import Action
 from serve.deps import Caller, allowed
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from cluster.security_models import Action
+from cluster.auth.models import Action
 from cluster.span_store import execution_spans
 from serve.api_executions import ExecutionId
 from serve.deps import Caller, allowed

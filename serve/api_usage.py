@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from actors.llm_journal import execution_tool_calls
-from cluster.llm_usage import UsageLedger
-from cluster.security_models import Action
+from cluster.auth.models import Action
+from cluster.llm.usage import UsageLedger
 from serve.api_executions import ExecutionId
 from serve.deps import Caller, allowed
 from workflows.spec import NAME

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from actors.webhooks import signing_secret
-from cluster.security_models import Action
+from cluster.auth.models import Action
 from serve.deps import Caller, allowed
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])

@@ -13,8 +13,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
+from cluster.auth.models import Action
 from cluster.errors import NotFound
-from cluster.security_models import Action
 from serve.deps import Caller, allowed
 from workflows.spec import NAME, WorkflowSpec
 

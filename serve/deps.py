@@ -19,9 +19,9 @@ from fastapi import Depends, Request
 
 from actors.client import Client
 from actors.system import ensure_supervisor
+from cluster.auth.models import Action, Principal, SecurityConfig
+from cluster.auth.security import Security, is_allowed
 from cluster.errors import Unauthorized
-from cluster.security import Security, is_allowed
-from cluster.security_models import Action, Principal, SecurityConfig
 from cluster.settings import Settings
 from cluster.store import Store, connect_store, resolve_redis_url
 from cluster.tracing import tag_tenant

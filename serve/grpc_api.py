@@ -22,8 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from actors.models import DiscoveryCriteria, Task
 from actors.task_records import TaskRecords
+from cluster.auth.models import Action
 from cluster.errors import DafnckError, InputInvalid, RateLimited, Unauthorized
-from cluster.security_models import Action
 from serve.api_agents import ScaleRequest
 from serve.api_executions import ExecutionRequest
 from serve.api_streams import STREAM_ID, execution_frames

@@ -31,7 +31,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cluster.errors import InputInvalid
-from cluster.llm_usage import WorkflowBudget
+from cluster.llm.usage import WorkflowBudget
 
 # Same patterns as actors.models (workflows may not import actors).
 NAME = r"^[a-z][a-z0-9-]{0,62}$"

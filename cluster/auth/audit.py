@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from cluster.auth_keys import AUTH_SPACE, key_id_of
+from cluster.auth.keys import AUTH_SPACE, key_id_of
+from cluster.auth.models import AuditEntry, AuditOutcome, AuditPage, Principal
 from cluster.contracts import Record
 from cluster.errors import DafnckError, InputInvalid
 from cluster.logs import current as log_ids
-from cluster.security_models import AuditEntry, AuditOutcome, AuditPage, Principal
 from cluster.store import Store, unavailable_as_error
 
 log = logging.getLogger(__name__)

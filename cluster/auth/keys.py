@@ -22,8 +22,8 @@ import time
 
 from pydantic import ValidationError
 
+from cluster.auth.models import ApiKeyInfo, ApiKeyRecord, Principal, Role
 from cluster.errors import InputInvalid, NotFound, Unauthorized
-from cluster.security_models import ApiKeyInfo, ApiKeyRecord, Principal, Role
 from cluster.store import Store, unavailable_as_error
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ import redis
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 
+from cluster.auth.models import Principal, SecurityConfig
 from cluster.errors import RateLimited, StoreUnavailable
-from cluster.security_models import Principal, SecurityConfig
 from cluster.store import Store, redacted
 
 KEY_PREFIX = "dafnck:_limits"

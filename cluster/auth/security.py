@@ -6,9 +6,9 @@ security.authenticate(credential)` (an API key `dk_...` or a bearer JWT), then
 security.audited(...)` around a mutating call. The tenant always comes from the principal
 (`store.for_tenant(principal.tenant)`), never from the request.
 
-Parts: `ApiKeys` (cluster.auth_keys), `Users` (cluster.auth_users), `TokenService` and
-`JwtKeyring` (cluster.auth_tokens), `RateLimits` (cluster.auth_limits), `AuditLog`
-(cluster.auth_audit); errors in cluster.auth_errors.
+Parts: `ApiKeys` (cluster.auth.keys), `Users` (cluster.auth.users), `TokenService` and
+`JwtKeyring` (cluster.auth.tokens), `RateLimits` (cluster.auth.limits), `AuditLog`
+(cluster.auth.audit); errors in cluster.auth_errors.
 """
 
 from __future__ import annotations
@@ -20,14 +20,10 @@ from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
 
-from cluster.auth_audit import AuditLog
-from cluster.auth_keys import KEY_PREFIX, ApiKeys
-from cluster.auth_limits import LoginLimits, RateLimits
-from cluster.auth_tokens import JwtKeyring, TokenService
-from cluster.auth_users import Users
-from cluster.data import KeyRing
-from cluster.errors import DafnckError, Forbidden, InputInvalid, RateLimited, Unauthorized
-from cluster.security_models import (
+from cluster.auth.audit import AuditLog
+from cluster.auth.keys import KEY_PREFIX, ApiKeys
+from cluster.auth.limits import LoginLimits, RateLimits
+from cluster.auth.models import (
     PERMISSIONS,
     Action,
     ClientCredentialsGrant,
@@ -37,6 +33,10 @@ from cluster.security_models import (
     TokenGrant,
     TokenResponse,
 )
+from cluster.auth.tokens import JwtKeyring, TokenService
+from cluster.auth.users import Users
+from cluster.data.objects import KeyRing
+from cluster.errors import DafnckError, Forbidden, InputInvalid, RateLimited, Unauthorized
 from cluster.settings import Settings
 from cluster.store import Store
 

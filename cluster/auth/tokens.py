@@ -27,8 +27,8 @@ from typing import Any
 import jwt
 from pydantic import ValidationError
 
+from cluster.auth.models import Principal, SecurityConfig
 from cluster.errors import ConfigError, InputInvalid, Unauthorized
-from cluster.security_models import Principal, SecurityConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ TOTP secret cannot log in at all, and nor can any user who has one but gives no 
 
 Every failed login answers the same "invalid username, password or one-time code" (the
 log says which part failed), a disabled user's too. How often one may try is not decided
-here: `cluster.auth_limits.LoginLimits` admits a login before any hashing (per address, per
+here: `cluster.auth.limits.LoginLimits` admits a login before any hashing (per address, per
 username, and a growing delay per (username, address)), so no one can lock a user out. A
 code is accepted once: replays are refused.
 
@@ -34,9 +34,7 @@ import redis
 from pwdlib import PasswordHash
 from pydantic import ValidationError
 
-from cluster.data import KeyRing
-from cluster.errors import Conflict, InputInvalid, NotFound, Unauthorized
-from cluster.security_models import (
+from cluster.auth.models import (
     TENANT,
     USERNAME,
     Principal,
@@ -46,6 +44,8 @@ from cluster.security_models import (
     UserInfo,
     UserRecord,
 )
+from cluster.data.objects import KeyRing
+from cluster.errors import Conflict, InputInvalid, NotFound, Unauthorized
 from cluster.store import Store, unavailable_as_error
 
 log = logging.getLogger(__name__)

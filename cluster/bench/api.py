@@ -37,10 +37,10 @@ from ray.serve.deployment import Deployment
 from ray.serve.exceptions import RayServeException
 
 from actors.client import Client
-from cluster.auth_keys import AUTH_SPACE, ApiKeys
-from cluster.bench import CAPABILITY, CONCURRENCY, Result, bench_spec, raw_actor_class, result
+from cluster.auth.keys import AUTH_SPACE, ApiKeys
+from cluster.auth.models import Role
+from cluster.bench.core import CAPABILITY, CONCURRENCY, Result, bench_spec, raw_actor_class, result
 from cluster.errors import TaskFailed
-from cluster.security_models import Role
 from cluster.valkey import free_port
 from serve.deployment import AUTOSCALING, INGRESS, MAX_ONGOING_REQUESTS, settings_env
 

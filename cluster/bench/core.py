@@ -371,30 +371,30 @@ def _replica_start(client: Client, spec: AgentSpec, plan: Plan) -> Result:
 
 
 def workflows_suite(client: Client, quick: bool) -> list[Result]:
-    """The durable engine against raw Ray DAGs (see `cluster.bench_workflows`)."""
-    from cluster.bench_workflows import run_workflows_suite
+    """The durable engine against raw Ray DAGs (see `cluster.bench.workflows`)."""
+    from cluster.bench.workflows import run_workflows_suite
 
     return run_workflows_suite(client, quick)
 
 
 def hub_suite(client: Client, quick: bool) -> list[Result]:
     """Hub send+deliver throughput against raw redis-py streams; cache hit latency."""
-    from cluster.cache_bench import measure_cache
-    from cluster.hub_bench import measure_hub
+    from cluster.bench.cache import measure_cache
+    from cluster.bench.hub import measure_hub
 
     return measure_hub(client.store, quick) + measure_cache(client.store, quick)
 
 
 def api_suite(client: Client, quick: bool) -> list[Result]:
-    """API no-op task throughput and p50/p99 over HTTP against plain Serve (`cluster.bench_api`)."""
-    from cluster.bench_api import run_api_suite
+    """API no-op task throughput and p50/p99 over HTTP against plain Serve (`cluster.bench.api`)."""
+    from cluster.bench.api import run_api_suite
 
     return run_api_suite(client, quick)
 
 
 def scale_suite(client: Client, quick: bool) -> list[Result]:
     """Throughput as a pool grows from 1 to 8 replicas; a pool's growth under a burst."""
-    from cluster.bench_scale import run_scale_suite
+    from cluster.bench.scale import run_scale_suite
 
     return run_scale_suite(client, quick)
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cluster.cli_common import client, console, print_json
+from cluster.cli.common import client, console, print_json
 from cluster.errors import InputInvalid
 
 agents_app = typer.Typer(help="Create, list, scale and remove agents.", no_args_is_help=True)

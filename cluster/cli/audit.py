@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cluster.auth_audit import AuditFilter
-from cluster.security import Security
+from cluster.auth.audit import AuditFilter
+from cluster.auth.security import Security
 
 console = Console()
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")

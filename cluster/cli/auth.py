@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from cluster.settings import Settings, load_settings
 from cluster.store import connect_store
 
@@ -176,8 +176,8 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The tenant's audit trail, filtered (or its failed authentications)."""
-    from cluster.auth_audit import AuditFilter
-    from cluster.cli_audit import show_audit, show_unauthenticated, when
+    from cluster.auth.audit import AuditFilter
+    from cluster.cli.audit import show_audit, show_unauthenticated, when
 
     security, settings = _security()
     tenant = tenant or settings.tenant

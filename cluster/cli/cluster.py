@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cluster.cli_common import GlobalOptions, client, console, print_json
+from cluster.cli.common import GlobalOptions, client, console, print_json
 from cluster.errors import ConfigError
 from cluster.settings import Settings
 
@@ -108,7 +108,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
         )  # fmt: skip
     console.print(table)
     if "components" in health:
-        from cluster.cli_obs import components_table
+        from cluster.cli.obs import components_table
 
         console.print(components_table(health))
 
@@ -123,7 +123,7 @@ def backup(
     ] = None,
 ) -> None:
     """Snapshot this tenant's state (registry, workflows, executions, messages, data) to Parquet."""
-    from cluster.data_models import BackupCriteria
+    from cluster.data.models import BackupCriteria
 
     result = client().data.backup(BackupCriteria(label=label, prefixes=prefix or []))
     info = result.info
@@ -151,8 +151,8 @@ def restore(
 
     API keys, users, the audit and idempotency records are never restored; the restore is
     written to the tenant's audit before it starts."""
-    from cluster.auth_audit import AuditLog
-    from cluster.restore import operator_principal, restore_audited
+    from cluster.auth.audit import AuditLog
+    from cluster.data.restore import operator_principal, restore_audited
 
     c = client()
     principal = operator_principal(c.settings.tenant)
@@ -189,12 +189,12 @@ def demo(
 
     With --llm: an LLM agent reads outlines of the files and names the ones to read first."""
     if llm:
-        from cluster.llm_demo import run_llm_demo
+        from cluster.cli.llm_demo import run_llm_demo
 
         run_llm_demo(client, path, model, console)
         return
-    from cluster.demo import run_review
-    from cluster.init import example
+    from cluster.cli.demo import run_review
+    from cluster.cli.init import example
 
     agents = agents or example("agents/review.yaml")
     workflow = workflow or example("workflows/review.yaml")
@@ -207,7 +207,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Measure DafnckMachine against raw Ray in one run; ratios are what to compare."""
-    from cluster.bench import SUITES, render_table, run_bench
+    from cluster.bench.core import SUITES, render_table, run_bench
 
     unknown = [s for s in suite or [] if s not in SUITES]
     if unknown:

@@ -17,8 +17,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cluster.cli.progress import watch
 from cluster.errors import TaskFailed
-from cluster.progress import watch
 
 ANALYSER_REPLICAS = 4
 

@@ -18,8 +18,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.cli_common import GlobalOptions, client, console, err, print_json
-from cluster.cli_obs import register as register_logs
+from cluster.cli.common import GlobalOptions, client, console, err, print_json
+from cluster.cli.obs import register as register_logs
 from cluster.errors import InputInvalid
 
 exec_app = typer.Typer(help="List, inspect and control workflow executions.", no_args_is_help=True)
@@ -58,7 +58,7 @@ def run(
 
     Exit code: 0 succeeded, 1 failed, 2 invalid workflow or inputs, 3 cancelled.
     """
-    from cluster.progress import EXIT_CODES, watch
+    from cluster.cli.progress import EXIT_CODES, watch
 
     remote = client()
     main_spec = _define(remote, file)
@@ -121,7 +121,7 @@ def submit(
     The job server is --address when it is http(s)://HEAD:8265, else the dashboard of the
     cluster this machine joins. Exit code with --wait: 0 succeeded, 1 otherwise.
     """
-    from cluster import jobs
+    from cluster.cli import jobs
 
     settings = GlobalOptions.settings()
     job = jobs.JobSubmission(
@@ -140,7 +140,7 @@ def submit(
 
 def _runtime_env(path: Path | None, tenant: str) -> dict[str, Any]:
     """The --runtime-env file, else configs/runtime_env.yaml when there is one, read."""
-    from cluster import jobs
+    from cluster.cli import jobs
 
     env_file = path or (jobs.DEFAULT_RUNTIME_ENV if jobs.DEFAULT_RUNTIME_ENV.exists() else None)
     return jobs.load_runtime_env(env_file, tenant)
@@ -148,7 +148,7 @@ def _runtime_env(path: Path | None, tenant: str) -> dict[str, Any]:
 
 def _wait_for_job(job_client: Any, job_id: str, timeout_s: float) -> None:
     """Print the job's logs and status once it ends; exit 0 if it succeeded, else 1."""
-    from cluster import jobs
+    from cluster.cli import jobs
 
     status = jobs.wait(job_client, job_id, timeout_s)
     sys.stdout.write(job_client.get_job_logs(job_id))
@@ -271,7 +271,7 @@ def executions_purge(
     """
     import asyncio
 
-    from cluster.cli_common import GlobalOptions
+    from cluster.cli.common import GlobalOptions
     from cluster.retention import Purger, check_statuses, parse_duration
 
     try:

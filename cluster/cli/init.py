@@ -13,7 +13,7 @@ from pathlib import Path
 from cluster.errors import ConfigError
 
 #: The packaged examples, by their path under a project's `configs/`.
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 FILES = (
     "agents/review.yaml",
     "agents/llm/repo-guide.yaml",

@@ -15,8 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cluster.cli.progress import watch
 from cluster.errors import ConfigError, TaskFailed
-from cluster.progress import watch
 
 AGENTS = Path("configs/agents/llm/repo-guide.yaml")
 LISTER = Path("configs/agents/review.yaml")

@@ -17,11 +17,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cluster import cli_cluster, cli_executions
-from cluster.cli_agents import agents_app, task_app
-from cluster.cli_auth import auth_app
-from cluster.cli_common import GlobalOptions, err
-from cluster.cli_executions import exec_app
+from cluster.cli import cluster as cli_cluster
+from cluster.cli import executions as cli_executions
+from cluster.cli.agents import agents_app, task_app
+from cluster.cli.auth import auth_app
+from cluster.cli.common import GlobalOptions, err
+from cluster.cli.executions import exec_app
 from cluster.errors import ConfigError, DafnckError, SpecInvalid
 
 app = typer.Typer(
@@ -51,8 +52,8 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
 ) -> None:
     """Write editable copies of the example agents and workflows to DIRECTORY/configs/."""
-    from cluster.cli_common import console
-    from cluster.init import write_examples
+    from cluster.cli.common import console
+    from cluster.cli.init import write_examples
 
     for path in write_examples(directory, force=force):
         console.print(f"wrote {path}")

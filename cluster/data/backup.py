@@ -7,7 +7,7 @@ a backup restores into any tenant, the Parquet files of large Arrow data objects
 `blobs/`, and `manifest.json` (written last) with counts and a sha256 over a canonical
 dump. The snapshot is consistent per key, not across keys: quiesce writers (`dafnck down`)
 for a point-in-time copy. TTLs are kept as the time left when the backup was taken.
-Keys become rows and rows keys again in `cluster.backup_keys`.
+Keys become rows and rows keys again in `cluster.data.keys`.
 
 A backup holds the tenant's workload state, never its security records: API keys, users
 and their login state (`auth:*`), the audit (`audit`, `audit:*`) and idempotency records
@@ -35,9 +35,9 @@ import pyarrow.parquet as pq
 import redis
 from pydantic import ValidationError
 
-from cluster.backup_keys import SCHEMAS, WRITERS, KeyDump, Sinks, checksum_of, read_keys, text
 from cluster.blobs import filesystem
-from cluster.data_models import (
+from cluster.data.keys import SCHEMAS, WRITERS, KeyDump, Sinks, checksum_of, read_keys, text
+from cluster.data.models import (
     BACKUP_ID,
     BackupCounts,
     BackupCriteria,
@@ -51,7 +51,7 @@ from cluster.errors import Conflict, InputInvalid, NotFound
 from cluster.store import Store, unavailable_as_error
 
 if TYPE_CHECKING:
-    from cluster.data import _Objects
+    from cluster.data.objects import _Objects
 
 log = logging.getLogger(__name__)
 _BATCH = 500

@@ -13,7 +13,7 @@ Data objects (under `dafnck:<tenant>:data:`):
   `data:idx:name:<n>`, `data:idx:tag:<t>`, `data:idx:field:<f>:<json value>`. A query
   intersects them with the sorted set in one Lua call and pages newest first.
 
-Backups of the tenant's whole state live in `cluster.backup`.
+Backups of the tenant's whole state live in `cluster.data.backup`.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import redis
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import BaseModel, ValidationError
 
-from cluster.backup import _Snapshots
 from cluster.blobs import check_key, filesystem, tenant_dir
-from cluster.data_models import (
+from cluster.data.backup import _Snapshots
+from cluster.data.models import (
     BackupCriteria,
     BackupInfo,
     BackupResult,
@@ -54,7 +54,7 @@ from cluster.data_models import (
     arrow_ipc,
     table_from_ipc,
 )
-from cluster.data_quota import DataQuota
+from cluster.data.quota import DataQuota
 from cluster.errors import ConfigError, Conflict, InputInvalid, NotFound
 from cluster.quotas import Quotas
 from cluster.settings import Settings

@@ -4,7 +4,7 @@ A restore replaces a tenant's state at once, so it is an admin action (`backups:
 which operators do not hold), and it is written to the tenant's audit before anything is
 touched ("started"), then again with how it ended ("ok" or "failed"): a restore that
 crashes half way still shows who began it. What it never touches (credentials, the audit,
-idempotency records) is decided in `cluster.backup`.
+idempotency records) is decided in `cluster.data.backup`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import getpass
 from typing import TYPE_CHECKING
 
+from cluster.auth.models import Action, Principal, Role
 from cluster.errors import DafnckError
-from cluster.security_models import Action, Principal, Role
 
 if TYPE_CHECKING:
-    from cluster.auth_audit import AuditLog
-    from cluster.data import DataManager
-    from cluster.data_models import RestoreResult
+    from cluster.auth.audit import AuditLog
+    from cluster.data.models import RestoreResult
+    from cluster.data.objects import DataManager
 
 
 def restore_audited(

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from cluster.errors import RateLimited
-from cluster.llm_prices import Prices
+from cluster.llm.prices import Prices
 from cluster.store import Store
 
 #: KEYS: requests bucket, tokens bucket. ARGV: mode (take | settle), requests per minute,

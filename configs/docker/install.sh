@@ -17,6 +17,6 @@ if [ -n "$extras" ]; then
 fi
 "$python" -m pip install --no-cache-dir --disable-pip-version-check "$target"
 # The install is usable: the packages import and the CLI runs.
-"$python" -c "import actors, cluster, serve, workflows, cluster.cli"
+"$python" -c "import actors, cluster, serve, workflows, cluster.cli.main"
 "$(dirname "$("$python" -c 'import sys; print(sys.executable)')")/dafnck" --help >/dev/null
 echo "DafnckMachine installed: $("$python" -m pip show dafnck-machine | grep '^Version')"

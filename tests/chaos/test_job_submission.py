@@ -109,7 +109,7 @@ def test_a_workflow_submitted_as_a_ray_job_runs_on_the_cluster_and_logs_there(
 
     info = subprocess.run(
         [sys.executable, "-c",
-         "import sys; from cluster.jobs import job_client; "
+         "import sys; from cluster.cli.jobs import job_client; "
          "print(job_client(sys.argv[1]).get_job_info('review-once').metadata)",
          dashboard.group(1)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120,

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from cluster.settings import Settings, load_settings
 from cluster.store import connect_store
 from cluster.valkey import free_port

@@ -22,7 +22,7 @@ from a2a.types.a2a_pb2 import (
 from google.protobuf.json_format import MessageToDict
 
 from actors.a2a_wire import parts_output
-from cluster.security_models import Role as DkRole
+from cluster.auth.models import Role as DkRole
 from tests.e2e.conftest import Tenant
 from tests.fixtures.a2a_server import Reverser, a2a_server
 

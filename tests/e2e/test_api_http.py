@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from tests.conftest import SCRAPER
 from tests.e2e.conftest import ECHO, Tenant
 

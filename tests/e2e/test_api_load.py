@@ -15,10 +15,10 @@ import pytest
 from ray import serve as ray_serve
 
 from actors.client import Client, connect
-from cluster.auth_keys import ApiKeys
-from cluster.bench_api import run_api_suite
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.keys import ApiKeys
+from cluster.auth.models import Role
+from cluster.auth.security import Security
+from cluster.bench.api import run_api_suite
 from cluster.settings import Settings
 from serve.deployment import AUTOSCALING, INGRESS, settings_env
 from tests.e2e.conftest import ECHO, Tenant, _tenant

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from ray import serve as ray_serve
 
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from cluster.settings import Settings
 from serve.deployment import AUTOSCALING, INGRESS, settings_env
 from tests.e2e.conftest import Tenant

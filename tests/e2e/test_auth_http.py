@@ -17,9 +17,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cluster.auth_tokens import JwtKeyring
-from cluster.security import Security
-from cluster.security_models import PERMISSIONS, Action, Role
+from cluster.auth.models import PERMISSIONS, Action, Role
+from cluster.auth.security import Security
+from cluster.auth.tokens import JwtKeyring
 from cluster.settings import Settings
 from tests.e2e.conftest import Tenant
 

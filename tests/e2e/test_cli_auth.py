@@ -8,7 +8,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from cluster.cli_auth import auth_app
+from cluster.cli.auth import auth_app
 from cluster.settings import Settings
 
 

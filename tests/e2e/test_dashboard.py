@@ -16,8 +16,8 @@ import pyotp
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from tests.conftest import SCRAPER
 from tests.integration.conftest import kill_tenant
 

@@ -15,8 +15,8 @@ from playwright.sync_api import expect
 
 from actors.client import load_agent_specs
 from actors.examples.review import review_specs
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from tests.e2e.test_dashboard import PASSWORD, Scene, browser  # noqa: F401 (a fixture)
 from tests.integration.conftest import kill_tenant
 from tests.integration.helpers import REPO_ROOT

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from actors.client import load_agent_specs
 from actors.examples.review import FILES, FUNCTIONS, review_specs
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from cluster.settings import Settings
 from serve.deployment import APP_NAME
 from serve.protos import dafnck_pb2 as pb
@@ -129,7 +129,7 @@ def test_a_demo_execution_with_arrow_outputs_reads_over_rest_grpc_and_the_cli(
         "DAFNCK_STATE_DIR": str(e2e_settings.state_dir),
         "DAFNCK_TENANT": tenant.name,
     }
-    from cluster.cli_executions import exec_app
+    from cluster.cli.executions import exec_app
 
     printed = CliRunner().invoke(exec_app, ["show", eid], env=env)
     assert printed.exit_code == 0, printed.output

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from cluster.settings import Settings
 from serve.deployment import APP_NAME
 from serve.protos import dafnck_pb2 as pb

@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from tests.e2e.conftest import Tenant
 
 pytestmark = pytest.mark.timeout(180)

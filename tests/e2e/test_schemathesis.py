@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from tests.e2e.conftest import Tenant
 from tests.integration.helpers import REPO_ROOT
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from tests.e2e.conftest import ECHO, Tenant
 
 GATED = {

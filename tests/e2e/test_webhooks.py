@@ -15,7 +15,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from tests.e2e.conftest import ECHO, Tenant
 from tests.fixtures.webhook_receiver import Receiver, receiving
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from tests.integration import test_api_executions as shared
 from tests.integration.test_api_executions import Keys
 

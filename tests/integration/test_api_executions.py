@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 import serve.app
 from actors.client import Client
 from actors.models import AgentSpec
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from cluster.settings import Settings
 from cluster.store import connect_store
 from serve.app import build_app

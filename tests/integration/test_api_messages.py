@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from actors.client import Client
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from tests.integration import test_api_executions as shared
 from tests.integration.test_api_executions import Keys
 

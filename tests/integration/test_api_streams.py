@@ -12,7 +12,7 @@ from starlette.websockets import WebSocketDisconnect
 
 import serve.api_streams
 from actors.client import Client
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from tests.integration import test_api_executions as shared
 from tests.integration.test_api_executions import Keys, all_events, chain, wait_status
 

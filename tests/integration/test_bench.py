@@ -10,7 +10,7 @@ import pytest
 import ray
 from rich.console import Console
 
-from cluster.bench import SUITES, render_table, run_bench
+from cluster.bench.core import SUITES, render_table, run_bench
 from cluster.errors import ConfigError
 from cluster.settings import RAY_NAMESPACE, Settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.bench import run_bench
+from cluster.bench.core import run_bench
 from cluster.settings import Settings
 
 

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from actors.client import Client
 from actors.messages import DomainEvent
 from actors.models import AgentSpec
+from cluster.cli.llm_demo import WORKFLOW, demo_specs
 from cluster.errors import SpecInvalid
-from cluster.llm_demo import WORKFLOW, demo_specs
 from cluster.settings import Settings
 from tests.fixtures.fake_llm import FakeLLM
 from tests.integration import test_api_executions as shared

@@ -39,8 +39,8 @@ def api(tenant_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 @pytest.fixture
 def admin(client: Client) -> dict[str, str]:
-    from cluster.security import Security
-    from cluster.security_models import Role
+    from cluster.auth.models import Role
+    from cluster.auth.security import Security
 
     security = Security.from_settings(client.store, client.settings)
     _, secret = security.keys.create_api_key(client.settings.tenant, Role.ADMIN, "canary-test")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from actors.client import Client, connect
 from actors.models import AgentSpec
-from cluster.cli_executions import exec_app
+from cluster.cli.executions import exec_app
 from cluster.errors import NotFound
 from cluster.retention import DAY, Purger, PurgeReport, trim_messages
 from cluster.settings import Settings

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from cluster.auth_keys import AUTH_SPACE
-from cluster.cli_auth import auth_app
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.keys import AUTH_SPACE
+from cluster.auth.models import Role
+from cluster.auth.security import Security
+from cluster.cli.auth import auth_app
 from cluster.settings import Settings
 from tests.e2e.conftest import ECHO, Tenant, _tenant
 from tests.integration.conftest import kill_tenant

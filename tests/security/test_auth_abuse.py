@@ -21,9 +21,9 @@ import pytest
 from google.protobuf import json_format
 from typer.testing import CliRunner
 
-from cluster.cli_auth import auth_app
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
+from cluster.cli.auth import auth_app
 from cluster.settings import Settings
 from serve.deployment import APP_NAME
 from serve.protos import dafnck_pb2 as pb

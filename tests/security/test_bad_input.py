@@ -12,7 +12,7 @@ import grpc
 import httpx
 import pytest
 
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from cluster.settings import Settings
 from serve.deployment import APP_NAME
 from serve.protos import dafnck_pb2 as pb

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.security import Security
-from cluster.security_models import AuditEntry, Role
+from cluster.auth.models import AuditEntry, Role
+from cluster.auth.security import Security
 from cluster.settings import Settings
 from cluster.store import connect_store
 from tests.e2e.conftest import Tenant

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import ray
 
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from cluster.settings import Settings
 from tests.e2e.conftest import ECHO, Tenant
 

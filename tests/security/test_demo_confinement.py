@@ -19,7 +19,7 @@ import pytest
 
 from actors.client import load_agent_specs
 from actors.examples.review import review_specs
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from tests.e2e.conftest import Tenant
 from tests.integration.helpers import REPO_ROOT
 

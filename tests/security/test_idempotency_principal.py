@@ -7,8 +7,8 @@ import uuid
 
 import httpx
 
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from tests.e2e.conftest import Tenant
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from cluster.quotas import Quotas
-from cluster.security import Security
-from cluster.security_models import Role
 from cluster.settings import Settings
 from tests.e2e.conftest import ECHO, Tenant, _tenant
 from tests.integration.conftest import kill_tenant

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from tests.e2e.conftest import ECHO, Tenant
 from tests.integration.conftest import kill_tenant
 from tests.integration.helpers import wait_until

@@ -22,7 +22,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.routing import BaseRoute
 
-from cluster.security_models import PERMISSIONS, Action, Role
+from cluster.auth.models import PERMISSIONS, Action, Role
 from cluster.settings import Settings
 from serve.app import build_app
 from tests.e2e.conftest import Tenant

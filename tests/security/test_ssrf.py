@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from actors.webhooks import WebhookSpec, register_webhook
-from cluster.security import Security
-from cluster.security_models import Role
+from cluster.auth.models import Role
+from cluster.auth.security import Security
 from cluster.settings import Settings
 from cluster.store import connect_store
 from tests.e2e.conftest import ECHO

@@ -13,7 +13,7 @@ import redis
 
 from actors.client import Client
 from actors.models import AgentSpec
-from cluster.auth_keys import ApiKeys
+from cluster.auth.keys import ApiKeys
 from cluster.redis_acl import PASSWORDS_KEY
 from cluster.store import Store
 

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 
 from actors.client import Client
 from actors.models import AgentSpec
-from cluster.security_models import Role
+from cluster.auth.models import Role
 from cluster.settings import Settings
 from serve.deployment import APP_NAME
 from serve.protos import dafnck_pb2 as pb

@@ -10,7 +10,7 @@ import pytest
 
 from actors.llm_effects import LLMEffects
 from cluster.errors import QuotaExceeded
-from cluster.llm_usage import UsageLedger
+from cluster.llm.usage import UsageLedger
 from cluster.quotas import Quotas
 from cluster.store import Store
 from tests.unit.actors.test_llm_effects import PRICES, Model, agent, task

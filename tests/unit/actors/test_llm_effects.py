@@ -11,8 +11,8 @@ import pytest
 from actors.llm_effects import LLMEffects
 from actors.models import AgentSpec, BudgetConfig, LLMConfig, Task, TaskContext
 from cluster.errors import BudgetExceeded, BudgetNeedsApproval, TaskFailed, ToolMayHaveRun
-from cluster.llm_prices import Prices
-from cluster.llm_usage import UsageLedger, WorkflowBudget
+from cluster.llm.prices import Prices
+from cluster.llm.usage import UsageLedger, WorkflowBudget
 from cluster.metrics import REGISTRY
 from cluster.redact import MASK, register_secret
 from cluster.store import Store

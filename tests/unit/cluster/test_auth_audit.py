@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from cluster.auth_audit import AuditFilter, AuditLog
-from cluster.auth_keys import AUTH_SPACE, ApiKeys
+from cluster.auth.audit import AuditFilter, AuditLog
+from cluster.auth.keys import AUTH_SPACE, ApiKeys
+from cluster.auth.models import Principal, Role
 from cluster.errors import InputInvalid
 from cluster.logs import log_context
-from cluster.security_models import Principal, Role
 from cluster.store import Store
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from cluster import backup_keys
-from cluster.auth_audit import AuditLog
-from cluster.auth_keys import ApiKeys
-from cluster.data import DataManager
-from cluster.data_models import (
+from cluster.auth.audit import AuditLog
+from cluster.auth.keys import ApiKeys
+from cluster.auth.models import Principal, Role
+from cluster.data import keys as backup_keys
+from cluster.data.models import (
     ARROW_IPC,
     BackupCounts,
     BackupManifest,
@@ -23,9 +23,9 @@ from cluster.data_models import (
     DataObject,
     arrow_ipc,
 )
+from cluster.data.objects import DataManager
+from cluster.data.restore import operator_principal, restore_audited
 from cluster.errors import InputInvalid, NotFound, Unauthorized
-from cluster.restore import operator_principal, restore_audited
-from cluster.security_models import Principal, Role
 from cluster.store import Store
 
 TENANT_KEYS = ("auth:apikeys", "auth:users", "idempotency:abc", "audit")

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
+from cluster.bench.cache import measure_cache
 from cluster.cache import CacheManager
-from cluster.cache_bench import measure_cache
 from cluster.errors import ConfigError, StoreUnavailable
 from cluster.settings import load_settings
 from cluster.store import Store, connect_store

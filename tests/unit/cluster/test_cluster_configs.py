@@ -14,8 +14,8 @@ import pytest
 import ray
 import yaml
 
+from cluster.cli.jobs import JobSubmission, load_runtime_env, workflow_name
 from cluster.errors import ConfigError
-from cluster.jobs import JobSubmission, load_runtime_env, workflow_name
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs"

@@ -20,8 +20,7 @@ import redis
 from cryptography.fernet import Fernet
 from pydantic import BaseModel
 
-from cluster.data import KEY_ENV, DataManager
-from cluster.data_models import (
+from cluster.data.models import (
     BackupCriteria,
     BackupManifest,
     DataMetadata,
@@ -30,6 +29,7 @@ from cluster.data_models import (
     DataQuery,
     StorageResult,
 )
+from cluster.data.objects import KEY_ENV, DataManager
 from cluster.errors import ConfigError, Conflict, InputInvalid, NotFound
 from cluster.settings import load_settings
 from cluster.store import Store, connect_store

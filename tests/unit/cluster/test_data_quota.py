@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from cluster.data import DataManager
-from cluster.data_models import DataMetadata, DataQuery
+from cluster.data.models import DataMetadata, DataQuery
+from cluster.data.objects import DataManager
 from cluster.errors import StorageQuotaExceeded
 from cluster.quotas import Quotas
 from cluster.settings import load_settings

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from actors.client import load_agent_specs
+from cluster.cli.init import EXAMPLES_DIR, FILES, example, write_examples
 from cluster.errors import ConfigError
-from cluster.init import EXAMPLES_DIR, FILES, example, write_examples
 from workflows.loader import load_workflow_specs
 
 REPO = Path(__file__).resolve().parents[3]

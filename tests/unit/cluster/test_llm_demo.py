@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.cli.llm_demo import check_model_configured, demo_specs
 from cluster.errors import ConfigError
-from cluster.llm_demo import check_model_configured, demo_specs
 
 
 def test_without_a_key_or_an_endpoint_the_demo_says_what_to_set() -> None:

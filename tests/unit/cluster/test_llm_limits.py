@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cluster.errors import RateLimited
-from cluster.llm_limits import RateLimiter
-from cluster.llm_prices import Prices
+from cluster.llm.limits import RateLimiter
+from cluster.llm.prices import Prices
 from cluster.settings import Settings
 from cluster.store import Store, connect_store
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import SpecInvalid
-from cluster.llm_prices import DEFAULT_PATH, Limits, Prices, load_prices
-from cluster.llm_usage import Usage
+from cluster.llm.prices import DEFAULT_PATH, Limits, Prices, load_prices
+from cluster.llm.usage import Usage
 
 
 def test_the_shipped_config_prices_the_common_models() -> None:

@@ -11,12 +11,9 @@ import pyotp
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from cluster.auth_audit import AuditLog
-from cluster.auth_limits import RateLimits
-from cluster.data import KEY_ENV
-from cluster.errors import Conflict, DafnckError, Forbidden, InputInvalid, RateLimited, Unauthorized
-from cluster.security import Security, authorize, is_allowed
-from cluster.security_models import (
+from cluster.auth.audit import AuditLog
+from cluster.auth.limits import RateLimits
+from cluster.auth.models import (
     Action,
     ApiKeyInfo,
     ApiKeyRecord,
@@ -32,6 +29,9 @@ from cluster.security_models import (
     UserInfo,
     UserRecord,
 )
+from cluster.auth.security import Security, authorize, is_allowed
+from cluster.data.objects import KEY_ENV
+from cluster.errors import Conflict, DafnckError, Forbidden, InputInvalid, RateLimited, Unauthorized
 from cluster.settings import load_settings
 from cluster.store import Store, connect_store
 

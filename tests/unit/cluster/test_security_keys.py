@@ -9,9 +9,9 @@ import secrets
 
 import pytest
 
-from cluster.auth_keys import ApiKeys
+from cluster.auth.keys import ApiKeys
+from cluster.auth.models import Role
 from cluster.errors import InputInvalid, NotFound, Unauthorized
-from cluster.security_models import Role
 from cluster.store import Store
 
 

@@ -11,15 +11,15 @@ import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from cluster.auth_audit import AuditLog
-from cluster.auth_keys import ApiKeys
-from cluster.auth_limits import LoginLimits, RateLimits
-from cluster.auth_tokens import JwtKeyring, TokenService
-from cluster.auth_users import BAD_LOGIN, Users
-from cluster.data import KEY_ENV, KeyRing
+from cluster.auth.audit import AuditLog
+from cluster.auth.keys import ApiKeys
+from cluster.auth.limits import LoginLimits, RateLimits
+from cluster.auth.models import Role, SecurityConfig
+from cluster.auth.security import Security
+from cluster.auth.tokens import JwtKeyring, TokenService
+from cluster.auth.users import BAD_LOGIN, Users
+from cluster.data.objects import KEY_ENV, KeyRing
 from cluster.errors import RateLimited, Unauthorized
-from cluster.security import Security
-from cluster.security_models import Role, SecurityConfig
 from cluster.store import Store
 
 PASSWORD = "correct horse battery"

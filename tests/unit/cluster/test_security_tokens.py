@@ -15,9 +15,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from cluster.auth_tokens import KEY_FILE, JwtKeyring, TokenService, rotate_key_file
+from cluster.auth.models import Principal, Role, SecurityConfig
+from cluster.auth.tokens import KEY_FILE, JwtKeyring, TokenService, rotate_key_file
 from cluster.errors import ConfigError, InputInvalid, Unauthorized
-from cluster.security_models import Principal, Role, SecurityConfig
 
 KEY_PRINCIPAL = Principal(
     subject="key:0123456789abcdef",

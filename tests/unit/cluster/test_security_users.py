@@ -13,10 +13,10 @@ import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from cluster.auth_users import BAD_LOGIN, Users
-from cluster.data import KEY_ENV, KeyRing
+from cluster.auth.models import Role, SecurityConfig
+from cluster.auth.users import BAD_LOGIN, Users
+from cluster.data.objects import KEY_ENV, KeyRing
 from cluster.errors import Conflict, InputInvalid, NotFound, Unauthorized
-from cluster.security_models import Role, SecurityConfig
 from cluster.store import Store
 
 PASSWORD = "correct horse battery"

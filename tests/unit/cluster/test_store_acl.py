@@ -14,7 +14,7 @@ import redis
 
 from actors.events import EventBus
 from actors.messages import DomainEvent
-from cluster.auth_keys import ApiKeys
+from cluster.auth.keys import ApiKeys
 from cluster.errors import ConfigError
 from cluster.redis_acl import (
     PASSWORDS_KEY,

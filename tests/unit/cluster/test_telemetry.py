@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster import metrics, tracing
-from cluster.cli_obs import matching_lines, read_local
+from cluster.cli.obs import matching_lines, read_local
 from cluster.logs import install, log_context
 from cluster.settings import Settings, load_settings
 from cluster.span_store import execution_spans
@@ -183,7 +183,7 @@ def test_the_grafana_dashboard_shows_every_metric() -> None:
 def test_status_shows_each_component_and_pool() -> None:
     from rich.console import Console
 
-    from cluster.cli_obs import components_table
+    from cluster.cli.obs import components_table
 
     health = {"components": {
         "store": {"status": "unavailable", "latency_ms": None, "url": "redis://h:1"},
