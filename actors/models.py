@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from cluster.contracts import Contract, Record
+from cluster.errors import ErrorInfo
 from cluster.llm.usage import WorkflowBudget
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
@@ -455,12 +456,6 @@ class Task(Contract):
         if value and "@" in value:
             version_range(value.partition("@")[2])
         return value
-
-
-class ErrorInfo(Record):
-    type: str
-    message: str
-    retryable: bool = False
 
 
 class TaskResult(Record):

@@ -19,7 +19,7 @@ from cluster.errors import DafnckError, QueueFull, SpecInvalid
 from cluster.quotas import Quotas
 from workflows.dispatch import Dispatcher
 from workflows.engine import StepOutcome, StepRequest, WorkflowEngine
-from workflows.execution import Execution, ExecutionStatus, StepError
+from workflows.execution import Execution, ExecutionStatus
 from workflows.run import Run
 from workflows.spec import WorkflowSpec
 from workflows.store import ExecutionStore
@@ -46,11 +46,11 @@ class AgentDispatcher:
                 except QueueFull:
                     await asyncio.sleep(_QUEUE_FULL_WAIT_S)
         except DafnckError as exc:
-            return StepOutcome(ok=False, error=StepError(**exc.to_dict()))
+            return StepOutcome(ok=False, error=exc.info())
         if result.ok:
             return StepOutcome(ok=True, output=result.output)
         error = result.error
-        return StepOutcome(ok=False, error=StepError(**error.model_dump()) if error else None)
+        return StepOutcome(ok=False, error=error)
 
     def _task(self, request: StepRequest) -> Task:
         capability, agent = request.target, None

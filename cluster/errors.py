@@ -11,6 +11,25 @@ import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorInfo(BaseModel):
+    """An error as every surface carries it: a task's result, a step's and an execution's
+    record, the API's error body (`{"error": {...}}`), logs. Details ride along under their
+    own names: `problems` of bad input, `limit`/`value` of a quota, `retry_after_s`, ..."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    #: The error's class name (`QueueFull`), or the agent's own exception's.
+    type: str
+    #: What went wrong, naming the field or value and what to do instead.
+    message: str
+    #: Whether trying again (unchanged) may help.
+    retryable: bool = False
+    #: Bad input: every problem found (text, or `{"field", "problem"}`).
+    problems: list[Any] | None = Field(default=None, exclude_if=lambda v: v is None)
+
 
 class DafnckError(Exception):
     """Root of every error the platform raises on purpose."""
@@ -26,9 +45,22 @@ class DafnckError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def details(self) -> dict[str, Any]:
+        """What a subclass adds to the error's `ErrorInfo` (JSON-safe), by field name."""
+        return {}
+
+    def info(self) -> ErrorInfo:
+        """This error as API bodies, task results, step records and logs carry it."""
+        return ErrorInfo(
+            type=type(self).__name__,
+            message=self.message,
+            retryable=self.retryable,
+            **self.details(),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe shape for API bodies, task results and logs."""
-        return {"type": type(self).__name__, "message": self.message, "retryable": self.retryable}
+        """`info()` as JSON-safe data."""
+        return self.info().model_dump(mode="json")
 
 
 class ConfigError(DafnckError):
@@ -105,8 +137,8 @@ class SpecInvalid(DafnckError):
     def message(self) -> str:
         return f"{self.args[0]} is invalid: " + "; ".join(self.problems)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "problems": list(self.problems)}
+    def details(self) -> dict[str, Any]:
+        return {"problems": list(self.problems)}
 
 
 class InputInvalid(SpecInvalid):
@@ -142,8 +174,8 @@ class QuotaExceeded(DafnckError):
         detail = f": {self.args[2]}" if len(self.args) > 2 and self.args[2] else ""
         return f"quota {self.limit!r} ({self.value:g}) exceeded{detail}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "limit": self.limit, "value": self.value}
+    def details(self) -> dict[str, Any]:
+        return {"limit": self.limit, "value": self.value}
 
 
 class StorageQuotaExceeded(QuotaExceeded):
@@ -182,8 +214,8 @@ class TaskFailed(DafnckError):
     def retryable(self) -> bool:  # type: ignore[override]
         return bool(self.args[2])
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.error_type, "message": self.message, "retryable": self.retryable}
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(type=self.error_type, message=self.message, retryable=self.retryable)
 
 
 class Unauthorized(DafnckError):
@@ -219,8 +251,8 @@ class RateLimited(DafnckError):
     def retry_after_s(self) -> float:
         return float(self.args[1])
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "retry_after_s": self.retry_after_s}
+    def details(self) -> dict[str, Any]:
+        return {"retry_after_s": self.retry_after_s}
 
 
 class BudgetExceeded(DafnckError):
@@ -281,6 +313,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "DafnckError",
+    "ErrorInfo",
     "Forbidden",
     "InputInvalid",
     "NotFound",

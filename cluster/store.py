@@ -12,7 +12,7 @@ from redis._parsers import _AsyncRESP3Parser, _RESP3Parser
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from cluster.errors import StoreFull, StoreUnavailable
+from cluster.errors import ErrorInfo, StoreFull, StoreUnavailable
 from cluster.settings import Settings
 from cluster.valkey import ensure_valkey, running_url
 
@@ -44,8 +44,8 @@ class StoreFullReply(StoreFull, redis.exceptions.OutOfMemoryError):  # type: ign
         super().__init__(reply, *args[1:], status_code=status_code)
         self.status_code = StoreFull.status_code  # redis-py's "OOM" would shadow the HTTP one
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "type": "StoreFull"}
+    def info(self) -> ErrorInfo:
+        return super().info().model_copy(update={"type": "StoreFull"})
 
 
 class _Parser(_RESP3Parser):

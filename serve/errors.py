@@ -12,30 +12,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.errors import DafnckError, QueueFull, QuotaExceeded, RateLimited
+from cluster.errors import DafnckError, ErrorInfo, QueueFull, QuotaExceeded, RateLimited
 
 log = logging.getLogger(__name__)
-
-
-class ErrorDetail(BaseModel):
-    """What went wrong: the error's type, a message naming the problem, and for bad input
-    every problem found (`{"field", "problem"}` or text)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    message: str
-    retryable: bool | None = None
-    problems: list[Any] | None = None
 
 
 class ErrorResponse(BaseModel):
     """The body of every error answer."""
 
-    error: ErrorDetail
+    error: ErrorInfo
 
 
 _WHY = {
@@ -56,8 +44,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error_body(type_: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"type": type_, "message": message, **extra}}
+def error_body(type_: str, message: str, **details: Any) -> dict[str, Any]:
+    """The body of an error answer for a problem no `DafnckError` names."""
+    info = ErrorInfo(type=type_, message=message, **details)
+    return ErrorResponse(error=info).model_dump(mode="json")
 
 
 def _platform(request: Request, exc: Exception) -> JSONResponse:
@@ -72,7 +62,8 @@ def _platform(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status_code if known else 500
     if status >= 500 and not exc.retryable:
         log.error("request failed: %s", exc.message)
-    return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
+    body = ErrorResponse(error=exc.info()).model_dump(mode="json")
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _invalid(request: Request, exc: Exception) -> JSONResponse:

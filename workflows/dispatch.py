@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cluster.errors import DafnckError
-from workflows.execution import StepError
+from cluster.errors import DafnckError, ErrorInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,7 +37,7 @@ class StepRequest:
 class StepOutcome:
     ok: bool
     output: Any = None
-    error: StepError | None = None
+    error: ErrorInfo | None = None
 
 
 class Dispatcher(Protocol):
@@ -50,11 +49,11 @@ class Dispatcher(Protocol):
 class StepFailed(DafnckError):
     """A step ended in failure; carries the error that the step's record keeps."""
 
-    def __init__(self, error: StepError) -> None:
+    def __init__(self, error: ErrorInfo) -> None:
         super().__init__(error)
 
     @property
-    def error(self) -> StepError:
+    def error(self) -> ErrorInfo:
         return self.args[0]  # type: ignore[no-any-return]
 
     @property
@@ -62,15 +61,15 @@ class StepFailed(DafnckError):
         return self.error.message
 
 
-def step_error(exc: BaseException) -> StepError:
+def step_error(exc: BaseException) -> ErrorInfo:
     """The error a step's (or an execution's) record keeps for `exc`."""
     if isinstance(exc, StepFailed):
         return exc.error
     if isinstance(exc, TimeoutError):
-        return StepError(type="TaskTimeout", message="step timed out", retryable=True)
+        return ErrorInfo(type="TaskTimeout", message="step timed out", retryable=True)
     if isinstance(exc, DafnckError):
-        return StepError(type=type(exc).__name__, message=exc.message, retryable=exc.retryable)
-    return StepError(type=type(exc).__name__, message=str(exc))
+        return exc.info()
+    return ErrorInfo(type=type(exc).__name__, message=str(exc))
 
 
 __all__ = ["Dispatcher", "StepFailed", "StepOutcome", "StepRequest", "step_error"]

@@ -18,14 +18,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.errors import Conflict, DafnckError, QuotaExceeded
+from cluster.errors import Conflict, DafnckError, ErrorInfo, QuotaExceeded
 from cluster.quotas import Quotas
 from workflows.dispatch import Dispatcher, StepFailed, StepOutcome, StepRequest, step_error
 from workflows.execution import (
-    Approval,
+    ApprovalDecision,
     Execution,
     ExecutionStatus,
-    StepError,
     StepState,
     StepStatus,
 )
@@ -220,7 +219,7 @@ class WorkflowEngine:
         await self._finish(
             run,
             ExecutionStatus.CANCELLED,
-            StepError(type="Cancelled", message=reason or f"cancelled by {by or 'operator'}"),
+            ErrorInfo(type="Cancelled", message=reason or f"cancelled by {by or 'operator'}"),
         )
         return run.execution
 
@@ -236,7 +235,7 @@ class WorkflowEngine:
                 f"step {step_id!r} of execution {execution_id} is {status}, not waiting for approval"
             )
         gate.future.set_result(
-            Approval(decision="approved" if approved else "rejected", by=by, reason=reason)
+            ApprovalDecision(decision="approved" if approved else "rejected", by=by, reason=reason)
         )
         await asyncio.sleep(0)
         return run.execution
@@ -319,11 +318,11 @@ class WorkflowEngine:
         states = run.execution.steps
         failed = self._failed(run)
         if failed:
-            first = states[failed[0]].error or StepError(type="StepFailed", message="step failed")
+            first = states[failed[0]].error or ErrorInfo(type="StepFailed", message="step failed")
             await self._finish(
                 run,
                 ExecutionStatus.FAILED,
-                StepError(type=first.type, message=f"step {failed[0]!r} failed: {first.message}"),
+                ErrorInfo(type=first.type, message=f"step {failed[0]!r} failed: {first.message}"),
             )
             return
         try:
@@ -341,7 +340,7 @@ class WorkflowEngine:
             return False
 
     async def _finish(
-        self, run: Run, status: ExecutionStatus, error: StepError | None = None
+        self, run: Run, status: ExecutionStatus, error: ErrorInfo | None = None
     ) -> None:
         for task in list(run.tasks.values()):
             task.cancel()

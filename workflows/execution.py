@@ -1,4 +1,8 @@
-"""Execution records: what Redis keeps about one run of a workflow, and its events."""
+"""Execution records: what Redis keeps about one run of a workflow, and its events.
+
+They are `Record`s (unknown fields tolerated); the two the engine updates in place while it
+drives a run (`Execution`, `StepState`) are not frozen. A step's or an execution's error is
+the platform's one `ErrorInfo`."""
 
 from __future__ import annotations
 
@@ -7,13 +11,10 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-
-class Record(BaseModel):
-    """Kept in Redis: unknown fields tolerated so a rolling upgrade reads old and new."""
-
-    model_config = ConfigDict(extra="ignore")
+from cluster.contracts import Record
+from cluster.errors import ErrorInfo
 
 
 class ExecutionStatus(StrEnum):
@@ -54,13 +55,9 @@ class StepStatus(StrEnum):
         )
 
 
-class StepError(Record):
-    type: str
-    message: str
-    retryable: bool = False
+class ApprovalDecision(Record):
+    """A person's (or the gate's timeout's) answer at a step's approval gate."""
 
-
-class Approval(Record):
     decision: str  # approved | rejected | timed_out
     by: str
     reason: str = ""
@@ -68,15 +65,17 @@ class Approval(Record):
 
 
 class StepState(Record):
+    model_config = ConfigDict(frozen=False)
+
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
     output: Any = None
-    error: StepError | None = None
+    error: ErrorInfo | None = None
     started_at: float | None = None
     finished_at: float | None = None
     #: for_each steps: how many items there are and how each ended.
     items: list[str] | None = None
-    approval: Approval | None = None
+    approval: ApprovalDecision | None = None
     #: Set while the step runs as another step's fallback, or as a sub-workflow.
     child_execution: str | None = None
     #: A person approved this step past the workflow's budget: it is no longer checked.
@@ -84,13 +83,15 @@ class StepState(Record):
 
 
 class Execution(Record):
+    model_config = ConfigDict(frozen=False)
+
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     workflow: str
     version: int
     status: ExecutionStatus = ExecutionStatus.PENDING
     inputs: dict[str, Any] = {}
     outputs: dict[str, Any] | None = None
-    error: StepError | None = None
+    error: ErrorInfo | None = None
     steps: dict[str, StepState] = {}
     parent: str | None = None
     created_at: float = Field(default_factory=time.time)

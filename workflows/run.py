@@ -13,12 +13,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.errors import ErrorInfo
 from workflows.execution import (
-    Approval,
+    ApprovalDecision,
     Event,
     Execution,
     ExecutionStatus,
-    StepError,
     StepState,
     StepStatus,
 )
@@ -30,7 +30,7 @@ from workflows.writer import Writer
 class OpenGate:
     """A step waiting for a person's decision."""
 
-    future: asyncio.Future[Approval]
+    future: asyncio.Future[ApprovalDecision]
     deadline: float | None
 
 
@@ -142,7 +142,7 @@ class Recorder:
         kind: str,
         *,
         output: Any = None,
-        error: StepError | None = None,
+        error: ErrorInfo | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
         state = run.state(key)

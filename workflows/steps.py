@@ -12,10 +12,10 @@ import asyncio
 import time
 from typing import Any, Protocol
 
-from cluster.errors import DafnckError, QuotaExceeded
+from cluster.errors import DafnckError, ErrorInfo, QuotaExceeded
 from cluster.quotas import Quotas
 from workflows.dispatch import Dispatcher, StepFailed, StepOutcome, StepRequest, step_error
-from workflows.execution import Approval, Execution, ExecutionStatus, StepError, StepStatus
+from workflows.execution import ApprovalDecision, Execution, ExecutionStatus, StepStatus
 from workflows.expressions import EvalLimits, compile_expr, render_async
 from workflows.run import OpenGate, Recorder, Run
 from workflows.spec import Approval as Gate
@@ -92,7 +92,7 @@ class StepRunner:
             return
         self._rec.step_done(run, step.id, StepStatus.SUCCEEDED, "step.succeeded", output=output)
 
-    async def _fail(self, run: Run, step: StepSpec, error: StepError) -> None:
+    async def _fail(self, run: Run, step: StepSpec, error: ErrorInfo) -> None:
         """Record the failure, or run the step's fallback and let its result stand in."""
         if step.fallback:
             self._rec.change(
@@ -134,7 +134,7 @@ class StepRunner:
         state.started_at = state.started_at or time.time()
         # Open before it is announced: a decision that arrives while the change is being
         # saved finds the gate instead of a Conflict.
-        future: asyncio.Future[Approval] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ApprovalDecision] = asyncio.get_running_loop().create_future()
         run.gates[key] = OpenGate(future, deadline)
         try:
             self._rec.change(
@@ -162,27 +162,27 @@ class StepRunner:
             return True
         error_type = "Rejected" if decision.decision == "rejected" else "ApprovalTimeout"
         raise StepFailed(
-            StepError(
+            ErrorInfo(
                 type=error_type, message=f"{decision.decision} by {decision.by}: {decision.reason}"
             )
         )
 
     @staticmethod
     async def _decision(
-        gate: Gate, future: asyncio.Future[Approval], deadline: float | None
-    ) -> Approval:
+        gate: Gate, future: asyncio.Future[ApprovalDecision], deadline: float | None
+    ) -> ApprovalDecision:
         """A person's decision, or the gate's own when its deadline passes first."""
         try:
             timeout = max(deadline - time.time(), 0) if deadline else None
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            return Approval(
+            return ApprovalDecision(
                 decision=_ON_TIMEOUT[gate.on_timeout],
                 by="timeout",
                 reason=f"no decision in {gate.timeout_s}s",
             )
 
-    async def _budget_gate(self, run: Run, step: StepSpec, key: str, error: StepError) -> None:
+    async def _budget_gate(self, run: Run, step: StepSpec, key: str, error: ErrorInfo) -> None:
         """Hold the step that ran out of budget for a person; approving waives the budget
         for the rest of this step, whose attempt goes on (its replies replay for free).
 
@@ -206,7 +206,7 @@ class StepRunner:
         items = await compile_expr(spec.items).evaluate_async(context, self._engine.limits)
         if not isinstance(items, list):
             raise StepFailed(
-                StepError(
+                ErrorInfo(
                     type="InputInvalid",
                     message=f"for_each.items gave {type(items).__name__}, not a list",
                 )
@@ -338,7 +338,7 @@ class StepRunner:
         message = child.error.message if child.error else child.status.value
         return StepOutcome(
             ok=False,
-            error=StepError(
+            error=ErrorInfo(
                 type="WorkflowFailed",
                 message=f"sub-workflow {child_id} {child.status.value}: {message}",
             ),
@@ -356,9 +356,9 @@ def _join(step: StepSpec, results: list[Any]) -> list[Any]:
     join = step.for_each.join
     need = len(results) if join == "all" else 1 if join == "any" else int(join)
     if ok < need:
-        first = errors[0].error if errors else StepError(type="JoinFailed", message="no items")
+        first = errors[0].error if errors else ErrorInfo(type="JoinFailed", message="no items")
         raise StepFailed(
-            StepError(
+            ErrorInfo(
                 type=first.type,
                 message=f"{ok} of {len(results)} items succeeded, {need} needed; first error: {first.message}",
             )
@@ -366,7 +366,7 @@ def _join(step: StepSpec, results: list[Any]) -> list[Any]:
     return [None if isinstance(r, BaseException) else r for r in results]
 
 
-def _retryable(step: StepSpec, error: StepError, attempts: int) -> bool:
+def _retryable(step: StepSpec, error: ErrorInfo, attempts: int) -> bool:
     if attempts >= step.retry.attempts:
         return False
     return error.type in step.retry.on if step.retry.on else error.retryable

@@ -179,9 +179,10 @@ def test_every_contract_and_error_has_a_sample() -> None:
     """A new contract or error class must be added to the round trip below."""
     contracts = {
         obj
-        for _, obj in inspect.getmembers(models, inspect.isclass)
+        for module in (models, errors)
+        for _, obj in inspect.getmembers(module, inspect.isclass)
         if issubclass(obj, BaseModel)
-        and obj.__module__ == models.__name__
+        and obj.__module__ == module.__name__
         and obj not in (models.Contract, models.Record)
     }
     errors_defined = {
@@ -211,6 +212,31 @@ def test_round_trip(sample: Any) -> None:
         assert copy.retryable == sample.retryable
         assert copy.to_dict() == sample.to_dict()
         assert copy.args == sample.args
+
+
+@pytest.mark.parametrize("sample", ERRORS.values(), ids=[e.__name__ for e in ERRORS])
+def test_every_error_is_one_error_info(sample: errors.DafnckError) -> None:
+    """API bodies, task results and step records all carry `info()`; `to_dict()` is its dump,
+    details included under their own names, and it survives Redis (JSON) and Ray (pickle)."""
+    info = sample.info()
+    assert isinstance(info, ErrorInfo)
+    assert (info.message, info.retryable) == (sample.message, sample.retryable)
+    assert sample.to_dict() == info.model_dump(mode="json")
+    assert ErrorInfo.model_validate_json(info.model_dump_json()) == info
+    assert pickle.loads(pickle.dumps(info)) == info
+    step = execution_records.StepState(error=info)
+    assert execution_records.StepState.model_validate_json(step.model_dump_json()).error == info
+
+
+def test_error_details_keep_their_names() -> None:
+    quota = errors.QuotaExceeded("agents", 5).to_dict()
+    assert (quota["type"], quota["limit"], quota["value"]) == ("QuotaExceeded", "agents", 5.0)
+    assert errors.RateLimited("slow down", 2.5).to_dict()["retry_after_s"] == 2.5
+    assert "problems" not in errors.NotFound("gone").to_dict()  # no empty detail fields
+    result = TaskResult(
+        task_id="t", status="failed", error=errors.InputInvalid("input", ["n"]).info()
+    )
+    assert result.model_dump()["error"]["problems"] == ["n"]
 
 
 def test_errors_say_whether_retrying_helps() -> None:
@@ -283,11 +309,11 @@ WORKFLOW = workflow_spec.WorkflowSpec.model_validate({
          "on_error": {"fallback": "ls"}},
     ],
 })  # fmt: skip
-STEP_ERROR = execution_records.StepError(type="TaskTimeout", message="late", retryable=True)
+STEP_ERROR = ErrorInfo(type="TaskTimeout", message="late", retryable=True)
 STATE = execution_records.StepState(
     status=execution_records.StepStatus.SUCCEEDED, attempts=2, output={"n": [1]}, error=STEP_ERROR,
     started_at=1.0, finished_at=2.0, items=["each[0]"],
-    approval=execution_records.Approval(decision="approved", by="ann", reason="ok", at=3.0),
+    approval=execution_records.ApprovalDecision(decision="approved", by="ann", reason="ok", at=3.0),
 )  # fmt: skip
 WORKFLOW_CONTRACTS: dict[type[BaseModel], BaseModel] = {
     workflow_spec.WorkflowSpec: WORKFLOW,
@@ -300,8 +326,7 @@ WORKFLOW_CONTRACTS: dict[type[BaseModel], BaseModel] = {
     workflow_spec.Trigger: workflow_spec.Trigger(
         topic="repo.changed", inputs={"p": "${{ message.payload.p }}"}
     ),
-    execution_records.StepError: STEP_ERROR,
-    execution_records.Approval: STATE.approval,  # type: ignore[dict-item]
+    execution_records.ApprovalDecision: STATE.approval,  # type: ignore[dict-item]
     execution_records.StepState: STATE,
     execution_records.Execution: execution_records.Execution(
         id="e1",

@@ -11,10 +11,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from cluster.errors import Conflict, InputInvalid
+from cluster.errors import Conflict, ErrorInfo, InputInvalid
 from cluster.store import Store
 from workflows.engine import StepOutcome, StepRequest, WorkflowEngine
-from workflows.execution import ExecutionStatus, StepError, StepStatus
+from workflows.execution import ExecutionStatus, StepStatus
 from workflows.spec import WorkflowSpec
 from workflows.store import BlobStore, ExecutionStore
 
@@ -38,7 +38,7 @@ class FakeDispatcher:
             retryable = isinstance(exc, ConnectionError)
             return StepOutcome(
                 ok=False,
-                error=StepError(type=type(exc).__name__, message=str(exc), retryable=retryable),
+                error=ErrorInfo(type=type(exc).__name__, message=str(exc), retryable=retryable),
             )
 
 

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from cluster.errors import ErrorInfo
 from cluster.store import Store
 from tests.unit.workflows.test_engine import _crash, make, spec
 from workflows.engine import StepOutcome, StepRequest
-from workflows.execution import ExecutionStatus, StepError, StepStatus
+from workflows.execution import ExecutionStatus, StepStatus
 from workflows.spec import WorkflowSpec
 
 
@@ -27,7 +28,7 @@ class BudgetDispatcher:
     async def run(self, request: StepRequest) -> StepOutcome:
         self.requests.append(request)
         if request.budget is not None and not request.budget_waived:
-            error = StepError(type=self.error_type, message="execution e reached its budget")
+            error = ErrorInfo(type=self.error_type, message="execution e reached its budget")
             return StepOutcome(ok=False, error=error)
         return StepOutcome(ok=True, output=f"done at attempt {request.attempt}")
 
