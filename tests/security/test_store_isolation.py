@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from actors.client import Client
 from actors.models import AgentSpec
@@ -78,7 +80,9 @@ def test_a_replica_reaches_only_its_own_tenants_keys(client: Client, other_tenan
 def test_the_embedded_valkey_refuses_a_client_without_its_password(client: Client) -> None:
     where = urlsplit(client.store.url)
     assert where.password  # the session's Valkey is started as `dafnck up` starts it
-    anonymous = redis.Redis(host=where.hostname or "", port=where.port or 0, protocol=2)
+    anonymous = redis.Redis(
+        host=where.hostname or "", port=where.port or 0, protocol=2, retry=Retry(NoBackoff(), 0)
+    )
     with pytest.raises(redis.AuthenticationError, match=r"(?i)authentication required"):
         anonymous.get("dafnck:_auth:apikeys")
     anonymous.close()

@@ -13,9 +13,11 @@ import pytest
 from actors.hub import CommunicationHub, EventBus, Forbidden, MessageQueue
 from actors.messages import DomainEvent, Message, Subscription
 from actors.models import AgentRecord, AgentSpec, AgentStatus
+from actors.queues import QUEUE_GROUP
 from actors.registry import AgentRegistry
 from cluster.errors import AgentNotFound, NotFound, QueueFull, SpecInvalid
 from cluster.store import Store
+from tests.unit.waiting import idle_past, until_some
 
 
 def record(name: str, *capabilities: str, status: AgentStatus = AgentStatus.ACTIVE) -> AgentRecord:
@@ -112,8 +114,7 @@ async def test_message_of_a_dead_replica_goes_to_another(hub: CommunicationHub) 
     (first, *_) = await hub.readers("alpha", "r1", claim_idle_ms=100)
     (second, *_) = await hub.readers("alpha", "r2", claim_idle_ms=100)
     assert len(await first.read()) == 1  # r1 dies mid-handler: no ack
-    await asyncio.sleep(0.15)
-    (again,) = await second.read()
+    (again,) = await until_some(second.read, what="the redelivery to r2")
     assert (Message.from_fields(again.fields).payload, again.delivery_count) == ({"n": 7}, 2)
 
 
@@ -265,10 +266,17 @@ async def test_event_bus_subscribe_and_unsubscribe(store: Store) -> None:
     await bus.publish(DomainEvent(type="agent.created", subject="alpha", data={"v": 1}))
     await until(lambda: len(got) == 1)
     assert (got[0].subject, got[0].data, got[0].tenant) == ("alpha", {"v": 1}, store.tenant)
-    await bus.unsubscribe(subscription)
+    await bus.unsubscribe(subscription)  # returns once its reader has stopped
+    witnessed: list[str] = []
+
+    async def witness(event: DomainEvent) -> None:
+        witnessed.append(event.subject)
+
+    await bus.subscribe("agent.created", witness)
     await bus.publish(DomainEvent(type="agent.created", subject="beta"))
-    await asyncio.sleep(0.3)
+    await until(lambda: witnessed == ["beta"])  # out, and a live subscriber has it
     assert [e.subject for e in got] == ["alpha"]
+    await bus.close()
 
 
 async def test_event_pattern_follows_new_types_and_survives_a_failing_handler(store: Store) -> None:
@@ -319,10 +327,9 @@ async def test_unacked_dequeue_is_redelivered_then_dead_lettered(store: Store) -
     await queue.enqueue("jobs", msg(1))
     assert (await queue.dequeue("jobs", "w1")) is not None  # w1 never acknowledges
     assert await queue.dequeue("jobs", "w2") is None
-    await asyncio.sleep(0.15)
-    again = await queue.dequeue("jobs", "w2")
-    assert again is not None and again.payload == {"n": 1} and again.delivery_count == 2
-    await asyncio.sleep(0.15)
+    again = await until_some(lambda: queue.dequeue("jobs", "w2"), what="the redelivery")
+    assert again.payload == {"n": 1} and again.delivery_count == 2
+    await idle_past(store.redis, queue.queue_key("jobs"), QUEUE_GROUP, 100)
     assert await queue.dequeue("jobs", "w1") is None
     status = await queue.get_queue_status("jobs")
     assert (status.length, status.pending, status.dead_lettered) == (0, 0, 1)

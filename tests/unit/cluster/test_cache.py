@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,21 @@ def warm(cache: CacheManager, key: str, value: Any) -> None:
     assert eventually(served_from_l1)
 
 
+#: A key a listener holds in L1 so that `drain` can see its listener catch up.
+MARKER = "_marker"
+
+
+def drain(listener: CacheManager, sender: CacheManager) -> None:
+    """Return once `listener`'s thread has handled every change published before the call.
+
+    `listener` must hold MARKER in L1 (`listener.set(MARKER, 0)`): `sender` changes it, and
+    a listener handles messages in the order Redis sent them, so once MARKER is gone from
+    its L1 everything sent earlier has been handled too."""
+    size = listener.get_stats().l1.size
+    sender.set(MARKER, 1)
+    assert eventually(lambda: listener.get_stats().l1.size == size - 1)
+
+
 def connect(url: str, tmp_path: Path, tenant: str) -> Store:
     return connect_store(load_settings(tenant=tenant, state_dir=str(tmp_path)), url=url)
 
@@ -70,8 +86,8 @@ def pair(stores: list[Store]) -> Iterator[tuple[CacheManager, CacheManager]]:
     """Two started managers on two connections of the same tenant."""
     a, b = CacheManager(stores[0]).start(), CacheManager(stores[1]).start()
     yield a, b
-    a.close()
-    b.close()
+    with ThreadPoolExecutor(2) as pool:  # each listener takes up to a poll to notice
+        list(pool.map(CacheManager.close, (a, b)))
 
 
 @pytest.fixture
@@ -121,8 +137,7 @@ def test_l2_entry_expires(stores: list[Store]) -> None:
     writer, reader = CacheManager(stores[0]), CacheManager(stores[1], l1_maxsize=0)
     writer.set("k", 1, ttl_s=0.2)
     assert reader.get("k") == 1
-    time.sleep(0.3)
-    assert reader.get("k") is None
+    assert eventually(lambda: reader.get("k") is None)
 
 
 def test_l1_honours_a_per_entry_ttl_shorter_than_its_own(stores: list[Store]) -> None:
@@ -131,8 +146,7 @@ def test_l1_honours_a_per_entry_ttl_shorter_than_its_own(stores: list[Store]) ->
     # Behind the cache's back, so only L1 expiry can reveal the new value.
     cache.store.redis.set(l2_key(cache.store, "k"), json.dumps("new"))
     assert cache.get("k") == "old"
-    time.sleep(0.3)
-    assert cache.get("k") == "new"
+    assert eventually(lambda: cache.get("k") == "new")  # a 60 s L1 copy would outlast this
 
 
 def test_l1_default_ttl_bounds_every_entry(stores: list[Store]) -> None:
@@ -140,8 +154,7 @@ def test_l1_default_ttl_bounds_every_entry(stores: list[Store]) -> None:
     cache.set("k", "old")
     cache.store.redis.set(l2_key(cache.store, "k"), json.dumps("new"))
     assert cache.get("k") == "old"
-    time.sleep(0.3)
-    assert cache.get("k") == "new"
+    assert eventually(lambda: cache.get("k") == "new")
 
 
 def test_stats_count_hits_misses_and_sizes_per_level(stores: list[Store]) -> None:
@@ -171,8 +184,7 @@ def test_an_l2_fill_keeps_the_remaining_l2_ttl(stores: list[Store]) -> None:
     writer, cache = CacheManager(stores[0]), CacheManager(stores[1], l1_ttl_s=60)
     writer.set("k", "v", ttl_s=0.3)
     assert cache.get("k") == "v"
-    time.sleep(0.4)
-    assert cache.get("k") is None
+    assert eventually(lambda: cache.get("k") is None)  # L1 keeps it no longer than L2 did
 
 
 def test_disabled_l1_always_reads_l2(stores: list[Store]) -> None:
@@ -263,9 +275,10 @@ def test_set_elsewhere_replaces_the_stale_l1_copy(pair: tuple[CacheManager, Cach
 def test_a_manager_keeps_its_own_fresh_copy_after_set(
     pair: tuple[CacheManager, CacheManager],
 ) -> None:
-    a, _ = pair
+    a, b = pair
     a.set("k", "v")
-    time.sleep(0.3)  # time for a's own message to come back
+    a.set(MARKER, 0)
+    drain(a, b)  # a's own message about "k" has come back
     assert a.get("k") == "v"
     assert a.get_stats().l1.hits == 1
 
@@ -274,9 +287,10 @@ def test_invalidation_does_not_cross_tenants(stores: list[Store]) -> None:
     other_store = stores[1].for_tenant(stores[1].tenant + "-other")
     with CacheManager(stores[0]) as a, CacheManager(other_store) as other:
         other.set("k", "theirs")
+        other.set(MARKER, 0)
         a.set("k", "mine")
         a.invalidate("*")
-        time.sleep(0.3)
+        drain(other, CacheManager(other_store))
         assert other.get("k") == "theirs"
         assert other.get_stats().l1.hits == 1
         other.invalidate("*")
@@ -292,10 +306,11 @@ def test_a_fill_racing_a_remote_set_does_not_keep_the_old_value(stores: list[Sto
         if racing.is_set():
             racing.clear()
             writer.set("k", "new")
-            time.sleep(0.3)
+            drain(b, writer)  # b's listener has heard of the set before b fills its L1
         return json.loads(raw)
 
     with CacheManager(stores[1], loads=slow_loads) as b:
+        b.set(MARKER, 0)
         racing.set()
         assert b.get("k") == "old"  # read before the set
         assert b.get("k") == "new"
@@ -303,6 +318,7 @@ def test_a_fill_racing_a_remote_set_does_not_keep_the_old_value(stores: list[Sto
 
 def test_close_stops_the_listener(pair: tuple[CacheManager, CacheManager]) -> None:
     a, b = pair
+    witness = CacheManager(b.store).start()  # still listening when b no longer is
 
     def listeners() -> int:
         return sum(t.name.startswith("dafnck-cache-") for t in threading.enumerate())
@@ -314,10 +330,12 @@ def test_close_stops_the_listener(pair: tuple[CacheManager, CacheManager]) -> No
     assert listeners() == before - 1
     a.set("k", "v1")
     warm(b, "k", "v1")
+    witness.set(MARKER, 0)
     a.set("k", "v2")
-    time.sleep(0.3)
+    drain(witness, a)  # the change went out and a listening manager has handled it
     assert b.get("k") == "v1"  # nobody told b: its thread is gone
     b.close()  # twice is fine
+    witness.close()
 
 
 # -- outages ------------------------------------------------------------------------------

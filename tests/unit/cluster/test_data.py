@@ -19,6 +19,8 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 from pydantic import BaseModel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cluster.data.models import (
     BackupCriteria,
@@ -29,7 +31,8 @@ from cluster.data.models import (
     DataQuery,
     StorageResult,
 )
-from cluster.data.objects import KEY_ENV, DataManager
+from cluster.data.keyring import KEY_ENV
+from cluster.data.objects import DataManager
 from cluster.errors import ConfigError, Conflict, InputInvalid, NotFound
 from cluster.settings import load_settings
 from cluster.store import Store, connect_store
@@ -566,7 +569,11 @@ def test_the_store_unreachable_is_a_retryable_error(tmp_path: Path) -> None:
     from cluster.errors import StoreUnavailable
 
     client = redis.Redis(
-        host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True
+        host="127.0.0.1",
+        port=1,
+        socket_connect_timeout=0.2,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),  # redis-py's default waits out ten backoffs first
     )
     store = Store(client, "redis://127.0.0.1:1/0", "t")
     with pytest.raises(StoreUnavailable) as caught:

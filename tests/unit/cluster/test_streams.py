@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from cluster.streams import (
     history,
     last_id,
 )
+from tests.unit.waiting import idle_past, until_some
 
 
 @pytest.fixture
@@ -104,11 +104,10 @@ async def test_unacked_entry_is_reclaimed_by_another_reader(store: Store) -> Non
     a, b = reader(store, "a", claim_idle_ms=100), reader(store, "b", claim_idle_ms=100)
     assert [d.id for d in await a.read()] == [entry]  # a "dies" without acknowledging
     assert await b.read() == []  # not idle long enough yet
-    await asyncio.sleep(0.15)
-    got = await b.read()
+    got = await until_some(b.read, what="the reclaimed entry")
     assert [(d.id, d.fields, d.delivery_count) for d in got] == [(entry, {"job": "x"}, 2)]
     await b.ack(entry)
-    await asyncio.sleep(0.15)
+    assert store.redis.xpending(store.key("s"), "g")["pending"] == 0  # nothing to reclaim
     assert await a.read() == []  # acknowledged: never delivered again
 
 
@@ -120,9 +119,9 @@ async def test_entry_is_dead_lettered_after_max_deliveries(store: Store) -> None
         reader(store, "b", claim_idle_ms=50, max_deliveries=2),
     )
     assert len(await a.read()) == 1
-    await asyncio.sleep(0.08)
+    await idle_past(store.redis, key, "g", 50)
     assert [d.delivery_count for d in await b.read()] == [2]
-    await asyncio.sleep(0.08)
+    await idle_past(store.redis, key, "g", 50)
     assert await a.read() == []  # a third delivery would exceed the limit
     dead = store.redis.xrange(f"{key}:dead")
     assert len(dead) == 1
@@ -164,19 +163,16 @@ async def test_group_start_new_only_or_everything(store: Store) -> None:
 
 async def test_read_waits_for_an_entry(store: Store) -> None:
     a = reader(store, "a")
-    started = time.monotonic()
-    assert await a.read(block_ms=None) == []
-    assert time.monotonic() - started < 0.5
+    assert await asyncio.wait_for(a.read(block_ms=None), 5) == []  # answers at once
 
     async def later() -> None:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # lets the read below start waiting first
         await append(store, store.key("s"), {"n": "1"}, maxlen=10)
 
     task = asyncio.create_task(later())
-    got = await a.read(block_ms=3000)
+    got = await a.read(block_ms=3000)  # a read that did not wait would see nothing
     await task
     assert [d.fields for d in got] == [{"n": "1"}]
-    assert time.monotonic() - started < 2.5
 
 
 async def test_reader_recreates_a_deleted_stream_and_group(store: Store) -> None:

@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cluster.valkey import ensure_valkey, running_url, stop_valkey
+
+#: redis-py retries a refused connection (and a refused password) ten times with backoff:
+#: a client that is meant to be refused gives up at once.
+ONCE = Retry(NoBackoff(), 0)
 
 
 @pytest.fixture
@@ -72,7 +78,7 @@ def test_stop_stops_the_server(fresh_state_dir: Path) -> None:
     assert not alive(pid)
     assert running_url(fresh_state_dir) is None
     with pytest.raises(redis.ConnectionError):
-        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+        redis.Redis.from_url(url, socket_connect_timeout=0.5, retry=ONCE).ping()
     assert stop_valkey(fresh_state_dir) is False  # nothing left to stop
 
 
@@ -92,11 +98,11 @@ def test_it_asks_for_a_password_kept_in_a_private_file(fresh_state_dir: Path) ->
     assert len(password) >= 32 and f":{password}@" in url
     port = recorded_port(fresh_state_dir)
     for protocol in (2, 3):  # NOAUTH on RESP2, HELLO refused on RESP3
-        anonymous = redis.Redis(port=port, protocol=protocol, socket_connect_timeout=1)
+        anonymous = redis.Redis(port=port, protocol=protocol, socket_connect_timeout=1, retry=ONCE)
         with pytest.raises(redis.AuthenticationError):
             anonymous.get("dafnck:_auth:apikeys")
         anonymous.close()
-    wrong = redis.Redis(port=port, password="guess", socket_connect_timeout=1)
+    wrong = redis.Redis(port=port, password="guess", socket_connect_timeout=1, retry=ONCE)
     with pytest.raises(redis.AuthenticationError):
         wrong.ping()
     wrong.close()
