@@ -60,7 +60,7 @@ class WorkflowEngine:
         self._load_spec = load_spec
         #: Executions in flight (given when an observer reads it too).
         self.runs: dict[str, Run] = {} if runs is None else runs
-        self.writer = Writer(store)
+        self.writer = Writer(store, on_refused=self._refused)
         self.recorder = Recorder(self.writer)
         self._steps = StepRunner(self, self.recorder)
 
@@ -266,6 +266,15 @@ class WorkflowEngine:
         )
         self._start(spec, execution)
         return execution
+
+    def _refused(self, execution: Execution, error: ErrorInfo) -> None:
+        """The writer failed the execution (a value it holds cannot be stored): stop it."""
+        run = self.runs.get(execution.id)
+        if run is None:
+            return
+        for task in list(run.tasks.values()):
+            task.cancel()
+        run.wake.set()
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -119,6 +119,36 @@ def _has(value: Any, step: Any) -> bool:
     return isinstance(value, list) and type(step) is int and 0 <= step < len(value)
 
 
+#: The directory (under the execution's) holding the tables of the workflow's outputs; no
+#: step id starts with "_".
+OUTPUTS_DIR = "_outputs"
+
+
+class Unstorable(DafnckError):
+    """A value of an execution (a step's output, the workflow's outputs) cannot be stored."""
+
+    def __init__(self, execution_id: str, step_id: str | None, reason: str) -> None:
+        super().__init__(execution_id, step_id, reason)
+
+    @property
+    def execution_id(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def step_id(self) -> str | None:
+        return self.args[1]  # type: ignore[no-any-return]
+
+    @property
+    def message(self) -> str:
+        what = f"step {self.step_id!r}" if self.step_id else "the execution's record"
+        return f"{what} of execution {self.execution_id} cannot be stored: {self.args[2]}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
 #: Adds commands for one event to a pipeline (sync or asyncio) about to be executed.
 Mirror = Callable[[Any, Event], None]
 
@@ -131,6 +161,15 @@ class Change:
     steps: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
     meta: bool = False
+
+
+@dataclass
+class Encoded:
+    """A change serialised and ready to be staged: hash fields and event texts."""
+
+    change: Change
+    fields: dict[str, str]
+    events: list[str]
 
 
 class ExecutionStore:
@@ -253,27 +292,69 @@ class ExecutionStore:
         """`commit_many` without blocking the event loop while Redis syncs its AOF.
 
         Raises:
-            StoreUnavailable: Redis cannot be reached.
+            StoreUnavailable: Redis cannot be reached. Unstorable: a value cannot be written.
         """
-        pipe = self.store.async_redis().pipeline(transaction=True)
-        for change in changes:
-            self._stage(pipe, change)
-        try:
-            await pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailable(
-                f"Redis at {redacted(self.store.url)} is unreachable: {exc}"
-            ) from None
+        await self.write_async([self.encode(change) for change in changes])
 
     def _stage(self, pipe: Any, change: Change) -> None:
+        self.apply(pipe, self.encode(change))
+
+    def encode(self, change: Change) -> Encoded:
+        """The change as it will be written: steps and meta serialised, tables stored.
+
+        Raises:
+            Unstorable: a value of the change cannot be serialised (naming which).
+        """
         execution = change.execution
-        key = self._key(execution.id)
-        fields = {
-            f"step:{s}": self.encode_step(execution.id, s, execution.steps[s]) for s in change.steps
-        }
+        fields = {}
+        for step_id in sorted(change.steps):
+            try:
+                fields[f"step:{step_id}"] = self.encode_step(
+                    execution.id, step_id, execution.steps[step_id]
+                )
+            except Exception as exc:
+                raise Unstorable(execution.id, step_id, _reason(exc)) from exc
         if change.meta:
             execution.updated_at = time.time()
-            fields["meta"] = execution.model_dump_json(exclude={"steps"})
+            try:
+                fields["meta"] = self.encode_meta(execution)
+            except Exception as exc:
+                raise Unstorable(execution.id, None, _reason(exc)) from exc
+        try:
+            events = [event.model_dump_json() for event in change.events]
+        except Exception as exc:
+            raise Unstorable(execution.id, None, _reason(exc)) from exc
+        return Encoded(change, fields, events)
+
+    def encode_meta(self, execution: Execution) -> str:
+        """The execution's meta as stored: its outputs' tables written as Parquet (under
+        `<execution>/_outputs/`, a name no step id can take) and listed beside them."""
+        tables: list[tuple[BlobPath, Any]] = []
+        outputs = lift_tables(execution.outputs, (), tables)
+        data = json.loads(
+            execution.model_copy(update={"outputs": outputs}).model_dump_json(exclude={"steps"})
+        )
+        if tables:
+            where = f"{segment(execution.id)}/{OUTPUTS_DIR}"
+            data[BLOBS_FIELD] = [
+                [path, self.blobs.put(f"{where}/{i}", table)]
+                for i, (path, table) in enumerate(tables)
+            ]
+        return json.dumps(data)
+
+    def decode_meta(self, raw: str) -> Execution:
+        """A stored meta with its outputs' tables read back. Raises: NotFound, Conflict."""
+        record = json.loads(raw)
+        refs = record.pop(BLOBS_FIELD, None) or []
+        execution = Execution.model_validate(record)
+        for ref in refs:
+            execution.outputs = self._attach(execution.id, "outputs", execution.outputs, ref)
+        return execution
+
+    def apply(self, pipe: Any, encoded: Encoded) -> None:
+        """Add an encoded change's commands to `pipe` (which cannot fail half-way)."""
+        execution = encoded.change.execution
+        if encoded.change.meta:
             active = self.store.key("execs", "active")
             (pipe.srem if execution.status.terminal else pipe.sadd)(active, execution.id)
             pipe.zadd(self.store.key("execs"), {execution.id: execution.created_at}, nx=True)
@@ -282,15 +363,29 @@ class ExecutionStore:
                 pipe.zadd(ended, {execution.id: execution.updated_at})
             else:
                 pipe.zrem(ended, execution.id)  # retried: alive again
-        if fields:
-            pipe.hset(key, mapping=fields)
+        if encoded.fields:
+            pipe.hset(self._key(execution.id), mapping=encoded.fields)
         stream = self.events_key(execution.id)
-        for event in change.events:
-            pipe.xadd(
-                stream, {"event": event.model_dump_json()}, maxlen=MAX_EVENTS, approximate=True
-            )
+        for event, text in zip(encoded.change.events, encoded.events, strict=True):
+            pipe.xadd(stream, {"event": text}, maxlen=MAX_EVENTS, approximate=True)
             if self.mirror is not None:
                 self.mirror(pipe, event)
+
+    async def write_async(self, encoded: Iterable[Encoded]) -> None:
+        """Encoded changes in one MULTI/EXEC, without blocking the event loop.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+        """
+        pipe = self.store.async_redis().pipeline(transaction=True)
+        for item in encoded:
+            self.apply(pipe, item)
+        try:
+            await pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"Redis at {redacted(self.store.url)} is unreachable: {exc}"
+            ) from None
 
     @unavailable_as_error
     def load(self, execution_id: str) -> Execution:
@@ -298,7 +393,7 @@ class ExecutionStore:
         raw = self.store.redis.hgetall(self._key(execution_id))
         if "meta" not in raw:
             raise NotFound(f"execution {execution_id!r} does not exist")
-        execution = Execution.model_validate_json(raw["meta"])
+        execution = self.decode_meta(raw["meta"])
         for name, value in raw.items():
             if name.startswith("step:"):
                 execution.steps[name[5:]] = self.decode_step(execution_id, name[5:], value)

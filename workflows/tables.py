@@ -7,8 +7,8 @@ each table is replaced by
     {"$table": {"rows": 12, "columns": ["path", "lines"], "stored_at": "outputs/<e>/<s>/0.parquet"}}
 
 `stored_at` is the Parquet file the store keeps it in, relative to the tenant's blob
-directory (`<blobs>/<tenant>/`); None for a table the store does not keep (a workflow
-output). The summary is for display only: nothing reads it back as a table or a file
+directory (`<blobs>/<tenant>/`); a workflow output's tables are kept under
+`outputs/<e>/_outputs/`. The summary is for display only: nothing reads it back as a table or a file
 reference (the store keeps its references beside the output, never inside it), so data
 shaped like it is shown, at worst, as a summary.
 """
@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from cluster.blobs import segment
 from workflows.execution import Execution, StepState
-from workflows.store import BlobPath, lift_tables, place_table
+from workflows.store import OUTPUTS_DIR, BlobPath, lift_tables, place_table
 
 #: The key of a table's summary.
 TABLE_KEY = "$table"
@@ -65,7 +65,11 @@ def execution_view(execution: Execution) -> dict[str, Any]:
         step_id: state.model_copy(update={"output": _step_output(execution.id, step_id, state)})
         for step_id, state in execution.steps.items()
     }
-    shown = execution.model_copy(update={"steps": steps, "outputs": summarise(execution.outputs)})
+    outputs = summarise(
+        execution.outputs,
+        lambda index: f"outputs/{segment(execution.id)}/{OUTPUTS_DIR}/{index}.parquet",
+    )
+    shown = execution.model_copy(update={"steps": steps, "outputs": outputs})
     return shown.model_dump(mode="json")
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from cluster.errors import DafnckError
-from workflows.execution import Event, Execution
-from workflows.store import Change, ExecutionStore
+from cluster.errors import DafnckError, ErrorInfo
+from workflows.execution import Event, Execution, ExecutionStatus, StepStatus
+from workflows.store import Change, Encoded, ExecutionStore, Unstorable
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +23,22 @@ log = logging.getLogger(__name__)
 RETRY_S = 0.5
 
 
-class Writer:
-    """Batches execution changes into transactions, in the order they were made."""
+#: Told when a change could not be stored as it was and its execution was failed for it.
+Refused = Callable[[Execution, ErrorInfo], None]
 
-    def __init__(self, store: ExecutionStore) -> None:
+
+class Writer:
+    """Batches execution changes into transactions, in the order they were made.
+
+    A change holding a value that cannot be stored (an unserialisable output) fails its own
+    execution: its record is written as failed, with the error naming the value, and
+    `on_refused` is told. Every other change of the batch is written; the writer keeps
+    running whatever happens to one batch, and every waiter is released.
+    """
+
+    def __init__(self, store: ExecutionStore, on_refused: Refused | None = None) -> None:
         self.store = store
+        self.on_refused = on_refused
         self._pending: dict[str, Change] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -65,16 +76,102 @@ class Writer:
             batch, self._pending = self._pending, {}
             waiters, self._waiters = self._waiters, []
             try:
-                await self.store.commit_many_async(batch.values())
+                await self._write_batch(batch)
             except DafnckError:
                 log.warning("store unavailable; changes of %d executions wait", len(batch))
                 self._pending = _merge(batch, self._pending)
                 self._waiters = waiters + self._waiters
                 await asyncio.sleep(RETRY_S)
                 continue
+            except Exception:  # never let one batch stop the writer
+                log.exception("writing changes of %d executions failed", len(batch))
+                try:
+                    await self._write_one_by_one(batch)
+                except DafnckError:  # what is left of the batch waits for the store
+                    self._pending = _merge(batch, self._pending)
+                    self._waiters = waiters + self._waiters
+                    await asyncio.sleep(RETRY_S)
+                    continue
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    async def _write_batch(self, batch: dict[str, Change]) -> None:
+        """Encode each change (failing the executions whose values cannot be stored), then
+        write them all in one transaction. Raises: StoreUnavailable."""
+        encoded = []
+        for change in batch.values():
+            item = self._encode(change)
+            if item is not None:
+                encoded.append(item)
+        await self.store.write_async(encoded)
+
+    def _encode(self, change: Change) -> Encoded | None:
+        try:
+            return self.store.encode(change)
+        except Exception as exc:
+            error = _error(change, exc)
+            log.error("execution %s fails: %s", change.execution.id, error.message, exc_info=exc)
+            return self._refuse(change, error)
+
+    def _refuse(self, change: Change, error: ErrorInfo) -> Encoded | None:
+        """The change rewritten as its execution's failure; None if even that cannot be."""
+        execution = change.execution
+        for step_id in change.steps:
+            state = execution.steps[step_id]
+            try:
+                self.store.encode_step(execution.id, step_id, state)
+            except Exception:
+                state.output, state.error = None, error
+                if not state.status.done or state.status == StepStatus.SUCCEEDED:
+                    state.status = StepStatus.FAILED
+        execution.outputs, execution.error = None, error
+        execution.status = ExecutionStatus.FAILED
+        change.meta = True
+        change.events.append(
+            Event(
+                type="execution.failed", execution=execution.id, data={"error": error.model_dump()}
+            )
+        )
+        if self.on_refused is not None:
+            self.on_refused(execution, error)
+        try:
+            return self.store.encode(change)
+        except Exception:
+            log.exception("execution %s: its failure cannot be stored either", execution.id)
+            return None
+
+    async def _write_one_by_one(self, batch: dict[str, Change]) -> None:
+        """After an unexpected failure: each execution's change alone, so one cannot sink
+        the others; one that fails again fails its execution. Each change written leaves
+        `batch`.
+
+        Raises: StoreUnavailable (`batch` holds what is left).
+        """
+        for execution_id, change in list(batch.items()):
+            try:
+                await self._write_batch({execution_id: change})
+            except DafnckError:
+                raise
+            except Exception as exc:
+                error = _error(change, exc)
+                log.exception("execution %s fails: %s", change.execution.id, error.message)
+                try:
+                    item = self._refuse(change, error)
+                    await self.store.write_async([item] if item else [])
+                except Exception:
+                    log.exception("execution %s: its failure cannot be stored", change.execution.id)
+            del batch[execution_id]
+
+
+def _error(change: Change, exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, Unstorable):
+        return ErrorInfo(type="Unstorable", message=exc.message)
+    return ErrorInfo(
+        type="Unstorable",
+        message=f"the record of execution {change.execution.id} cannot be written: "
+        f"{type(exc).__name__}: {str(exc)[:300]}",
+    )
 
 
 def _merge(older: dict[str, Change], newer: dict[str, Change]) -> dict[str, Change]:
