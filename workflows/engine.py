@@ -33,6 +33,7 @@ from workflows.run import Recorder, Run, new_event
 from workflows.spec import WorkflowSpec
 from workflows.steps import StepRunner
 from workflows.store import ExecutionStore
+from workflows.triggers import decide
 from workflows.validate import effective_needs
 from workflows.writer import Writer
 
@@ -299,18 +300,14 @@ class WorkflowEngine:
             self.runs.pop(run.execution.id, None)
 
     def _schedule(self, run: Run) -> None:
-        """Start every ready step (a step after a skipped one is skipped too)."""
+        """Start every ready step whose trigger rule is met; skip the others."""
         while run.ready:
             step = run.step(run.ready.pop(0))
             run.unfinished.pop(step.id, None)
-            upstream = [run.state(n).status for n in run.needs[step.id]]
-            if any(u in (StepStatus.SKIPPED, StepStatus.CANCELLED) for u in upstream):
+            go, why = decide(step.trigger_rule, run.upstream(step.id))
+            if not go:
                 self.recorder.step_done(
-                    run,
-                    step.id,
-                    StepStatus.SKIPPED,
-                    "step.skipped",
-                    data={"reason": "an upstream step did not run"},
+                    run, step.id, StepStatus.SKIPPED, "step.skipped", data={"reason": why}
                 )
                 continue
             self.recorder.change(run, step.id, StepStatus.QUEUED, "step.queued")

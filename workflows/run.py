@@ -23,6 +23,7 @@ from workflows.execution import (
     StepStatus,
 )
 from workflows.spec import StepSpec, WorkflowSpec
+from workflows.triggers import EARLY, decide, outcome
 from workflows.writer import Writer
 
 
@@ -84,16 +85,30 @@ class Run:
                 continue
             count = sum(1 for n in self.needs[step.id] if not self.state(n).status.done)
             self.unfinished[step.id] = count
-            if count == 0:
+            if count == 0 or self._fires_early(step.id):
                 self.ready.append(step.id)
 
     def finished(self, step_id: str) -> None:
         """A top-level step is done: its dependents may now be ready."""
         for dependent in self.dependents.get(step_id, ()):
-            if dependent in self.unfinished:
-                self.unfinished[dependent] -= 1
-                if self.unfinished[dependent] == 0:
-                    self.ready.append(dependent)
+            if dependent not in self.unfinished:
+                continue
+            self.unfinished[dependent] -= 1
+            if dependent not in self.ready and (
+                self.unfinished[dependent] == 0 or self._fires_early(dependent)
+            ):
+                self.ready.append(dependent)
+
+    def upstream(self, step_id: str) -> dict[str, str]:
+        """How each step that `step_id` needs ended (`workflows.triggers.outcome`)."""
+        return {
+            need: outcome(self.state(need).status, self.step(need).on_error == "continue")
+            for need in self.needs[step_id]
+        }
+
+    def _fires_early(self, step_id: str) -> bool:
+        rule = self.step(step_id).trigger_rule
+        return rule in EARLY and decide(rule, self.upstream(step_id))[0] is True
 
 
 class _Outputs(Mapping[str, dict[str, Any]]):

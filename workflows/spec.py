@@ -16,6 +16,8 @@ Semantics the engine implements:
   `[]` when `join` is "all"; "any" and k need that many items to succeed.
 - `approval` gates the step before it is dispatched: it waits for a person's decision,
   or for `timeout_s`, after which `on_timeout` decides.
+- `trigger_rule` (default `all_succeeded`) says when a step runs given how the steps it
+  needs ended: see `workflows.triggers`.
 - `on_error: {fallback: ID}` runs step ID when this step fails (after its retries); the
   fallback's output then stands for this step's output. A step named as a fallback runs
   only as one.
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cluster.errors import InputInvalid
 from cluster.llm.usage import WorkflowBudget
+from workflows.triggers import TriggerRule
 
 # Same patterns as actors.models (workflows may not import actors).
 NAME = r"^[a-z][a-z0-9-]{0,62}$"
@@ -172,6 +175,8 @@ class StepSpec(Contract):
     description: str = ""
     with_: dict[str, Any] = Field(default={}, alias="with")
     needs: list[str] = []
+    #: When the step runs given how its upstream steps ended (`workflows.triggers`).
+    trigger_rule: TriggerRule = "all_succeeded"
     #: A bare CEL condition; the step is skipped when it is false.
     when: str | None = None
     for_each: ForEach | None = None

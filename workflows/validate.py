@@ -22,7 +22,12 @@ from workflows.expressions import (
     template_strings,
 )
 from workflows.spec import StepSpec, WorkflowSpec
+from workflows.triggers import EARLY
 
+#: CEL's type names, which expressions may compare with `type(x)`.
+CEL_TYPES = frozenset(
+    {"null_type", "bool", "int", "uint", "double", "string", "bytes", "list", "map", "type"}
+)
 #: What `steps.<id>` offers to expressions.
 STEP_FIELDS = frozenset({"output"})
 
@@ -76,6 +81,7 @@ def validate_workflow(
     _check_outputs(spec, problems)
     graph = effective_needs(spec)
     _check_fallbacks(spec, ids, graph, problems)
+    _check_triggers(spec, graph, problems)
     for cycle in _cycles(graph, list(ids)):
         problems.add(("steps", ids[cycle[0]]), f"step {cycle[0]!r}: {_cycle_text(cycle)}")
     if problems.items:
@@ -271,6 +277,19 @@ def _check_fallbacks(
                 loc,
                 f"step {step.id!r}: fallback {target!r} depends on {step.id!r}, "
                 "so it could never run when that step fails",
+            )
+
+
+def _check_triggers(spec: WorkflowSpec, graph: dict[str, set[str]], problems: _Problems) -> None:
+    """Steps whose trigger rule can never be met."""
+    for index, step in enumerate(spec.steps):
+        loc = ("steps", index, "trigger_rule")
+        rule = step.trigger_rule
+        if rule in EARLY and not graph[step.id]:
+            problems.add(
+                loc,
+                f"step {step.id!r}: can never run: trigger_rule {rule} waits for one of its "
+                "upstream steps and it has none; add `needs` or drop the rule",
             )
 
 
