@@ -196,6 +196,13 @@ class TaskTimeout(DafnckError):
     status_code = 504
 
 
+# router (#16): a call cancelled through `PoolRouter.cancel`
+class TaskCancelled(DafnckError):
+    """The task was cancelled before it answered; its replica was told to stop it."""
+
+    status_code = 409
+
+
 class TaskFailed(DafnckError):
     """The agent's own code raised; the message carries the original error."""
 
@@ -328,6 +335,7 @@ __all__ = [
     "StorageQuotaExceeded",
     "StoreFull",
     "StoreUnavailable",
+    "TaskCancelled",
     "TaskFailed",
     "TaskTimeout",
     "ToolMayHaveRun",
