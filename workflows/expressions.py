@@ -121,12 +121,48 @@ class _BudgetedEvaluator(Evaluator):
     def sub_evaluator(self, ast: lark.Tree) -> Evaluator:
         return _BudgetedEvaluator(ast, self.activation, self.budget)
 
+    def relation(self, tree: lark.Tree) -> Any:
+        """`X == null` and `X != null` answer for any X, and a key or field missing on the
+        way (a map without it, a skipped step's null output) reads as null."""
+        op: Any = tree.children[0]
+        if len(tree.children) != 2 or op.data not in _NULL_CHECKS:
+            return super().relation(tree)
+        left_tree, right_tree = op.children[0], tree.children[1]
+        if not (_is_null(left_tree) or _is_null(right_tree)):
+            return super().relation(tree)
+        values: Any = self.visit_children(tree)
+        (left, *_), right = values
+        left, right = _missing_as_null(left), _missing_as_null(right)
+        for side in (left, right):
+            if isinstance(side, CELEvalError):
+                return side
+        same = (left is None) == (right is None)
+        return celtypes.BoolType(same if op.data == "relation_eq" else not same)
+
     def _visit_tree(self, tree: lark.Tree) -> Any:
         self.budget.charge()
         value = super()._visit_tree(tree)
         if isinstance(value, str | bytes | list | dict) and len(value) > 64:
             self.budget.charge(len(value) // 64)  # `s + s` grows without more steps
         return value
+
+
+_NULL_CHECKS = frozenset({"relation_eq", "relation_ne"})
+_MISSING = ("no such member in mapping", "no such key", "None with type")
+
+
+def _is_null(node: Any) -> bool:
+    """Whether the parse tree `node` is the literal `null`."""
+    while isinstance(node, lark.Tree) and len(node.children) == 1:
+        node = node.children[0]
+    return isinstance(node, lark.Token) and str(node) == "null"
+
+
+def _missing_as_null(value: Any) -> Any:
+    """None for the error of reading a key or field that is not there, else `value`."""
+    if isinstance(value, CELEvalError) and str(value.args[0]).startswith(_MISSING):
+        return None
+    return value
 
 
 class Expr:

@@ -223,7 +223,7 @@ def _check_reads(
                 problem = f"unknown input {rest[0]!r}{_hint(rest[0], spec.inputs)}"
         elif root == "steps":
             problem = _step_read(step, rest, step_ids)
-        elif root not in source.local:
+        elif root not in source.local and root not in CEL_TYPES:
             names = ", ".join(sorted({"inputs", "steps"} | source.local))
             problem = f"unknown name {root!r}; expressions here can use {names}"
         if problem:

@@ -187,3 +187,32 @@ def test_conversion_only_touches_what_the_expression_reads() -> None:
     context = {**CONTEXT, "steps": {**CONTEXT["steps"], "big": {"output": {1, 2}}}}
     # a set is no JSON value; the expression never reads steps.big, so it does not matter
     assert compile_expr("size(steps.list.output.files) + inputs.n").evaluate(context) == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("steps.x.output.missing != null", False),
+        ("steps.x.output.missing == null", True),
+        ("steps.x.output.a != null", True),
+        ("steps.x.output != null", True),
+        ("steps.x.output.none == null", True),
+        ("steps.skipped.output == null", True),
+        ("steps.skipped.output.y != null", False),
+        ("steps.skipped.output.y.z == null", True),
+        ("null == steps.x.output.missing", True),
+        ("steps.x.output.missing != null && steps.x.output.missing > 1", False),
+        ("type(steps.skipped.output) == null_type", True),
+    ],
+)
+def test_null_checks_read_naturally_on_any_value(text: str, expected: bool) -> None:
+    context = {"steps": {"x": {"output": {"a": 1, "none": None}}, "skipped": {"output": None}}}
+    assert compile_expr(text).evaluate(context) is expected
+
+
+def test_a_missing_key_compared_with_anything_but_null_still_fails() -> None:
+    context = {"steps": {"x": {"output": {"a": 1}}}}
+    with pytest.raises(ExpressionError, match="no such member"):
+        compile_expr("steps.x.output.missing == 1").evaluate(context)
+    with pytest.raises(ExpressionError, match="divide by zero"):
+        compile_expr("(1 / 0) == null").evaluate(context)

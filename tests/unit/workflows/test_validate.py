@@ -244,3 +244,11 @@ def test_two_workflows_with_one_name_are_refused_with_both_places(tmp_path: Path
     assert caught.value.problems == (
         f"{file}:4: workflow 'w' is defined twice (first at {file}:1)",
     )
+
+
+def test_null_checks_and_cel_type_names_are_accepted() -> None:
+    spec = wf(
+        {"id": "a"},
+        {"id": "b", "when": "steps.a.output.y != null && type(steps.a.output) != null_type"},
+    )
+    validate_workflow(spec)  # raises SpecInvalid on a problem
