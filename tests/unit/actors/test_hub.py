@@ -328,7 +328,7 @@ async def test_unacked_dequeue_is_redelivered_then_dead_lettered(store: Store) -
     assert (await queue.dequeue("jobs", "w1")) is not None  # w1 never acknowledges
     assert await queue.dequeue("jobs", "w2") is None
     again = await until_some(lambda: queue.dequeue("jobs", "w2"), what="the redelivery")
-    assert again.payload == {"n": 1} and again.delivery_count == 2
+    assert again is not None and again.payload == {"n": 1} and again.delivery_count == 2
     await idle_past(store.redis, queue.queue_key("jobs"), QUEUE_GROUP, 100)
     assert await queue.dequeue("jobs", "w1") is None
     status = await queue.get_queue_status("jobs")

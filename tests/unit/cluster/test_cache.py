@@ -56,6 +56,7 @@ def drain(listener: CacheManager, sender: CacheManager) -> None:
     a listener handles messages in the order Redis sent them, so once MARKER is gone from
     its L1 everything sent earlier has been handled too."""
     size = listener.get_stats().l1.size
+    assert size is not None  # L1's size is always known
     sender.set(MARKER, 1)
     assert eventually(lambda: listener.get_stats().l1.size == size - 1)
 
