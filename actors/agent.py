@@ -12,9 +12,10 @@ from typing import Any
 
 import ray
 
+from actors.kinds import build_skills, load_agent
 from actors.models import AgentSpec, ErrorInfo, SkillInfo, Task, TaskResult
 from actors.observe import task_scope
-from actors.skills import Skill, build_skills, load_agent
+from actors.skills import Skill
 from actors.state import ReplicaState
 from cluster import telemetry
 from cluster.errors import DafnckError, SpecInvalid, TaskTimeout

@@ -378,8 +378,8 @@ def ray_delegation(settings: Settings) -> tuple[Delegate, SchemaLookup]:
 
     from actors.contract import GetPool
     from actors.gateway import SupervisorGateway, blocking
+    from actors.names import supervisor_name
     from actors.router import PoolRouter, PoolView
-    from actors.system import supervisor_name
     from cluster.settings import RAY_NAMESPACE
 
     def source(capability: str, agent: str | None) -> PoolView:

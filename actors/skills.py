@@ -13,18 +13,14 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from actors.admission import check_code
 from actors.models import AgentSpec, SkillInfo, Task
 from cluster import extras
-from cluster.allowlist import CodePolicy, CodeSetting, policy_for
+from cluster.allowlist import CodePolicy, CodeSetting
 from cluster.errors import InputInvalid, SpecInvalid
-
-if TYPE_CHECKING:
-    from cluster.settings import Settings
 
 _SKILL_ATTR = "__dafnck_skill__"
 _HANDLER_ATTR = "__dafnck_handler__"
@@ -163,38 +159,15 @@ class Implementation:
         )
 
 
-def build_skills(spec: AgentSpec) -> dict[str, Skill]:
-    """Instantiate the spec's entrypoint and bind each capability to a skill.
+def load_python_agent(spec: AgentSpec, policy: CodePolicy) -> Implementation:
+    """The `python` kind's loader (see `actors.kinds`): instantiate the spec's entrypoint,
+    its skills, instance and message handler. The caller has checked the spec's code and
+    secret references against `policy` (`actors.admission`).
 
     Raises:
-        SpecInvalid: see `load_agent`.
-    """
-    return load_agent(spec).skills
-
-
-def load_agent(spec: AgentSpec, settings: Settings | None = None) -> Implementation:
-    """Instantiate the spec's entrypoint: its skills, instance and message handler.
-
-    An `llm` agent is built by `actors.llm` (with `settings`, a pool replica's, its
-    effects are durable and it may delegate to other agents).
-
-    Nothing is imported unless the spec's code and secret references pass the platform's
-    allow-lists (`actors.admission`, with `settings` or this process's own).
-
-    Raises:
-        SpecInvalid: the spec names code or secrets the platform does not allow, the
-            entrypoint cannot be loaded or its skills don't match the spec's
+        SpecInvalid: the entrypoint cannot be loaded or its skills don't match the spec's
             capabilities; every problem is listed.
     """
-    policy = policy_for(settings)
-    check_code(spec, policy)
-    if spec.kind == "llm":
-        absent = extras.problem("llm", "an llm agent")
-        if absent:
-            raise SpecInvalid(f"agent {spec.agent_id!r}", [f"kind: {absent}"])
-        from actors.llm import load_llm_agent
-
-        return load_llm_agent(spec, settings, policy)
     what = f"agent {spec.agent_id!r}"
     instance = on_message = None
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.kinds import build_skills
 from actors.models import AgentSpec, SkillInfo
-from actors.skills import build_skills
 
 
 class NameTaken(ValueError):

@@ -10,8 +10,8 @@ import pytest
 from a2a.helpers import new_data_part, new_message, new_text_part
 
 from actors.a2a_wire import input_parts, message_input, output_parts, parts_output
+from actors.kinds import build_skills
 from actors.models import AgentSpec
-from actors.skills import build_skills
 from cluster.errors import SpecInvalid, TaskFailed
 from tests.fixtures.a2a_server import Reverser, a2a_server
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from actors.admission import code_problems
+from actors.kinds import build_skills, load_agent
 from actors.llm_tools import ToolBox
 from actors.models import AgentSpec, MCPServer, ToolRef
-from actors.skills import build_skills, load_agent, load_entrypoint
+from actors.skills import load_entrypoint
 from actors.supervisor import Supervisor
 from cluster.allowlist import CodePolicy
 from cluster.errors import SpecInvalid

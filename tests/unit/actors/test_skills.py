@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from actors.kinds import build_skills
 from actors.models import AgentSpec
-from actors.skills import Skill, build_skills
+from actors.skills import Skill
 from cluster.errors import InputInvalid, SpecInvalid
 from tests.fixtures.agents import Point
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from actors.kinds import load_agent
 from actors.models import AgentSpec
-from actors.skills import load_agent
 from cluster.errors import SpecInvalid
 
 REPO = Path(__file__).resolve().parents[3]
