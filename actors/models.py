@@ -34,6 +34,10 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _placement_probe() -> None:
+    """Never run: a function whose Ray options check a label selector."""
+
+
 class Resources(Contract):
     #: Agents mostly wait on I/O, so replicas reserve no CPU unless the spec asks.
     num_cpus: float = Field(default=0, ge=0)
@@ -50,11 +54,11 @@ class Resources(Contract):
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         if value:
-            from ray._private.label_utils import validate_label_selector
+            import ray
 
-            problem = validate_label_selector(value)
-            if problem:
-                raise ValueError(problem)
+            # Ray's public options check (no cluster needed) raises ValueError naming the
+            # bad key or value, exactly as starting the replica would.
+            ray.remote(_placement_probe).options(label_selector=value)
         return value
 
 
