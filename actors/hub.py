@@ -35,6 +35,7 @@ from actors.messages import (
 from actors.models import AgentStatus, DiscoveryCriteria
 from actors.queues import MessageQueue
 from actors.registry import AgentRegistry
+from cluster.contracts import STREAM_ID
 from cluster.errors import AgentNotFound, Forbidden, NotFound, SpecInvalid
 from cluster.quotas import Quotas, admit_member
 from cluster.store import Store
@@ -55,7 +56,7 @@ from cluster.tracing import current_traceparent
 log = logging.getLogger(__name__)
 
 INBOX_GROUP = "pool"
-_STREAM_ID = re.compile(r"^\d+-\d+$")
+_STREAM_ID = re.compile(STREAM_ID)
 _TARGET = re.compile(r"^(inbox|topic|channel):(.+)$")
 
 

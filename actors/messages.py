@@ -12,9 +12,8 @@ import pydantic_core
 from pydantic import Field
 
 from actors.models import NAME, Record, new_id
+from cluster.contracts import TOPIC
 
-#: Topic and queue names: no ':' so they cannot collide with the keys derived from them.
-TOPIC = r"^[a-z0-9][a-z0-9_.-]{0,127}$"
 #: `agent.created`, `execution.step.failed`: at least one dot, so `events:types` is free.
 EVENT_TYPE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 #: W3C trace context `traceparent`: version-traceid-parentid-flags.

@@ -21,13 +21,11 @@ from pydantic import (
     model_validator,
 )
 
-from cluster.contracts import Contract, Record
+from cluster.contracts import CAPABILITY, NAME, TASK_ID, Contract, Record
 from cluster.errors import ErrorInfo
 from cluster.llm.usage import WorkflowBudget
 
 SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
-NAME = r"^[a-z][a-z0-9-]{0,62}$"
-CAPABILITY = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$"
 
 
 def new_id() -> str:
@@ -443,7 +441,7 @@ class TaskContext(Contract):
 class Task(Contract):
     """One unit of work for whichever agent serves `capability` (or the named `agent`)."""
 
-    id: str = Field(default_factory=new_id, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    id: str = Field(default_factory=new_id, pattern=TASK_ID)
     capability: str = Field(pattern=CAPABILITY)
     #: Restrict routing to one agent: "name" or "name@<version range>".
     agent: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,62}(@.{1,100})?$")

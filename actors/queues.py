@@ -13,13 +13,14 @@ import re
 import redis
 
 from actors.messages import TOPIC, Message, MessageResult, QueueStatus, new_traceparent
+from cluster.contracts import STREAM_ID
 from cluster.errors import NotFound, QueueFull, SpecInvalid
 from cluster.store import Store
 from cluster.streams import GroupReader, after, async_unavailable_as_error
 from cluster.tracing import current_traceparent
 
 QUEUE_GROUP = "workers"
-_STREAM_ID = re.compile(r"^\d+-\d+$")
+_STREAM_ID = re.compile(STREAM_ID)
 _MAX_IN_FLIGHT = 10_000
 
 

@@ -14,6 +14,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from cluster.contracts import TENANT
 from cluster.errors import ConfigError
 from cluster.netguard import OutboundAllow
 from cluster.quotas import Quotas, quotas_as_json
@@ -37,7 +38,7 @@ class Settings(BaseSettings):
     #: Where the embedded Valkey keeps its AOF and where `dafnck up` records its state.
     state_dir: Path = Field(default_factory=lambda: Path.home() / ".dafnck")
     #: Every Redis key and every named agent lives under this tenant.
-    tenant: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    tenant: str = Field(default="default", pattern=TENANT)
     #: The blob root (a path, or an s3:// or gs:// URI); empty means `<state_dir>/blobs`.
     #: Each tenant's blobs live under `<root>/<tenant>/`: `outputs/` (Arrow step outputs
     #: as Parquet), `data/` (large data objects), `backups/`.

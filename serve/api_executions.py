@@ -23,7 +23,7 @@ from cluster.errors import Conflict, NotFound
 from cluster.netguard import policy_for
 from cluster.retention import TERMINAL, Purger, PurgeReport, check_statuses
 from serve.deps import Caller, allowed
-from serve.patterns import STREAM_ID  # the cursor of event pages and streams
+from serve.patterns import ID, STEP_KEY, STREAM_ID  # STREAM_ID: the cursor of event pages
 from workflows.execution import Event, Execution, ExecutionStatus
 from workflows.spec import NAME
 from workflows.tables import execution_view
@@ -33,10 +33,10 @@ router = APIRouter(prefix="/v1/executions", tags=["executions"])
 #: How often `?wait=true` looks at the execution's state.
 WAIT_POLL_S = 0.1
 
-ExecutionId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-_EXECUTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ExecutionId = Path(min_length=1, max_length=64, pattern=ID)
+_EXECUTION_ID = re.compile(ID)
 #: A step id, or one item of a for_each step (`analyse[3]`), which a budget gate may hold.
-StepKey = Path(pattern=r"^[a-z][a-z0-9_]*(\[\d+\])?$", max_length=72)
+StepKey = Path(pattern=STEP_KEY, max_length=72)
 
 
 class ExecutionRequest(BaseModel):

@@ -24,7 +24,7 @@ router = APIRouter(tags=["messages"])
 TARGET = "^(inbox:{}|topic:{}|channel:{})$".format(*(p.strip("^$") for p in (NAME, TOPIC, ID)))
 AgentName = Path(pattern=NAME, description="The recipient agent's name")
 TopicName = Path(pattern=TOPIC)
-ChannelId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+ChannelId = Path(min_length=1, max_length=64, pattern=ID)
 
 
 class MessageBody(BaseModel):

@@ -166,7 +166,7 @@ async def _sse_body(frames: AsyncIterator[Frame | None]) -> AsyncIterator[bytes]
 
 @router.get("/v1/executions/{execution_id}/events/stream", response_class=EventStreamResponse)
 async def stream_execution_events(
-    execution_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$"),
+    execution_id: str = Path(min_length=1, max_length=64, pattern=patterns.ID),
     cursor: str | None = Query(default=None, description="Resume after this stream id"),
     last_event_id: str | None = Header(default=None),
     caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008

@@ -2,7 +2,8 @@
 
 Ids become parts of Redis keys (`exec:<id>`), so an id with `:` could name another key of
 the tenant (`exec:<id>:events`, a stream, read as a hash: WRONGTYPE); a stream id's parts
-are 64-bit numbers in Redis, so a longer one is refused here instead of by Redis.
+are 64-bit numbers in Redis, so a longer one is refused here instead of by Redis. The ids
+every layer shares (`ID`, `TASK_ID`, `STREAM_ID`) are written once in `cluster.contracts`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,9 @@ from pydantic import ValidationError
 
 from actors.messages import EVENT_TYPE
 from actors.models import DiscoveryCriteria
+from cluster.contracts import ID, STREAM_ID, TASK_ID
 from cluster.errors import InputInvalid
 
-#: An id the platform makes (executions, channels: `uuid4().hex`) or a caller gives it.
-ID = r"^[A-Za-z0-9_-]{1,64}$"
-#: A task's id, as `actors.models.Task.id` takes it.
-TASK_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
-#: A Redis stream id (`<ms>-<seq>`), each part below 2^64 (19 digits at most).
-STREAM_ID = r"^\d{1,19}-\d{1,19}$"
 #: An agent's name, optionally `@<version range>` (as `Client.agents.scale` takes it).
 AGENT_REF = r"^[a-z][a-z0-9-]{0,62}(@[\x21-\x7e]{1,100})?$"
 #: A step id, or one item of a for_each step (`analyse[3]`).

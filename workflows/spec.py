@@ -30,15 +30,13 @@ import re
 from typing import Annotated, Any, Literal
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from cluster.contracts import CAPABILITY, NAME, TOPIC, Contract
 from cluster.errors import InputInvalid
 from cluster.llm.usage import WorkflowBudget
 from workflows.triggers import TriggerRule
 
-# Same patterns as actors.models (workflows may not import actors).
-NAME = r"^[a-z][a-z0-9-]{0,62}$"
-CAPABILITY = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$"
 #: Step ids are CEL identifiers, so `steps.<id>.output` parses.
 STEP_ID = r"^[a-z][a-z0-9_]*$"
 _VARIABLE = r"^[a-z_][a-z0-9_]*$"
@@ -53,14 +51,6 @@ ROOT_NAMES = frozenset({"inputs", "steps", "index"})
 
 InputType = Literal["string", "integer", "number", "boolean", "array", "object", "any"]
 StepKind = Literal["capability", "agent", "workflow"]
-
-
-class Contract(BaseModel):
-    """What people write: frozen, unknown fields refused; aliases (`with`, `as`) both ways."""
-
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True
-    )
 
 
 _PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -256,7 +246,7 @@ class Trigger(Contract):
     (the tick's time, ISO 8601).
     """
 
-    topic: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+    topic: str | None = Field(default=None, pattern=TOPIC)
     cron: str | None = None
     inputs: dict[str, Any] = {}
 

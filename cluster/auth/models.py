@@ -12,9 +12,8 @@ from typing import Annotated, Literal
 import limits
 from pydantic import Field, SecretStr, field_validator
 
-from cluster.contracts import Contract, Record
+from cluster.contracts import TENANT, Contract, Record
 
-TENANT = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 USERNAME = r"^[a-z0-9][a-z0-9_.@-]{0,63}$"
 KEY_ID = r"^[0-9a-f]{16}$"
 
