@@ -3,7 +3,7 @@
 `log_context(tenant=..., execution_id=...)` sets ids for the block (contextvars, so each
 asyncio task keeps its own); `install()` adds a record factory that copies them onto
 every `LogRecord`, with the current trace and span ids, and redacts secrets from the
-message. Ray's JSON formatter (`LoggingConfig(encoding="JSON")`, Serve's
+message (`cluster.redact`). Ray's JSON formatter (`LoggingConfig(encoding="JSON")`, Serve's
 `logging_config`) writes every non-standard record attribute as a field, so the ids
 appear in each JSON line of the replica's log file without any formatter of ours.
 """
@@ -13,11 +13,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import re
 from collections.abc import Iterator
 from typing import Any
 
-from cluster.redact import mask_registered
+from cluster.redact import redact
 
 #: The ids a record may carry (`extra=` uses the same names).
 FIELDS = ("request_id", "tenant", "agent", "replica", "workflow", "execution_id", "step_id",
@@ -25,28 +24,6 @@ FIELDS = ("request_id", "tenant", "agent", "replica", "workflow", "execution_id"
 _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "dafnck_log_context", default=None
 )
-
-#: Secrets that may slip into a message: our API keys, bearer tokens, provider keys,
-#: passwords in URLs and `key=value` pairs.
-_SECRETS = [
-    (re.compile(r"\bdk_[A-Za-z0-9]+_[A-Za-z0-9_-]{8,}"), "dk_***"),
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/-]{8,}=*"), r"\1 ***"),
-    (re.compile(r"\bsk-(?:ant-)?[A-Za-z0-9_-]{10,}"), "sk-***"),
-    (re.compile(r"(://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
-    (
-        re.compile(r"(?i)\b(password|passwd|secret|api[_-]?key|token|authorization)"
-                   r"(\s*[=:]\s*)(['\"]?)[^\s'\",;]+"),
-        r"\1\2\3***",
-    ),
-]  # fmt: skip
-
-
-def redact(text: str) -> str:
-    """`text` with anything that looks like a credential replaced by `***`."""
-    text = mask_registered(text)  # the exact keys this process resolved (cluster.redact)
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def current() -> dict[str, str]:
@@ -151,5 +128,4 @@ __all__ = [
     "log_context",
     "pop",
     "push",
-    "redact",
 ]

@@ -2,19 +2,34 @@
 
 Two nets: the exact values this process resolved as secrets (`register_secret`, called
 where a key is read from its env var or file), and the patterns of what credentials look
-like (`cluster.logs`: bearer tokens, `sk-...` keys, `api_key=...`). Every log record
+like (bearer tokens, `sk-...` keys, `api_key=...`). Every log record
 passes through both (`cluster.logs.install`, set up in every process by
 `telemetry.setup_process`); errors built from a provider's answer call `redact` first.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
 MASK = "***"
 #: Shorter values are too likely to occur by chance to be replaced everywhere.
 _MIN_SECRET_LEN = 8
+
+#: Secrets that may slip into a message: our API keys, bearer tokens, provider keys,
+#: passwords in URLs and `key=value` pairs.
+_SECRETS = [
+    (re.compile(r"\bdk_[A-Za-z0-9]+_[A-Za-z0-9_-]{8,}"), "dk_***"),
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/-]{8,}=*"), r"\1 ***"),
+    (re.compile(r"\bsk-(?:ant-)?[A-Za-z0-9_-]{10,}"), "sk-***"),
+    (re.compile(r"(://[^:/@\s]*:)[^@\s]+@"), r"\1***@"),
+    (
+        re.compile(r"(?i)\b(password|passwd|secret|api[_-]?key|token|authorization)"
+                   r"(\s*[=:]\s*)(['\"]?)[^\s'\",;]+"),
+        r"\1\2\3***",
+    ),
+]  # fmt: skip
 
 _secrets: tuple[str, ...] = ()
 _lock = threading.Lock()
@@ -39,9 +54,10 @@ def mask_registered(text: str) -> str:
 
 def redact(text: str) -> str:
     """`text` with every registered secret and everything shaped like a credential masked."""
-    from cluster.logs import redact as by_pattern
-
-    return by_pattern(mask_registered(text))
+    text = mask_registered(text)
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def redact_value(value: Any) -> Any:

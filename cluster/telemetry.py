@@ -33,8 +33,9 @@ from __future__ import annotations
 import logging
 
 from cluster.logs import install as _install_logs
-from cluster.logs import json_lines_in_worker, log_context, redact
+from cluster.logs import json_lines_in_worker, log_context
 from cluster.metrics import LLM_CALLS, record_tokens
+from cluster.redact import redact
 from cluster.settings import Settings
 from cluster.tracing import (
     current_traceparent,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from cluster.errors import DafnckError
+from serve.deps import connect_services
 
 router = APIRouter(tags=["health"])
 
@@ -20,8 +21,6 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Any:
-    from serve.app import connect_services
-
     try:
         connect_services(request.app).store.ping()
     except DafnckError as exc:

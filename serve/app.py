@@ -1,7 +1,8 @@
 """The FastAPI application behind the Serve ingress: routers, errors, limits and CORS.
 
 Routers are plain `APIRouter`s in `serve/api_*.py`; each depends on `serve.deps` for the
-caller and the tenant's services.
+caller and the tenant's services (connected on first use by `serve.deps.connect_services`).
+Nothing imports this module but the deployment that serves it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from cluster import extras, telemetry
 from cluster.settings import Settings
 from serve import errors
 from serve.body_limit import BodyLimit
-from serve.deps import Services
 
 #: Modules with a `router`, in the order their routes appear in the OpenAPI document.
 ROUTER_MODULES = [
@@ -72,11 +72,3 @@ def build_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     api_metrics.install(app)  # added last, so outermost: 401s and replays count too
     return app
-
-
-def connect_services(app: FastAPI) -> Services:
-    """The replica's services, connected on first use (the store, security, tenant clients)."""
-    if app.state.services is None:
-        app.state.services = Services(app.state.settings)
-        telemetry.setup_process(app.state.settings, "api", redis_url=app.state.services.redis_url)
-    return app.state.services  # type: ignore[no-any-return]

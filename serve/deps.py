@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 
 from actors.client import Client
 from actors.system import ensure_supervisor
+from cluster import telemetry
 from cluster.auth.models import Action, Principal, SecurityConfig
 from cluster.auth.security import Security, is_allowed
 from cluster.errors import Unauthorized
@@ -91,9 +92,15 @@ class Caller:
         )
 
 
-def services(request: Request) -> Services:
-    from serve.app import connect_services
+def connect_services(app: FastAPI) -> Services:
+    """The replica's services, connected on first use (the store, security, tenant clients)."""
+    if app.state.services is None:
+        app.state.services = Services(app.state.settings)
+        telemetry.setup_process(app.state.settings, "api", redis_url=app.state.services.redis_url)
+    return app.state.services  # type: ignore[no-any-return]
 
+
+def services(request: Request) -> Services:
     return connect_services(request.app)
 
 

@@ -115,7 +115,7 @@ class GrpcApi:
     """The rpcs of the Orchestration and Workflows services, as ingress methods."""
 
     def _services(self) -> Services:
-        from serve.app import connect_services
+        from serve.deps import connect_services
 
         return connect_services(self.app)  # type: ignore[attr-defined]
 

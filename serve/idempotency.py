@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.errors import DafnckError
-from serve.deps import credential
+from serve.deps import connect_services, credential
 from serve.errors import error_body
 
 HEADER = "idempotency-key"
@@ -84,8 +84,6 @@ class IdempotencyMiddleware:
 
     async def _redis_key(self, scope: Scope, key: str) -> tuple[Any, str, str] | None:
         """The tenant's Redis, the record's key for (principal, key), and the principal."""
-        from serve.app import connect_services
-
         try:
             services = connect_services(self.fastapi_app)
             principal = await asyncio.to_thread(

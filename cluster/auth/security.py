@@ -35,7 +35,7 @@ from cluster.auth.models import (
 )
 from cluster.auth.tokens import JwtKeyring, TokenService
 from cluster.auth.users import Users
-from cluster.data.objects import KeyRing
+from cluster.data.keyring import KeyRing
 from cluster.errors import DafnckError, Forbidden, InputInvalid, RateLimited, Unauthorized
 from cluster.settings import Settings
 from cluster.store import Store

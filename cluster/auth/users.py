@@ -44,7 +44,7 @@ from cluster.auth.models import (
     UserInfo,
     UserRecord,
 )
-from cluster.data.objects import KeyRing
+from cluster.data.keyring import KeyRing
 from cluster.errors import Conflict, InputInvalid, NotFound, Unauthorized
 from cluster.store import Store, unavailable_as_error
 

@@ -39,7 +39,14 @@ from ray.serve.exceptions import RayServeException
 from actors.client import Client
 from cluster.auth.keys import AUTH_SPACE, ApiKeys
 from cluster.auth.models import Role
-from cluster.bench.core import CAPABILITY, CONCURRENCY, Result, bench_spec, raw_actor_class, result
+from cluster.bench.common import (
+    CAPABILITY,
+    CONCURRENCY,
+    Result,
+    bench_spec,
+    raw_actor_class,
+    result,
+)
 from cluster.errors import TaskFailed
 from cluster.valkey import free_port
 from serve.deployment import AUTOSCALING, INGRESS, MAX_ONGOING_REQUESTS, settings_env

@@ -15,14 +15,12 @@ drawn.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import os
 import platform
 import statistics
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,20 +31,26 @@ from ray.exceptions import RayError
 
 from actors.client import Client, connect
 from actors.launcher import RayLauncher
-from actors.models import AgentSpec, Replicas, TaskResult
+from actors.models import AgentSpec, TaskResult
 from actors.system import supervisor_name
+from cluster.bench.common import (
+    CAPABILITY,
+    CONCURRENCY,
+    Result,
+    bench_spec,
+    raw_actor_class,
+    result,
+    throughput,
+)
 from cluster.errors import ConfigError, DafnckError, ReplicaDied, TaskFailed
 from cluster.settings import RAY_NAMESPACE, Settings
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-Result = dict[str, Any]
 #: A suite gets a connected client (its own tenant) and the quick flag; returns its results.
 Suite = Callable[[Client, bool], list[Result]]
 
-CAPABILITY = "bench.noop"
-CONCURRENCY = 64
 WINDOWS = (1, 4, 16)
 #: The issues' targets: metric -> (the field judged, comparison, bound); shown in the table.
 TARGETS: dict[str, tuple[str, str, float]] = {
@@ -77,24 +81,6 @@ FULL = Plan(rounds=9, calls=500, sync_calls=150, warmup=400, starts=5)
 QUICK = Plan(rounds=2, calls=120, sync_calls=40, warmup=40, starts=1)
 
 
-@functools.cache
-def raw_actor_class() -> Any:
-    """A plain Ray async actor doing the same no-op: the baseline.
-
-    Defined inside a function so Ray pickles it by value: its worker imports nothing of
-    ours, which keeps the memory baseline honest.
-    """
-
-    class RawActor:
-        async def noop(self, n: int = 0) -> int:
-            return n
-
-        async def pid(self) -> int:
-            return os.getpid()
-
-    return ray.remote(num_cpus=0)(RawActor)
-
-
 # -- the report ----------------------------------------------------------------------------
 
 
@@ -108,21 +94,6 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_1m": round(os.getloadavg()[0], 2),
-    }
-
-
-def result(suite: str, name: str, value: float, unit: str, baseline: float | None) -> Result:
-    """One row of the report; `ratio` is ours over raw Ray's."""
-    value = round(value, 4)
-    baseline = round(baseline, 4) if baseline is not None else None
-    ratio = round(value / baseline, 4) if baseline else None
-    return {
-        "suite": suite,
-        "name": name,
-        "value": value,
-        "unit": unit,
-        "baseline": baseline,
-        "ratio": ratio,
     }
 
 
@@ -206,21 +177,6 @@ def paired(rounds: int, ours: Callable[[], float], raw: Callable[[], float]) -> 
     return statistics.median(mine), statistics.median(theirs)
 
 
-def throughput(
-    submit: Callable[[int], Any], wait: Callable[[Any], Any], calls: int, window: int
-) -> float:
-    """Calls per second keeping `window` in flight: each time the oldest ends, send one more."""
-    pending: deque[Any] = deque()
-    started = time.perf_counter()
-    for i in range(calls):
-        if len(pending) >= window:
-            wait(pending.popleft())
-        pending.append(submit(i))
-    while pending:
-        wait(pending.popleft())
-    return calls / (time.perf_counter() - started)
-
-
 def latency_ms(submit: Callable[[int], Any], wait: Callable[[Any], Any], calls: int) -> float:
     """Median milliseconds of one call sent and waited for, one at a time."""
     samples = []
@@ -246,18 +202,6 @@ def _await_exit(pid: int, timeout_s: float = 10.0) -> None:
 
 
 # -- the tasks suite -----------------------------------------------------------------------
-
-
-def bench_spec() -> AgentSpec:
-    """One replica of `noop`, as concurrent as the raw actor it is compared with."""
-    return AgentSpec(
-        name="bench-noop",
-        description="dafnck bench: an async no-op",
-        capabilities=[CAPABILITY],
-        entrypoint="actors.examples.bench_agents:noop",
-        replicas=Replicas(min=1, max=1),
-        max_concurrency=CONCURRENCY,
-    )
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 from actors.client import Client
 from actors.models import AgentSpec
-from cluster.bench.core import Result, result, throughput
+from cluster.bench.common import Result, result, throughput
 from cluster.errors import ClusterUnavailable, TaskFailed
 
 CAPABILITY = "bench.io"

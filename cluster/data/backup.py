@@ -51,7 +51,7 @@ from cluster.errors import Conflict, InputInvalid, NotFound
 from cluster.store import Store, unavailable_as_error
 
 if TYPE_CHECKING:
-    from cluster.data.objects import _Objects
+    from cluster.data.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
 _BATCH = 500
@@ -86,7 +86,7 @@ def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) 
 class _Snapshots:
     """Backups of a tenant's keys as Parquet files, and their restore."""
 
-    def __init__(self, store: Store, objects: _Objects, backup_root: str) -> None:
+    def __init__(self, store: Store, objects: ObjectStore, backup_root: str) -> None:
         self.store = store
         self.objects = objects
         self.root_uri = backup_root.rstrip("/")

@@ -30,7 +30,7 @@ from cluster.auth.models import (
     UserRecord,
 )
 from cluster.auth.security import Security, authorize, is_allowed
-from cluster.data.objects import KEY_ENV
+from cluster.data.keyring import KEY_ENV
 from cluster.errors import Conflict, DafnckError, Forbidden, InputInvalid, RateLimited, Unauthorized
 from cluster.settings import load_settings
 from cluster.store import Store, connect_store

@@ -18,7 +18,7 @@ from cluster.auth.models import Role, SecurityConfig
 from cluster.auth.security import Security
 from cluster.auth.tokens import JwtKeyring, TokenService
 from cluster.auth.users import BAD_LOGIN, Users
-from cluster.data.objects import KEY_ENV, KeyRing
+from cluster.data.keyring import KEY_ENV, KeyRing
 from cluster.errors import RateLimited, Unauthorized
 from cluster.store import Store
 

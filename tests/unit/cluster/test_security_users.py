@@ -15,7 +15,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 
 from cluster.auth.models import Role, SecurityConfig
 from cluster.auth.users import BAD_LOGIN, Users
-from cluster.data.objects import KEY_ENV, KeyRing
+from cluster.data.keyring import KEY_ENV, KeyRing
 from cluster.errors import Conflict, InputInvalid, NotFound, Unauthorized
 from cluster.store import Store
 
