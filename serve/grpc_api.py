@@ -5,6 +5,12 @@ and a `grpc_context`; `GrpcApi` is mixed into `ApiIngress`, so REST and gRPC sha
 replicas, their `Services` and the rules: the credential is `authorization: Bearer ...`
 metadata (or `x-api-key`), checked by `serve.deps.authenticated`/`authorized` as for REST,
 and platform errors become gRPC status codes (`STATUS`) with the message as details.
+
+Every rpc that asks or changes the tenant's supervisor builds the operation's request
+model (`actors.contract`) and awaits that operation on the tenant's `SupervisorGateway`,
+as the REST routes, the CLI and the Python client do: `ApproveStep` is `decide_step`,
+`PauseExecution` is `pause_workflow`, one argument list everywhere. Only reads of the
+store without an async client (agent records, the credential check) run in a thread.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from pydantic import BaseModel, ValidationError
 
-from actors.models import DiscoveryCriteria, Task
+from actors import contract as op
+from actors.gateway import SupervisorGateway
+from actors.models import DiscoveryCriteria, Task, new_id
 from actors.task_records import TaskRecords
 from cluster.auth.models import Action
 from cluster.errors import DafnckError, InputInvalid, RateLimited, Unauthorized
 from serve.api_agents import ScaleRequest
-from serve.api_executions import ExecutionRequest
+from serve.api_executions import DecisionRequest, ExecutionRequest
 from serve.api_streams import STREAM_ID, execution_frames
 from serve.api_tasks import start_task
 from serve.deps import Caller, Services, authenticated, authorized, header_credential
@@ -111,6 +119,12 @@ def _task_record(record: Mapping[str, Any]) -> pb.TaskReply:
     return pb.TaskReply(id=record["id"], status=record["status"], record=to_struct(record))
 
 
+def _gateway(who: Caller) -> SupervisorGateway:
+    """The caller's tenant's supervisor: every rpc that changes or asks it calls one
+    operation of `actors.contract` here, as REST, the CLI and the client do."""
+    return who.client.gateway
+
+
 class GrpcApi:
     """The rpcs of the Orchestration and Workflows services, as ingress methods."""
 
@@ -181,10 +195,16 @@ class GrpcApi:
             who = await self._caller(grpc_context, Action.AGENTS_WRITE)
             check_agent_ref(request.name, "name", "scale request")
             body = _contract(ScaleRequest, "scale request", replicas=request.replicas)
+            gateway = _gateway(who)
             with who.audited(Action.AGENTS_WRITE, obj=f"agent:{request.name}"):
-                records = await asyncio.to_thread(
-                    who.client.agents.scale, request.name, body.replicas
-                )
+                # every version `name` (or `name@range`) matches: a store read
+                found = await asyncio.to_thread(who.client.registry.resolve, request.name)
+                records = [
+                    await gateway.scale_agents(
+                        op.ScaleAgent(agent_id=r.agent_id, replicas=body.replicas)
+                    )
+                    for r in found
+                ]
             return pb.AgentsReply(agents=[to_struct(r.model_dump(mode="json")) for r in records])
 
         return await self._answer(grpc_context, pb.AgentsReply(), work)
@@ -203,15 +223,12 @@ class GrpcApi:
                 inputs=_fields(request.inputs, "inputs"),
                 version=request.version or None,
             )
+            start = op.ExecuteWorkflow(
+                workflow=body.workflow, inputs=body.inputs, version=body.version,
+                execution_id=new_id(),
+            )  # fmt: skip
             with who.audited(Action.EXECUTIONS_CONTROL, obj=body.workflow):
-                execution = await asyncio.to_thread(
-                    who.client.workflows.run,
-                    body.workflow,
-                    body.inputs,
-                    version=body.version,
-                    wait=False,
-                )
-            return _execution(execution)
+                return _execution(await _gateway(who).execute_workflow(start))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -220,27 +237,27 @@ class GrpcApi:
     ) -> pb.ExecutionReply:
         async def work() -> pb.ExecutionReply:
             who = await self._caller(grpc_context, Action.EXECUTIONS_READ)
-            execution_id = check(request.id, ID, "id", "execution request")
-            return _execution(await asyncio.to_thread(who.client.workflows.status, execution_id))
+            ref = op.ExecutionRef(execution_id=check(request.id, ID, "id", "execution request"))
+            return _execution(await _gateway(who).get_execution_status(ref))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
     async def ApproveStep(
         self, request: pb.ApproveStepRequest, grpc_context: Any
     ) -> pb.ExecutionReply:
+        """`decide_step`: approve, or with `reject` refuse, as REST's approve/reject do."""
+
         async def work() -> pb.ExecutionReply:
             who = await self._caller(grpc_context, Action.EXECUTIONS_APPROVE)
-            check(request.execution_id, ID, "execution_id", "approval")
-            check(request.step, STEP_KEY, "step", "approval")
-            workflows = who.client.workflows
-            decide = workflows.reject if request.reject else workflows.approve
-            obj = f"{request.execution_id}/{request.step}"
+            body = _contract(DecisionRequest, "approval", reason=request.reason)
+            decision = op.DecideStep(
+                execution_id=check(request.execution_id, ID, "execution_id", "approval"),
+                step=check(request.step, STEP_KEY, "step", "approval"),
+                approved=not request.reject, by=who.principal.subject, reason=body.reason,
+            )  # fmt: skip
+            obj = f"{decision.execution_id}/{decision.step}"
             with who.audited(Action.EXECUTIONS_APPROVE, obj=obj):
-                done = await asyncio.to_thread(
-                    decide, request.execution_id, request.step, who.principal.subject,
-                    request.reason,
-                )  # fmt: skip
-            return _execution(done)
+                return _execution(await _gateway(who).decide_step(decision))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -249,14 +266,55 @@ class GrpcApi:
     ) -> pb.ExecutionReply:
         async def work() -> pb.ExecutionReply:
             who = await self._caller(grpc_context, Action.EXECUTIONS_CONTROL)
-            check(request.id, ID, "id", "cancel request")
-            with who.audited(Action.EXECUTIONS_CONTROL, obj=request.id):
-                done = await asyncio.to_thread(
-                    who.client.workflows.cancel, request.id, who.principal.subject, request.reason
-                )
-            return _execution(done)
+            body = _contract(DecisionRequest, "cancel request", reason=request.reason)
+            cancel = op.CancelExecution(
+                execution_id=check(request.id, ID, "id", "cancel request"),
+                by=who.principal.subject, reason=body.reason,
+            )  # fmt: skip
+            with who.audited(Action.EXECUTIONS_CONTROL, obj=cancel.execution_id):
+                return _execution(await _gateway(who).cancel_workflow(cancel))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def PauseExecution(
+        self, request: pb.PauseExecutionRequest, grpc_context: Any
+    ) -> pb.ExecutionReply:
+        async def work() -> pb.ExecutionReply:
+            who, ref = await self._control(grpc_context, request.id, "pause request")
+            with who.audited(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
+                return _execution(await _gateway(who).pause_workflow(ref))
+
+        return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def ResumeExecution(
+        self, request: pb.ResumeExecutionRequest, grpc_context: Any
+    ) -> pb.ExecutionReply:
+        async def work() -> pb.ExecutionReply:
+            who, ref = await self._control(grpc_context, request.id, "resume request")
+            with who.audited(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
+                return _execution(await _gateway(who).resume_workflow(ref))
+
+        return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def RetryExecution(
+        self, request: pb.RetryExecutionRequest, grpc_context: Any
+    ) -> pb.ExecutionReply:
+        async def work() -> pb.ExecutionReply:
+            who, ref = await self._control(grpc_context, request.id, "retry request")
+            with who.audited(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
+                return _execution(await _gateway(who).retry_workflow(ref))
+
+        return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def _control(
+        self, context: Any, execution_id: str, what: str
+    ) -> tuple[Caller, op.ExecutionRef]:
+        """The caller, who may control executions, and the execution they name.
+
+        Raises: Unauthorized, RateLimited, Forbidden, InputInvalid.
+        """
+        who = await self._caller(context, Action.EXECUTIONS_CONTROL)
+        return who, op.ExecutionRef(execution_id=check(execution_id, ID, "id", what))
 
     async def WatchExecution(
         self, request: pb.WatchExecutionRequest, grpc_context: Any

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19serve/protos/dafnck.proto\x12\tdafnck.v1\x1a\x1cgoogle/protobuf/struct.proto\"H\n\x11SubmitTaskRequest\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"P\n\tTaskReply\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\'\n\x06record\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\'\n\x11ListAgentsRequest\x12\x12\n\ncapability\x18\x01 \x01(\t\"3\n\x11ScaleAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"6\n\x0b\x41gentsReply\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\"c\n\x15StartExecutionRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\'\n\x06inputs\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07version\x18\x03 \x01(\x05\"!\n\x13GetExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"X\n\x12\x41pproveStepRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06reject\x18\x04 \x01(\x08\"4\n\x16\x43\x61ncelExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"X\n\x0e\x45xecutionReply\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12*\n\texecution\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"3\n\x15WatchExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"R\n\x0e\x45xecutionEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct2\x95\x02\n\rOrchestration\x12@\n\nSubmitTask\x12\x1c.dafnck.v1.SubmitTaskRequest\x1a\x14.dafnck.v1.TaskReply\x12:\n\x07GetTask\x12\x19.dafnck.v1.GetTaskRequest\x1a\x14.dafnck.v1.TaskReply\x12\x42\n\nListAgents\x12\x1c.dafnck.v1.ListAgentsRequest\x1a\x16.dafnck.v1.AgentsReply\x12\x42\n\nScaleAgent\x12\x1c.dafnck.v1.ScaleAgentRequest\x1a\x16.dafnck.v1.AgentsReply2\x90\x03\n\tWorkflows\x12M\n\x0eStartExecution\x12 .dafnck.v1.StartExecutionRequest\x1a\x19.dafnck.v1.ExecutionReply\x12I\n\x0cGetExecution\x12\x1e.dafnck.v1.GetExecutionRequest\x1a\x19.dafnck.v1.ExecutionReply\x12G\n\x0b\x41pproveStep\x12\x1d.dafnck.v1.ApproveStepRequest\x1a\x19.dafnck.v1.ExecutionReply\x12O\n\x0f\x43\x61ncelExecution\x12!.dafnck.v1.CancelExecutionRequest\x1a\x19.dafnck.v1.ExecutionReply\x12O\n\x0eWatchExecution\x12 .dafnck.v1.WatchExecutionRequest\x1a\x19.dafnck.v1.ExecutionEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19serve/protos/dafnck.proto\x12\tdafnck.v1\x1a\x1cgoogle/protobuf/struct.proto\"H\n\x11SubmitTaskRequest\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"P\n\tTaskReply\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\'\n\x06record\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\'\n\x11ListAgentsRequest\x12\x12\n\ncapability\x18\x01 \x01(\t\"3\n\x11ScaleAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"6\n\x0b\x41gentsReply\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\"c\n\x15StartExecutionRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\'\n\x06inputs\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07version\x18\x03 \x01(\x05\"!\n\x13GetExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"X\n\x12\x41pproveStepRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06reject\x18\x04 \x01(\x08\"4\n\x16\x43\x61ncelExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x15PauseExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x16ResumeExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x15RetryExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"X\n\x0e\x45xecutionReply\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12*\n\texecution\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"3\n\x15WatchExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"R\n\x0e\x45xecutionEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct2\x95\x02\n\rOrchestration\x12@\n\nSubmitTask\x12\x1c.dafnck.v1.SubmitTaskRequest\x1a\x14.dafnck.v1.TaskReply\x12:\n\x07GetTask\x12\x19.dafnck.v1.GetTaskRequest\x1a\x14.dafnck.v1.TaskReply\x12\x42\n\nListAgents\x12\x1c.dafnck.v1.ListAgentsRequest\x1a\x16.dafnck.v1.AgentsReply\x12\x42\n\nScaleAgent\x12\x1c.dafnck.v1.ScaleAgentRequest\x1a\x16.dafnck.v1.AgentsReply2\xff\x04\n\tWorkflows\x12M\n\x0eStartExecution\x12 .dafnck.v1.StartExecutionRequest\x1a\x19.dafnck.v1.ExecutionReply\x12I\n\x0cGetExecution\x12\x1e.dafnck.v1.GetExecutionRequest\x1a\x19.dafnck.v1.ExecutionReply\x12G\n\x0b\x41pproveStep\x12\x1d.dafnck.v1.ApproveStepRequest\x1a\x19.dafnck.v1.ExecutionReply\x12O\n\x0f\x43\x61ncelExecution\x12!.dafnck.v1.CancelExecutionRequest\x1a\x19.dafnck.v1.ExecutionReply\x12M\n\x0ePauseExecution\x12 .dafnck.v1.PauseExecutionRequest\x1a\x19.dafnck.v1.ExecutionReply\x12O\n\x0fResumeExecution\x12!.dafnck.v1.ResumeExecutionRequest\x1a\x19.dafnck.v1.ExecutionReply\x12M\n\x0eRetryExecution\x12 .dafnck.v1.RetryExecutionRequest\x1a\x19.dafnck.v1.ExecutionReply\x12O\n\x0eWatchExecution\x12 .dafnck.v1.WatchExecutionRequest\x1a\x19.dafnck.v1.ExecutionEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,14 +52,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPROVESTEPREQUEST']._serialized_end=630
   _globals['_CANCELEXECUTIONREQUEST']._serialized_start=632
   _globals['_CANCELEXECUTIONREQUEST']._serialized_end=684
-  _globals['_EXECUTIONREPLY']._serialized_start=686
-  _globals['_EXECUTIONREPLY']._serialized_end=774
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=776
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=827
-  _globals['_EXECUTIONEVENT']._serialized_start=829
-  _globals['_EXECUTIONEVENT']._serialized_end=911
-  _globals['_ORCHESTRATION']._serialized_start=914
-  _globals['_ORCHESTRATION']._serialized_end=1191
-  _globals['_WORKFLOWS']._serialized_start=1194
-  _globals['_WORKFLOWS']._serialized_end=1594
+  _globals['_PAUSEEXECUTIONREQUEST']._serialized_start=686
+  _globals['_PAUSEEXECUTIONREQUEST']._serialized_end=721
+  _globals['_RESUMEEXECUTIONREQUEST']._serialized_start=723
+  _globals['_RESUMEEXECUTIONREQUEST']._serialized_end=759
+  _globals['_RETRYEXECUTIONREQUEST']._serialized_start=761
+  _globals['_RETRYEXECUTIONREQUEST']._serialized_end=796
+  _globals['_EXECUTIONREPLY']._serialized_start=798
+  _globals['_EXECUTIONREPLY']._serialized_end=886
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=888
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=939
+  _globals['_EXECUTIONEVENT']._serialized_start=941
+  _globals['_EXECUTIONEVENT']._serialized_end=1023
+  _globals['_ORCHESTRATION']._serialized_start=1026
+  _globals['_ORCHESTRATION']._serialized_end=1303
+  _globals['_WORKFLOWS']._serialized_start=1306
+  _globals['_WORKFLOWS']._serialized_end=1945
 # @@protoc_insertion_point(module_scope)

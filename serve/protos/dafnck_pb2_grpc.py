@@ -256,6 +256,21 @@ class WorkflowsStub:
                 request_serializer=serve_dot_protos_dot_dafnck__pb2.CancelExecutionRequest.SerializeToString,
                 response_deserializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
                 _registered_method=True)
+        self.PauseExecution = channel.unary_unary(
+                '/dafnck.v1.Workflows/PauseExecution',
+                request_serializer=serve_dot_protos_dot_dafnck__pb2.PauseExecutionRequest.SerializeToString,
+                response_deserializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+                _registered_method=True)
+        self.ResumeExecution = channel.unary_unary(
+                '/dafnck.v1.Workflows/ResumeExecution',
+                request_serializer=serve_dot_protos_dot_dafnck__pb2.ResumeExecutionRequest.SerializeToString,
+                response_deserializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+                _registered_method=True)
+        self.RetryExecution = channel.unary_unary(
+                '/dafnck.v1.Workflows/RetryExecution',
+                request_serializer=serve_dot_protos_dot_dafnck__pb2.RetryExecutionRequest.SerializeToString,
+                response_deserializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+                _registered_method=True)
         self.WatchExecution = channel.unary_stream(
                 '/dafnck.v1.Workflows/WatchExecution',
                 request_serializer=serve_dot_protos_dot_dafnck__pb2.WatchExecutionRequest.SerializeToString,
@@ -291,6 +306,27 @@ class WorkflowsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseExecution(self, request, context):
+        """No new step starts; running steps finish (FAILED_PRECONDITION unless running).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeExecution(self, request, context):
+        """FAILED_PRECONDITION unless paused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryExecution(self, request, context):
+        """Run a failed or cancelled execution again from the steps that did not succeed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchExecution(self, request, context):
         """The execution's events after cursor, ending once the execution has ended.
         """
@@ -319,6 +355,21 @@ def add_WorkflowsServicer_to_server(servicer, server):
             'CancelExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelExecution,
                     request_deserializer=serve_dot_protos_dot_dafnck__pb2.CancelExecutionRequest.FromString,
+                    response_serializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.SerializeToString,
+            ),
+            'PauseExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseExecution,
+                    request_deserializer=serve_dot_protos_dot_dafnck__pb2.PauseExecutionRequest.FromString,
+                    response_serializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.SerializeToString,
+            ),
+            'ResumeExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeExecution,
+                    request_deserializer=serve_dot_protos_dot_dafnck__pb2.ResumeExecutionRequest.FromString,
+                    response_serializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.SerializeToString,
+            ),
+            'RetryExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryExecution,
+                    request_deserializer=serve_dot_protos_dot_dafnck__pb2.RetryExecutionRequest.FromString,
                     response_serializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.SerializeToString,
             ),
             'WatchExecution': grpc.unary_stream_rpc_method_handler(
@@ -434,6 +485,87 @@ class Workflows:
             target,
             '/dafnck.v1.Workflows/CancelExecution',
             serve_dot_protos_dot_dafnck__pb2.CancelExecutionRequest.SerializeToString,
+            serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dafnck.v1.Workflows/PauseExecution',
+            serve_dot_protos_dot_dafnck__pb2.PauseExecutionRequest.SerializeToString,
+            serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dafnck.v1.Workflows/ResumeExecution',
+            serve_dot_protos_dot_dafnck__pb2.ResumeExecutionRequest.SerializeToString,
+            serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dafnck.v1.Workflows/RetryExecution',
+            serve_dot_protos_dot_dafnck__pb2.RetryExecutionRequest.SerializeToString,
             serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
             options,
             channel_credentials,

@@ -23,8 +23,9 @@ from serve.protos import dafnck_pb2 as pb
 from serve.protos import dafnck_pb2_grpc as rpc
 from tests.e2e.conftest import ECHO, Tenant
 
+GATED_NAME = "grpc-gated"
 GATED = {
-    "name": "grpc-gated",
+    "name": GATED_NAME,
     "steps": [
         {"id": "first", "uses": "test.echo", "with": {"text": "a"}},
         {"id": "go", "uses": "test.echo", "with": {"text": "b"}, "approval": {"prompt": "go?"},
@@ -137,7 +138,7 @@ def test_start_an_execution_approve_and_stream_its_events(
     a, b = tenants
     workflows = rpc.WorkflowsStub(channel)
     started = workflows.StartExecution(
-        pb.StartExecutionRequest(workflow=GATED["name"]), metadata=_meta(a, Role.OPERATOR)
+        pb.StartExecutionRequest(workflow=GATED_NAME), metadata=_meta(a, Role.OPERATOR)
     )
     eid = started.id
     _wait_status(workflows, _meta(a), eid, "waiting_approval")
@@ -168,7 +169,7 @@ def test_cancel_an_execution(
     a = tenants[0]
     workflows = rpc.WorkflowsStub(channel)
     eid = workflows.StartExecution(
-        pb.StartExecutionRequest(workflow=GATED["name"]), metadata=_meta(a)
+        pb.StartExecutionRequest(workflow=GATED_NAME), metadata=_meta(a)
     ).id
     _wait_status(workflows, _meta(a), eid, "waiting_approval")
     cancelled = workflows.CancelExecution(
@@ -181,6 +182,109 @@ def test_cancel_an_execution(
     )
     unknown = pb.GetExecutionRequest(id=uuid.uuid4().hex)
     assert _code(workflows.GetExecution, unknown, metadata=_meta(a)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_pause_resume_and_retry_an_execution(
+    channel: grpc.Channel, tenants: tuple[Tenant, Tenant], setup: None
+) -> None:
+    a, b = tenants
+    workflows = rpc.WorkflowsStub(channel)
+    operator = _meta(a, Role.OPERATOR)
+    eid = workflows.StartExecution(
+        pb.StartExecutionRequest(workflow=GATED_NAME), metadata=operator
+    ).id
+    _wait_status(workflows, operator, eid, "waiting_approval")
+    pause = pb.PauseExecutionRequest(id=eid)
+    assert _code(workflows.PauseExecution, pause, metadata=_meta(a, Role.VIEWER)) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert _code(workflows.PauseExecution, pause, metadata=_meta(b)) == grpc.StatusCode.NOT_FOUND
+    assert workflows.PauseExecution(pause, metadata=operator).status == "paused"
+    assert _code(workflows.PauseExecution, pause, metadata=operator) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    resume = pb.ResumeExecutionRequest(id=eid)
+    assert workflows.ResumeExecution(resume, metadata=operator).status == "running"
+    assert _code(workflows.ResumeExecution, resume, metadata=operator) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+    retry = pb.RetryExecutionRequest(id=eid)
+    assert _code(workflows.RetryExecution, retry, metadata=operator) == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )  # it has not ended
+    workflows.CancelExecution(pb.CancelExecutionRequest(id=eid), metadata=operator)
+    retried = workflows.RetryExecution(retry, metadata=operator)
+    assert retried.status in ("running", "waiting_approval")  # it may reach the gate first
+    _wait_status(workflows, operator, eid, "waiting_approval")  # at the gate again
+    workflows.ApproveStep(pb.ApproveStepRequest(execution_id=eid, step="go"), metadata=operator)
+    _wait_status(workflows, operator, eid, "succeeded")
+    bad = pb.PauseExecutionRequest(id="not an id")
+    assert _code(workflows.PauseExecution, bad, metadata=operator) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_a_grpc_and_a_rest_decision_are_the_same_operation(
+    channel: grpc.Channel, api_url: str, tenants: tuple[Tenant, Tenant], setup: None, verb: str
+) -> None:
+    """The same caller deciding the same gate over REST and over gRPC: the same execution
+    afterwards, the same record of who decided and why, the same audit entry, and the same
+    refusal when the step no longer waits."""
+    a = tenants[0]
+    workflows = rpc.WorkflowsStub(channel)
+    operator = _meta(a, Role.OPERATOR)
+    with httpx.Client(base_url=api_url, timeout=60, headers=a.headers(Role.OPERATOR)) as http:
+        over_rest, over_grpc = (
+            workflows.StartExecution(
+                pb.StartExecutionRequest(workflow=GATED_NAME), metadata=operator
+            ).id
+            for _ in range(2)
+        )
+        for eid in (over_rest, over_grpc):
+            _wait_status(workflows, operator, eid, "waiting_approval")
+        decided = http.post(f"/v1/executions/{over_rest}/steps/go/{verb}", json={"reason": "same"})
+        assert decided.status_code == 200, decided.text
+        decision = pb.ApproveStepRequest(
+            execution_id=over_grpc, step="go", reason="same", reject=verb == "reject"
+        )
+        workflows.ApproveStep(decision, metadata=operator)
+        end = "succeeded" if verb == "approve" else "failed"
+        for eid in (over_rest, over_grpc):
+            _wait_status(workflows, operator, eid, end)
+        ended = [http.get(f"/v1/executions/{eid}").json() for eid in (over_rest, over_grpc)]
+        subject = f"key:{a.keys[Role.OPERATOR].split('_')[1]}"  # the operator key's
+        step_states = [e["steps"]["go"] for e in ended]
+        approvals = [{k: v for k, v in st["approval"].items() if k != "at"} for st in step_states]
+        decision_word = "approved" if verb == "approve" else "rejected"
+        assert approvals[0] == {"decision": decision_word, "by": subject, "reason": "same"}
+        assert approvals[1] == approvals[0]
+        assert step_states[1]["status"] == step_states[0]["status"]
+
+        # Deciding again, over either surface: the same refusal (409, FAILED_PRECONDITION)
+        # with the same message.
+        for eid in (over_rest, over_grpc):
+            again = http.post(f"/v1/executions/{eid}/steps/go/{verb}", json={"reason": "same"})
+            with pytest.raises(grpc.RpcError) as refused:
+                workflows.ApproveStep(
+                    pb.ApproveStepRequest(execution_id=eid, step="go", reject=verb == "reject"),
+                    metadata=operator,
+                )
+            assert again.status_code == 409, again.text
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert refused.value.details() == again.json()["error"]["message"]
+
+        audit = http.get(
+            "/v1/audit", params={"action": "executions:approve", "limit": 1000},
+            headers=a.headers(Role.ADMIN),
+        ).json()["entries"]  # fmt: skip
+    kept = {
+        eid: sorted((e["subject"], e["outcome"]) for e in audit if e["object"] == f"{eid}/go")
+        for eid in (over_rest, over_grpc)
+    }
+    assert kept[over_rest] == kept[over_grpc] == [
+        (subject, "failed"), (subject, "failed"), (subject, "ok"),
+    ], kept  # fmt: skip
 
 
 def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
