@@ -2,7 +2,8 @@
 capability's replicas are, and runs tasks for callers that don't route themselves.
 
 `Supervisor` is the plain core (its launcher and registry arrive in `__init__`, so it is
-unit-tested with fakes); `SupervisorActor` is the detached, named, restartable Ray shell.
+unit-tested with fakes); `actors.system.SupervisorActor` is the detached, named,
+restartable Ray shell, and `actors.contract` lists the operations it offers.
 After a restart the core adopts the replicas that are still alive and starts the rest, so
 pools come back from the registry alone.
 """
@@ -22,6 +23,7 @@ from packaging.version import Version
 from actors.admission import check_code, code_problems
 from actors.autoscaler import PoolAutoscaler, resource_bundle
 from actors.capacity import check_capacity
+from actors.health import PoolHealth, ReplicaHealth
 from actors.messages import DomainEvent
 from actors.models import (
     AgentRecord,
@@ -61,7 +63,7 @@ class Launcher(Protocol):
     def stop(self, handle: Any) -> None: ...
     def find(self, prefix: str) -> dict[str, Any]: ...
     async def describe(self, handle: Any) -> dict[str, SkillInfo]: ...
-    async def probe(self, handles: dict[str, Any]) -> dict[str, dict[str, Any] | None]: ...
+    async def probe(self, handles: dict[str, Any]) -> dict[str, ReplicaHealth | None]: ...
     def request_resources(
         self, bundles: list[dict[str, float]], labels: list[dict[str, str]]
     ) -> None: ...
@@ -73,7 +75,7 @@ class Pool:
 
     record: AgentRecord
     replicas: dict[str, Any] = field(default_factory=dict)
-    health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    health: dict[str, ReplicaHealth] = field(default_factory=dict)
     #: Replica name -> its slot; a replacement takes the lowest free slot (and its state).
     slots: dict[str, int] = field(default_factory=dict)
 
@@ -87,6 +89,27 @@ class Pool:
     demand_at: float = -1e9
     #: Replicas taking no new tasks, stopped once idle: name -> (handle, since when).
     retiring: dict[str, tuple[Any, float]] = field(default_factory=dict)
+
+    def replica_health(self, name: str) -> ReplicaHealth:
+        """The replica's last probe; empty before the first."""
+        return self.health.get(name) or ReplicaHealth()
+
+    def view(self) -> PoolHealth:
+        """The pool's health: sizes, load, restarts and each replica's last probe."""
+        reports = {n: self.replica_health(n) for n in self.replicas}
+        return PoolHealth(
+            status=self.record.status.value,
+            capabilities=self.record.spec.capabilities,
+            desired=self.record.desired_replicas,
+            running=len(self.replicas),
+            in_flight=sum(r.in_flight or 0 for r in reports.values()),
+            completed=sum(r.completed or 0 for r in reports.values()),
+            restarts=self.restarts,
+            pending=sum(1 for r in reports.values() if r.pending),
+            retiring=len(self.retiring),
+            autoscaling=self.record.spec.autoscaling is not None,
+            replicas=reports,
+        )
 
 
 class Supervisor:
@@ -289,7 +312,8 @@ class Supervisor:
                 pool.restarts += 1
             else:
                 pool.health[name] = report
-                pool.slots.setdefault(name, int(report.get("slot", pool.free_slot())))
+                slot = report.slot if report.slot is not None else pool.free_slot()
+                pool.slots.setdefault(name, slot)
         await self._autoscale(pool)
         record = pool.record
         want = record.desired_replicas if record.status == AgentStatus.ACTIVE else 0
@@ -321,7 +345,7 @@ class Supervisor:
         now = time.monotonic()
         for name, report in health.items():
             handle, since = pool.retiring[name]
-            idle = report is None or not report.get("in_flight")
+            idle = report is None or not report.in_flight
             age = now - since
             if (idle and age >= self.retire_grace_s) or age >= pool.record.spec.timeout_s:
                 del pool.retiring[name]
@@ -334,7 +358,7 @@ class Supervisor:
         """Replicas to stop first: the idlest, and of equals the newest."""
         names = list(pool.replicas)
         order = {n: i for i, n in enumerate(names)}
-        return sorted(names, key=lambda n: (pool.health.get(n, {}).get("in_flight", 0), -order[n]))
+        return sorted(names, key=lambda n: (pool.replica_health(n).in_flight or 0, -order[n]))
 
     async def _autoscale(self, pool: Pool) -> None:
         """Apply the pool's autoscaling policy to its desired size (kept in the registry)."""
@@ -345,8 +369,7 @@ class Supervisor:
         if scaler is None or scaler.policy != record.spec.autoscaling:
             scaler = pool.autoscaler = PoolAutoscaler.for_spec(record.spec)
         assert scaler is not None
-        reports = [pool.health.get(n, {}) for n in pool.replicas]
-        in_flight = sum(int(r.get("in_flight", 0)) + int(r.get("queued", 0)) for r in reports)
+        in_flight = sum(pool.replica_health(n).load for n in pool.replicas)
         waiting = int(time.monotonic() - pool.demand_at < WAKE_WINDOW_S)
         decision = scaler.decide(record.desired_replicas, in_flight, waiting)
         if decision is None:
@@ -360,7 +383,7 @@ class Supervisor:
     def _request_resources(self) -> None:
         """Ask Ray's autoscaler for every replica's resources once any replica waits for them;
         the request follows the pools after that (so it shrinks again and idle nodes go)."""
-        pending = any(r.get("pending") for p in self.pools.values() for r in p.health.values())
+        pending = any(r.pending for p in self.pools.values() for r in p.health.values())
         shapes = [
             (resource_bundle(p.record.spec), p.record.spec.resources.node_labels)
             for p in self.pools.values()
@@ -402,29 +425,12 @@ class Supervisor:
             started = time.perf_counter()
             self.registry.store.ping()
             store_ms = (time.perf_counter() - started) * 1000
-        pools = {}
-        for agent_id, pool in sorted(self.pools.items()):
-            reports = [pool.health.get(n, {}) for n in pool.replicas]
-            pools[agent_id] = {
-                "status": pool.record.status.value,
-                "capabilities": pool.record.spec.capabilities,
-                "desired": pool.record.desired_replicas,
-                "running": len(pool.replicas),
-                "in_flight": sum(r.get("in_flight", 0) for r in reports),
-                "completed": sum(r.get("completed", 0) for r in reports),
-                "restarts": pool.restarts,
-                "pending": sum(1 for r in reports if r.get("pending")),
-                "retiring": len(pool.retiring),
-                "autoscaling": pool.record.spec.autoscaling is not None,
-                "replicas": {n: pool.health.get(n, {}) for n in pool.replicas},
-            }
-        healthy = all(
-            p["running"] >= p["desired"] for p in pools.values() if p["status"] == "active"
-        )
+        pools = {agent_id: pool.view() for agent_id, pool in sorted(self.pools.items())}
+        healthy = all(p.running >= p.desired for p in pools.values() if p.status == "active")
         return {
             "status": "unavailable" if store_ms is None else "ok" if healthy else "degraded",
             "store_latency_ms": None if store_ms is None else round(store_ms, 3),
-            "pools": pools,
+            "pools": {agent_id: p.model_dump() for agent_id, p in pools.items()},
         }
 
 

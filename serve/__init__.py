@@ -1,4 +1,4 @@
-"""The Ray Serve application: REST, streams, gRPC and the dashboard (not built yet: see
-the API issue)."""
+"""The Ray Serve application: REST, live streams (SSE, WebSocket), A2A, gRPC and the web
+dashboard, over the supervisor's gateway (`actors.gateway`)."""
 
 __all__: list[str] = []
