@@ -46,6 +46,7 @@ from actors.skills import skill
 from cluster import netguard
 from cluster.contracts import Contract
 from cluster.errors import OutboundRefused, SpecInvalid, TaskFailed
+from cluster.outbound import outbound_policy
 
 _DONE = frozenset({TaskState.TASK_STATE_COMPLETED})
 _ENDED = frozenset(
@@ -91,7 +92,7 @@ class A2ARemoteAgent:
     def __init__(self, **config: Any) -> None:
         """Raises: SpecInvalid (`config.url` at an address the platform does not allow)."""
         self.config = A2ARemoteConfig(**config)
-        self._outbound = netguard.policy_for(None)
+        self._outbound = outbound_policy(None)
         problem = self._outbound.url_problem(self.config.url)
         if problem:
             raise SpecInvalid(f"A2A agent {self.config.url!r}", [f"config.url: {problem}"])

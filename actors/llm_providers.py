@@ -27,6 +27,7 @@ from actors.models import LLMConfig
 from cluster import netguard
 from cluster.allowlist import CodePolicy, SecretRefused, policy_for
 from cluster.errors import ProviderError, SpecInvalid
+from cluster.outbound import outbound_policy
 from cluster.redact import redact, register_secret
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def make_provider(
 
     Raises: SpecInvalid (`llm.base_url` resolves to an address the platform does not allow).
     """
-    outbound = outbound or netguard.policy_for(None)
+    outbound = outbound or outbound_policy(None)
     problem = outbound.url_problem(cfg.base_url) if cfg.base_url else None
     if problem:
         raise SpecInvalid(f"llm model {cfg.model!r}", [f"llm.base_url: {problem}"])
@@ -154,7 +155,7 @@ def _http_client(sdk: Any, outbound: netguard.OutboundPolicy | None) -> Any:
     """The SDK's own default client, over a transport that checks every connection."""
     import httpx2
 
-    policy = outbound or netguard.policy_for(None)
+    policy = outbound or outbound_policy(None)
     return sdk.DefaultAsyncHttpxClient(transport=netguard.guarded_transport(policy, httpx2))
 
 

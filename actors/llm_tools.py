@@ -33,6 +33,7 @@ from actors.skills import Skill, _input_model, load_entrypoint
 from cluster import netguard
 from cluster.allowlist import CodePolicy, policy_for
 from cluster.errors import SpecInvalid
+from cluster.outbound import outbound_policy
 
 if TYPE_CHECKING:
     from cluster.settings import Settings
@@ -150,7 +151,7 @@ class MCPConnection:
     ) -> None:
         self.server = server
         self.timeout_s = timeout_s
-        self.outbound = outbound or netguard.policy_for(None)
+        self.outbound = outbound or outbound_policy(None)
         self.client: Any = None
         self.tools: list[Any] = []
         self._ready = asyncio.Event()
@@ -287,7 +288,7 @@ class ToolBox:
         self._connections: list[MCPConnection] = []
         self._ready = False
         self._lock = asyncio.Lock()
-        self._outbound = netguard.policy_for(None)
+        self._outbound = outbound_policy(None)
         problems = tool_problems(refs, policy) + self._url_problems(refs)
         if problems:  # nothing is imported when any tool is refused
             raise SpecInvalid("tools", problems)

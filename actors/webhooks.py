@@ -45,7 +45,8 @@ from tenacity import (
 from actors.messages import DomainEvent
 from cluster.contracts import Contract
 from cluster.errors import OutboundRefused
-from cluster.netguard import OutboundPolicy, guarded_transport, policy_for, refused_in
+from cluster.netguard import OutboundPolicy, guarded_transport, refused_in
+from cluster.outbound import outbound_policy
 from cluster.store import Store
 from cluster.streams import MAX_BLOCK_MS, cancel_and_wait, stream_replies
 from workflows.execution import Event
@@ -155,7 +156,7 @@ class WebhookDispatcher:
     ) -> None:
         self.store = store
         #: Where deliveries may connect: by default this process's settings' `outbound_allow`.
-        self.outbound = outbound or policy_for(None)
+        self.outbound = outbound or outbound_policy(None)
         #: How often entries left unacknowledged (a delivery cut short by an outage) are
         #: taken up again; the first sweep, at start, takes up those of a dead supervisor.
         self.sweep_s = sweep_s

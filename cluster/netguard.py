@@ -17,7 +17,8 @@ those (IPv4-mapped `::ffff:a.b.c.d`, 6to4). `outbound_allow` entries are CIDRs o
 (`10.0.0.0/8`, `127.0.0.1`, `::1`) or host names (`localhost`, `*.svc.cluster.local`),
 each optionally with a port (`127.0.0.1:8000`, `[::1]:8000`, `llm.internal:443`). A host
 name entry trusts what the name resolves to; an address entry allows that address whatever
-name led to it.
+name led to it. This process's policy, read from its settings, is
+`cluster.outbound.outbound_policy`.
 """
 
 from __future__ import annotations
@@ -25,21 +26,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 from pydantic_settings import NoDecode
 
 from cluster.errors import OutboundRefused
-
-if TYPE_CHECKING:
-    from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +319,7 @@ def refused_in(exc: BaseException | None) -> OutboundRefused | None:
     return None
 
 
-def _entries(value: Any) -> Any:
+def split_entries(value: Any) -> Any:
     """A list from JSON, a Python-style list (`str(list)`, as settings reach API replicas in
     variables) or comma-separated text; anything else is left for validation to refuse."""
     if not isinstance(value, str):
@@ -345,28 +342,9 @@ def _valid(entries: list[str]) -> list[str]:
 
 #: The settings field: entries checked when settings load; read from the environment as a
 #: JSON list or comma-separated (`DAFNCK_OUTBOUND_ALLOW=127.0.0.1,10.0.0.0/8`).
-OutboundAllow = Annotated[list[str], NoDecode, BeforeValidator(_entries), AfterValidator(_valid)]
-
-
-def policy_for(settings: Settings | None) -> OutboundPolicy:
-    """The policy of `settings`, else of this process's settings (`DAFNCK_*`, its file).
-
-    When this process's settings do not load, `DAFNCK_OUTBOUND_ALLOW` alone is read, and
-    when that does not parse either, nothing beyond public addresses is allowed.
-    """
-    if settings is not None:
-        return OutboundPolicy.from_entries(settings.outbound_allow)
-    from cluster.settings import load_settings
-
-    try:
-        return OutboundPolicy.from_entries(load_settings().outbound_allow)
-    except Exception:  # another setting of this process is bad: read ours alone
-        log.warning("this process's settings do not load; reading DAFNCK_OUTBOUND_ALLOW alone")
-    try:
-        return OutboundPolicy.from_entries(_entries(os.environ.get("DAFNCK_OUTBOUND_ALLOW", "")))
-    except (ValueError, TypeError):
-        log.error("DAFNCK_OUTBOUND_ALLOW does not parse: only public addresses are reached")
-        return OutboundPolicy()
+OutboundAllow = Annotated[
+    list[str], NoDecode, BeforeValidator(split_entries), AfterValidator(_valid)
+]
 
 
 __all__ = [
@@ -377,8 +355,8 @@ __all__ = [
     "OutboundPolicy",
     "address_problem",
     "guarded_transport",
-    "policy_for",
     "refused_in",
     "resolve",
     "resolve_async",
+    "split_entries",
 ]

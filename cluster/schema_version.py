@@ -6,10 +6,9 @@ is migrated one step at a time, after a backup of the keys the step changes (Red
 payloads in `<state_dir>/backups/schema-v<N>-<time>.jsonl`, restorable with RESTORE); a
 newer one (written by a later DafnckMachine) is refused, naming both versions.
 
-Stores written before the key existed are version 1. Version 2 keeps the Arrow tables of
-step outputs out of band (`workflows/store.py`, `output_blobs`): the migration moves each
-legacy `{"$arrow": path}` marker that sits exactly where version 1 wrote it for that
-execution and step into the tenant's outputs; any other marker stays the plain dict it is.
+Stores written before the key existed are version 1. The steps themselves change records
+that the packages above this floor own, so they live with them (`workflows/migrations.py`)
+and `dafnck up` hands them to `ensure_schema`.
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -51,8 +49,11 @@ def stored_version(client: redis.Redis) -> int | None:
     return 1 if next(client.scan_iter(match="dafnck:*", count=1000), None) else None
 
 
-def ensure_schema(client: redis.Redis, settings: Settings) -> list[int]:
-    """Bring the store to `CURRENT`; returns the versions migrated from (empty: none).
+def ensure_schema(
+    client: redis.Redis, settings: Settings, migrations: Mapping[int, Migration]
+) -> list[int]:
+    """Bring the store to `CURRENT` with `migrations` (version N -> N + 1); returns the
+    versions migrated from (empty: none).
 
     Raises:
         ConfigError: the store was written by a newer layout than this platform knows.
@@ -69,7 +70,7 @@ def ensure_schema(client: redis.Redis, settings: Settings) -> list[int]:
         )
     migrated = []
     for version in range(found, CURRENT):
-        step = MIGRATIONS[version]
+        step = migrations[version]
         backup(client, settings, version, step.keys(client))
         step.run(client, settings)
         _record(client, version + 1)
@@ -107,70 +108,3 @@ class Migration:
         run: Callable[[redis.Redis, Settings], None],
     ) -> None:
         self.keys, self.run = keys, run
-
-
-# -- 1 -> 2: Arrow tables out of band ----------------------------------------------------
-
-
-def _execution_keys(client: redis.Redis) -> list[str]:
-    return [
-        str(k)
-        for k in client.scan_iter(match="dafnck:*:exec:*", count=1000)
-        if str(k).count(":") == 3 and client.type(k) in ("hash", b"hash")
-    ]
-
-
-def _markers(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[list[Any], str]]:
-    if isinstance(value, dict):
-        if set(value) == {"$arrow"} and isinstance(value["$arrow"], str):
-            yield list(path), value["$arrow"]
-            return
-        for k, v in value.items():
-            yield from _markers(v, (*path, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _markers(v, (*path, i))
-
-
-def _legacy_key(execution_id: str, step_id: str, path: list[Any]) -> str:
-    """Where (under the blob root) version 1 wrote the table at `path` of the step's output."""
-    return f"{execution_id}/{step_id}" + "".join(f".{p}" for p in path) + ".parquet"
-
-
-def _arrow_out_of_band(client: redis.Redis, settings: Settings) -> None:
-    from workflows.store import BLOBS_FIELD, BlobStore
-
-    legacy = BlobStore(settings.blobs)
-    for key in _execution_keys(client):
-        tenant, execution_id = key.split(":")[1], key.split(":")[3]
-        outputs = BlobStore(settings.blobs).scoped(tenant, "outputs")
-        for field, raw in client.hgetall(key).items():
-            if not str(field).startswith("step:"):
-                continue
-            step_id, record = str(field)[5:], json.loads(raw)
-            refs = list(record.get(BLOBS_FIELD) or [])
-            for path, where in list(_markers(record.get("output"))):
-                legacy_key = _legacy_key(execution_id, step_id, path)
-                if where != f"{settings.blobs.rstrip('/')}/{legacy_key}":
-                    continue  # not what version 1 wrote here: an agent's own dict
-                table = legacy.get(legacy_key)
-                stored = outputs.put(f"{execution_id}/{step_id}/{len(refs)}", table)
-                record["output"] = _emptied(record["output"], path)
-                refs.append([path, stored])
-            if refs:
-                record[BLOBS_FIELD] = refs
-                client.hset(key, field, json.dumps(record))
-
-
-def _emptied(output: Any, path: list[Any]) -> Any:
-    if not path:
-        return None
-    parent = output
-    for step in path[:-1]:
-        parent = parent[step]
-    parent[path[-1]] = None
-    return output
-
-
-#: Migration from version N to N + 1.
-MIGRATIONS = {1: Migration(_execution_keys, _arrow_out_of_band)}

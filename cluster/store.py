@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from pathlib import Path
+from typing import Any, ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -13,7 +14,6 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from cluster.errors import ErrorInfo, StoreFull, StoreUnavailable
-from cluster.settings import Settings
 from cluster.valkey import ensure_valkey, running_url
 
 P = ParamSpec("P")
@@ -126,7 +126,25 @@ def unavailable_as_error(fn: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
-def resolve_redis_url(settings: Settings) -> str:
+class StoreSettings(Protocol):
+    """What connecting reads of the settings (`cluster.settings.Settings` has it all): the
+    store sits below the settings, whose sections (quotas, retention) use it."""
+
+    @property
+    def redis_url(self) -> str | None: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def valkey_maxmemory_mb(self) -> int | None: ...
+    @property
+    def redis_connect_timeout_s(self) -> float: ...
+    @property
+    def redis_socket_timeout_s(self) -> float: ...
+
+
+def resolve_redis_url(settings: StoreSettings) -> str:
     """The configured Redis URL, or the embedded Valkey's admin URL (started if needed).
 
     A configured URL without a password that names this state directory's embedded Valkey
@@ -152,7 +170,7 @@ def _same_server(a: str, b: str) -> bool:
     )
 
 
-def connect_store(settings: Settings, *, url: str | None = None) -> Store:
+def connect_store(settings: StoreSettings, *, url: str | None = None) -> Store:
     """Connect to the platform's Redis and check it answers.
 
     Raises:

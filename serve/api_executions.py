@@ -20,7 +20,7 @@ from actors.models import new_id
 from actors.webhooks import WebhookSpec, check_webhook, register_webhook
 from cluster.auth.models import Action
 from cluster.errors import Conflict, NotFound
-from cluster.netguard import policy_for
+from cluster.outbound import outbound_policy
 from cluster.retention import TERMINAL, Purger, PurgeReport, check_statuses
 from serve.deps import Caller, allowed
 from serve.patterns import ID, STEP_KEY, STREAM_ID  # STREAM_ID: the cursor of event pages
@@ -102,7 +102,7 @@ async def start_execution(
     execution_id = new_id()
     with caller.audited(Action.EXECUTIONS_CONTROL, obj=request.workflow):
         if request.webhook:
-            outbound = policy_for(caller.services.settings)
+            outbound = outbound_policy(caller.services.settings)
             await asyncio.to_thread(check_webhook, request.webhook, outbound)
             store = caller.services.store.for_tenant(caller.tenant)
             await asyncio.to_thread(register_webhook, store, execution_id, request.webhook)

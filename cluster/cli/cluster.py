@@ -53,8 +53,10 @@ def _check_schema(settings: Settings, url: str) -> None:
     """Migrate an older store forward (after a backup) or refuse a newer one."""
     from cluster.schema_version import CURRENT, ensure_schema
     from cluster.store import connect_store
+    from workflows.migrations import MIGRATIONS
 
-    for version in ensure_schema(connect_store(settings, url=url).redis, settings):
+    store = connect_store(settings, url=url)
+    for version in ensure_schema(store.redis, settings, MIGRATIONS):
         console.print(f"store migrated from schema {version} to {version + 1} (of {CURRENT})")
 
 

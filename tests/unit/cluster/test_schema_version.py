@@ -18,6 +18,7 @@ from cluster.schema_version import CURRENT, SCHEMA_KEY, ensure_schema, stored_ve
 from cluster.settings import Settings
 from cluster.store import connect_store
 from cluster.valkey import ensure_valkey, stop_valkey
+from workflows.migrations import MIGRATIONS
 from workflows.store import BLOBS_FIELD, BlobStore, ExecutionStore
 
 
@@ -33,7 +34,7 @@ def fresh(tmp_path: Path) -> Iterator[tuple[redis.Redis, Settings]]:
 def test_an_empty_store_gets_todays_version(fresh: tuple[redis.Redis, Settings]) -> None:
     client, settings = fresh
     assert stored_version(client) is None
-    assert ensure_schema(client, settings) == []
+    assert ensure_schema(client, settings, MIGRATIONS) == []
     assert client.get(SCHEMA_KEY) == str(CURRENT)
 
 
@@ -51,7 +52,7 @@ def test_a_store_of_the_previous_layout_is_backed_up_and_migrated(
     client.hset("dafnck:acme:exec:e1", "meta", "{}")
     assert stored_version(client) == 1
 
-    assert ensure_schema(client, settings) == [1]
+    assert ensure_schema(client, settings, MIGRATIONS) == [1]
     assert client.get(SCHEMA_KEY) == str(CURRENT)
     (backup,) = (settings.state_dir / "backups").glob("schema-v1-*.jsonl")
     assert oct(backup.stat().st_mode & 0o777) == "0o600"
@@ -65,7 +66,7 @@ def test_a_store_of_the_previous_layout_is_backed_up_and_migrated(
     assert state.output["files"].equals(table)  # read from the tenant's outputs
     assert state.output["agent"] == {"$arrow": "/etc/passwd"}  # not the platform's: a dict
     assert state.output["n"] == 2
-    assert ensure_schema(client, settings) == []  # done once
+    assert ensure_schema(client, settings, MIGRATIONS) == []  # done once
 
 
 def test_a_store_of_a_newer_layout_is_refused_naming_both(
@@ -74,7 +75,7 @@ def test_a_store_of_a_newer_layout_is_refused_naming_both(
     client, settings = fresh
     client.set(SCHEMA_KEY, CURRENT + 1)
     with pytest.raises(ConfigError) as caught:
-        ensure_schema(client, settings)
+        ensure_schema(client, settings, MIGRATIONS)
     assert f"schema version {CURRENT + 1}" in caught.value.message
     assert f"reads schema {CURRENT}" in caught.value.message
     assert client.get(SCHEMA_KEY) == str(CURRENT + 1)
