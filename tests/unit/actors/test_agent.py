@@ -7,6 +7,7 @@ from typing import Any
 
 from actors.agent import AgentRuntime
 from actors.models import AgentSpec, Task, TaskContext, TaskResult
+from tests.unit.waiting import until
 
 SLOW = AgentSpec(
     name="slow", capabilities=["test.slow"], entrypoint="tests.fixtures.agents:slow", timeout_s=5
@@ -37,7 +38,7 @@ def test_runs_a_task_and_reports_who_ran_it() -> None:
         2,
     )
     assert result.finished_at >= result.started_at > 0
-    assert rt.health()["completed"] == 1
+    assert rt.health().completed == 1
 
 
 def test_counts_tasks_in_flight() -> None:
@@ -48,16 +49,16 @@ def test_counts_tasks_in_flight() -> None:
             asyncio.create_task(rt.run(Task(capability="test.slow", input={"seconds": 0.3})))
             for _ in range(3)
         ]
-        await asyncio.sleep(0.1)
-        during = rt.health()["in_flight"]
+        await until(lambda: rt.health().in_flight == 3, what="three tasks in flight")
+        during = rt.health().in_flight
         results = await asyncio.gather(*running)
-        return during, rt.health()["in_flight"], results
+        return during, rt.health().in_flight, results
 
     during, after, results = asyncio.run(scenario())
     assert (during, after) == (3, 0)
     assert all(r.ok for r in results)
-    assert rt.health()["completed"] == 3
-    assert rt.health()["busy_s"] >= 0.9  # three tasks of 0.3 s: the time behind mean latency
+    assert rt.health().completed == 3
+    assert rt.health().busy_s >= 0.9  # three tasks of 0.3 s: the time behind mean latency
 
 
 def test_a_raising_skill_gives_a_failed_result_with_the_error_type() -> None:
@@ -71,7 +72,7 @@ def test_a_raising_skill_gives_a_failed_result_with_the_error_type() -> None:
         False,
     )
     health = rt.health()
-    assert (health["completed"], health["failed"], health["in_flight"]) == (0, 1, 0)
+    assert (health.completed, health.failed, health.in_flight) == (0, 1, 0)
 
 
 def test_a_timeout_gives_a_retryable_task_timeout() -> None:
@@ -82,7 +83,7 @@ def test_a_timeout_gives_a_retryable_task_timeout() -> None:
     assert result.error.retryable is True
     assert "0.1" in result.error.message
     assert result.duration_ms < 1500
-    assert rt.health()["in_flight"] == 0
+    assert rt.health().in_flight == 0
 
 
 def test_the_specs_timeout_applies_when_the_task_has_none() -> None:

@@ -18,6 +18,7 @@ from actors.supervisor import Supervisor
 from cluster import metrics
 from cluster.store import Store
 from tests.unit.actors.fakes import FakeLauncher
+from tests.unit.waiting import until, until_some
 
 
 class Clock:
@@ -186,9 +187,12 @@ def test_an_idle_pool_scales_to_zero_and_a_caller_wakes_it(
 
     async def scenario() -> None:
         await supervisor.create_agent(spec(idle_to_zero_s=0.05))
-        await asyncio.sleep(0.1)
-        await supervisor.reconcile()
-        assert launcher.live == {}
+
+        async def at_zero() -> bool:
+            await supervisor.reconcile()
+            return launcher.live == {}
+
+        await until_some(at_zero, what="the idle pool stopped")
         view = supervisor.get_pool("test.echo")
         assert view.replicas == {} and view.waking
         assert supervisor.wake.is_set()  # the reconcile loop runs at once
@@ -237,10 +241,8 @@ def test_a_replica_reports_tasks_waiting_for_a_slot_as_queued() -> None:
     async def scenario() -> None:
         task = Task(capability="test.slow", input={"seconds": 0.2})
         running = [asyncio.create_task(runtime.run(task)) for _ in range(3)]
-        await asyncio.sleep(0.05)
-        health = runtime.health()
-        assert (health["in_flight"], health["queued"]) == (1, 2)
+        await until(lambda: (runtime.health().in_flight, runtime.health().queued) == (1, 2))
         assert all(r.ok for r in await asyncio.gather(*running))
-        assert (runtime.health()["in_flight"], runtime.health()["queued"]) == (0, 0)
+        assert (runtime.health().in_flight, runtime.health().queued) == (0, 0)
 
     asyncio.run(scenario())

@@ -3,7 +3,6 @@ two supervisors at once and after a restart. No Ray: steps are never run here.""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from actors.hub import CommunicationHub
@@ -15,6 +14,7 @@ from actors.triggers import TriggerRunner
 from actors.workflow_service import AgentDispatcher, WorkflowService
 from cluster.errors import AgentNotFound
 from cluster.store import Store
+from tests.unit.waiting import idle_past
 from workflows.spec import WorkflowSpec
 from workflows.store import BlobStore, ExecutionStore
 
@@ -89,7 +89,8 @@ async def test_topic_message_starts_one_execution_even_when_redelivered(
         {"what": "c.py"},
         execution_id=execution_id("triggered", "topic:repo.changed", delivery.id),
     )
-    await asyncio.sleep(0.1)  # longer than claim_idle_ms: the message is redelivered
+    # Idle past claim_idle_ms by the server's clock: the message is redelivered.
+    await idle_past(store.redis, reader.stream_key, reader.group, 50)
     second = runner(store, tmp_path, "sup-2", claim_idle_ms=50)
     again = await second.tick()
     assert again == [execution_id("triggered", "topic:repo.changed", delivery.id)]

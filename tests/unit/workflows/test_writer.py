@@ -11,6 +11,7 @@ import pytest
 
 from cluster.errors import StoreUnavailable
 from cluster.store import Store
+from tests.unit.waiting import until
 from workflows.execution import Event, Execution, ExecutionStatus, StepState, StepStatus
 from workflows.store import BlobStore, Change, Encoded, ExecutionStore
 from workflows.writer import Writer
@@ -47,7 +48,7 @@ async def test_changes_wait_out_a_refusal_in_order_and_every_waiter_is_released(
     )
     writer.record(first, "s1", event(first, "step.started"))
     committing = asyncio.create_task(writer.commit(first, event(first, "execution.paused")))
-    await asyncio.sleep(0.05)  # the first batch has been refused by now
+    await until(lambda: store.failures == 0, what="the first batch refused")
     writer.record(first, "s1", event(first, "step.succeeded"))
     later = asyncio.create_task(writer.commit(second, event(second, "execution.started")))
     await asyncio.wait_for(asyncio.gather(committing, later), timeout=5)
