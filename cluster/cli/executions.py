@@ -1,7 +1,9 @@
 """`dafnck run/submit` and `dafnck executions`: run workflows and control their executions.
 
-`run` and `submit` are plain functions that `cli.py` registers on the app; the
-`executions` group is `exec_app`, its `logs` command first (from `cli_obs`).
+`run` and `submit` are plain functions that `cluster.cli.main` registers on the app; the
+`executions` group is `exec_app`, its `logs` command first (from `cluster.cli.obs`). Each
+control command calls one operation of the supervisor's contract (`actors.contract`) by
+name through `Client.api`, as REST and gRPC do: `approve` and `reject` are `decide_step`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -21,6 +23,9 @@ from rich.table import Table
 from cluster.cli.common import GlobalOptions, client, console, err, print_json
 from cluster.cli.obs import register as register_logs
 from cluster.errors import InputInvalid
+
+if TYPE_CHECKING:
+    from workflows.execution import Execution
 
 exec_app = typer.Typer(help="List, inspect and control workflow executions.", no_args_is_help=True)
 register_logs(exec_app, lambda: client("fail"), console)
@@ -210,26 +215,32 @@ def executions_events(
             return
 
 
-def _control(action: str, execution_id: str, *args: str) -> None:
-    execution = getattr(client().workflows, action)(execution_id, *args)
+def _printed(execution: Execution) -> None:
     console.print(f"execution {execution.id}: {execution.status.value}")
 
 
 @exec_app.command("pause")
 def executions_pause(execution_id: str) -> None:
     """No new step starts; running steps finish."""
-    _control("pause", execution_id)
+    from actors.contract import ExecutionRef
+
+    _printed(client().api.pause_workflow(ExecutionRef(execution_id=execution_id)))
 
 
 @exec_app.command("resume")
 def executions_resume(execution_id: str) -> None:
-    _control("resume", execution_id)
+    from actors.contract import ExecutionRef
+
+    _printed(client().api.resume_workflow(ExecutionRef(execution_id=execution_id)))
 
 
 @exec_app.command("cancel")
 def executions_cancel(execution_id: str, reason: Annotated[str, typer.Option()] = "") -> None:
     """Cancel the execution; running steps are cancelled through Ray."""
-    _control("cancel", execution_id, _who(), reason)
+    from actors.contract import CancelExecution
+
+    cancel = CancelExecution(execution_id=execution_id, by=_who(), reason=reason)
+    _printed(client().api.cancel_workflow(cancel))
 
 
 @exec_app.command("approve")
@@ -237,7 +248,7 @@ def executions_approve(
     execution_id: str, step: str, reason: Annotated[str, typer.Option()] = ""
 ) -> None:
     """Approve STEP, waiting at its approval gate."""
-    _control("approve", execution_id, step, _who(), reason)
+    _printed(_decide(execution_id, step, True, reason))
 
 
 @exec_app.command("reject")
@@ -245,13 +256,25 @@ def executions_reject(
     execution_id: str, step: str, reason: Annotated[str, typer.Option()] = ""
 ) -> None:
     """Reject STEP, waiting at its approval gate (the step fails)."""
-    _control("reject", execution_id, step, _who(), reason)
+    _printed(_decide(execution_id, step, False, reason))
+
+
+def _decide(execution_id: str, step: str, approved: bool, reason: str) -> Execution:
+    """`decide_step`, as REST's approve and reject routes and gRPC's ApproveStep call it."""
+    from actors.contract import DecideStep
+
+    decision = DecideStep(
+        execution_id=execution_id, step=step, approved=approved, by=_who(), reason=reason
+    )
+    return client().api.decide_step(decision)
 
 
 @exec_app.command("retry")
 def executions_retry(execution_id: str) -> None:
     """Run a failed or cancelled execution again from the steps that did not succeed."""
-    _control("retry", execution_id)
+    from actors.contract import ExecutionRef
+
+    _printed(client().api.retry_workflow(ExecutionRef(execution_id=execution_id)))
 
 
 @exec_app.command("purge")
