@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bandit security browser unit integration down image clean
+.PHONY: run test lint typecheck bandit security browser unit integration chaos down image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,9 +52,16 @@ test: lint typecheck bandit browser
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-## Real Ray and Valkey, then HTTP through Serve, then the attacks a tenant would try.
+## Real Ray and Valkey, then HTTP through Serve, then the attacks a tenant would try, then
+## the notebooks run top to bottom.
 integration: $(STAMP)
-	$(BIN)/pytest -q tests/integration tests/e2e tests/security
+	$(BIN)/pytest -q tests/integration tests/e2e tests/security tests/notebooks
+
+## Clusters of their own: `dafnck up`/`down` in subprocesses, several nodes, killed parts,
+## the wheel in a clean virtualenv. `unit`, `integration` and `chaos` together are `tests`
+## (tests/unit/test_make_targets.py checks that no directory is left out).
+chaos: $(STAMP)
+	$(BIN)/pytest -q tests/chaos
 
 ## The image the KubeRay manifests and configs/cluster/ray-cluster.yaml run (needs Docker).
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
