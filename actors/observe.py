@@ -169,6 +169,8 @@ class _Request(Protocol):
 class _Dispatcher(Protocol):
     async def run(self, request: Any) -> Any: ...
 
+    async def cancel(self, request: Any) -> None: ...
+
 
 class TracedDispatcher:
     """Wraps the engine's dispatcher: each step attempt runs inside its own span."""
@@ -203,6 +205,10 @@ class TracedDispatcher:
                          error.message if error is not None else "")  # fmt: skip
         tracing.end_span(span, failure)
         return outcome
+
+    async def cancel(self, request: Any) -> None:
+        log.info("step %s attempt %d cancelled", request.step_id, request.attempt)
+        await self.inner.cancel(request)
 
     def _span(self, request: Any) -> Span:
         """The attempt's span, child of the execution's (none when the execution has none)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from actors.models import Task, TaskContext
 from actors.registry import AgentRegistry
-from actors.router import PoolRouter
+from actors.router import Call, PoolRouter
 from cluster.errors import DafnckError, QueueFull, SpecInvalid
 from cluster.quotas import Quotas
 from workflows.dispatch import Dispatcher
@@ -35,22 +35,34 @@ class AgentDispatcher:
     def __init__(self, router: PoolRouter, registry: AgentRegistry) -> None:
         self.router = router
         self.registry = registry
+        #: Calls in flight by idempotency key, so `cancel` reaches the replica.
+        self._calls: dict[str, Call] = {}
 
     async def run(self, request: StepRequest) -> StepOutcome:
+        key = request.idempotency_key
         try:
             task = self._task(request)
             while True:
                 try:
-                    result = await self.router.run_async(task)
+                    call = self._calls[key] = await self.router.submit_async(task)
                     break
                 except QueueFull:
                     await asyncio.sleep(_QUEUE_FULL_WAIT_S)
+            result = await self.router.result_async(call)
         except DafnckError as exc:
             return StepOutcome(ok=False, error=exc.info())
+        finally:
+            self._calls.pop(key, None)
         if result.ok:
             return StepOutcome(ok=True, output=result.output)
         error = result.error
         return StepOutcome(ok=False, error=error)
+
+    async def cancel(self, request: StepRequest) -> None:
+        """`ray.cancel` the step's task on its replica and give back its slot at once."""
+        call = self._calls.pop(request.idempotency_key, None)
+        if call is not None:
+            self.router.cancel(call)
 
     def _task(self, request: StepRequest) -> Task:
         capability, agent = request.target, None

@@ -42,7 +42,13 @@ class StepOutcome:
 
 class Dispatcher(Protocol):
     async def run(self, request: StepRequest) -> StepOutcome:
-        """Run the step; cancelling the awaiting task cancels the work."""
+        """Run the step."""
+        ...
+
+    async def cancel(self, request: StepRequest) -> None:
+        """Stop the work of `request` wherever it runs (the engine calls it when an attempt
+        is cut short: its timeout, a cancelled execution, a fan-out whose join is met); a
+        no-op when it has ended."""
         ...
 
 

@@ -197,8 +197,12 @@ class WorkflowEngine:
         return run
 
     async def pause(self, execution_id: str) -> Execution:
-        """No new step starts; running ones finish. Raises: Conflict, NotFound."""
+        """No new step, fan-out item or retry starts; running attempts finish.
+
+        Raises: Conflict, NotFound.
+        """
         run = self._live(execution_id, ExecutionStatus.RUNNING, ExecutionStatus.WAITING_APPROVAL)
+        run.paused(True)
         await self.recorder.set_status(run, ExecutionStatus.PAUSED, "execution.paused")
         return run.execution
 
@@ -206,6 +210,7 @@ class WorkflowEngine:
         """Raises: Conflict (not paused), NotFound."""
         run = self._live(execution_id, ExecutionStatus.PAUSED)
         await self.recorder.set_status(run, ExecutionStatus.RUNNING, "execution.resumed")
+        run.paused(False)
         run.wake.set()
         return run.execution
 

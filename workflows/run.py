@@ -54,12 +54,24 @@ class Run:
     unfinished: dict[str, int] = field(default_factory=dict)
     dependents: dict[str, list[str]] = field(default_factory=dict)
 
+    #: Set unless the execution is paused: attempts and fan-out items wait for it.
+    resumed: asyncio.Event = field(default_factory=asyncio.Event)
     by_id: dict[str, StepSpec] = field(default_factory=dict)
     #: Top-level steps that have failed (whether that fails the execution is on_error's call).
     failing: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.by_id = {s.id: s for s in self.spec.steps}
+        self.paused(self.execution.status == ExecutionStatus.PAUSED)
+
+    def paused(self, paused: bool) -> None:
+        """Hold (or release) new attempts and fan-out items."""
+        (self.resumed.clear if paused else self.resumed.set)()
+
+    async def unpaused(self) -> None:
+        """Return when the execution is not paused."""
+        if not self.resumed.is_set():
+            await self.resumed.wait()
 
     def step(self, step_id: str) -> StepSpec:
         return self.by_id[step_id]

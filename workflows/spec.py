@@ -110,8 +110,9 @@ class ForEach(Contract):
     items: str = Field(min_length=1)
     as_: str = Field(default="item", alias="as", pattern=_VARIABLE)
     max_parallel: int = Field(default=10, ge=1, le=10_000)
-    #: The step succeeds when all items do, any one does, or at least k do.
-    join: Literal["all", "any"] | Annotated[int, Field(ge=1)] = "all"
+    #: The step succeeds when all items do, any one does, or at least k do (and ends as
+    #: soon as that is decided, cancelling the rest); `none` starts them and goes on.
+    join: Literal["all", "any", "none"] | Annotated[int, Field(ge=1)] = "all"
 
     @field_validator("as_")
     @classmethod

@@ -9,17 +9,21 @@ for each attempt, so after a restart a step goes on under the same idempotency k
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Protocol
 
-from cluster.errors import DafnckError, ErrorInfo, QuotaExceeded
+from cluster.errors import DafnckError, ErrorInfo
 from cluster.quotas import Quotas
 from workflows.dispatch import Dispatcher, StepFailed, StepOutcome, StepRequest, step_error
 from workflows.execution import ApprovalDecision, Execution, ExecutionStatus, StepStatus
 from workflows.expressions import EvalLimits, compile_expr, render_async
+from workflows.fanout import FanOut
 from workflows.run import OpenGate, Recorder, Run
 from workflows.spec import Approval as Gate
 from workflows.spec import StepSpec
+
+log = logging.getLogger(__name__)
 
 _ON_TIMEOUT = {"approve": "approved", "reject": "rejected", "fail": "timed_out"}
 
@@ -49,12 +53,20 @@ class _Engine(Protocol):
     async def cancel(self, execution_id: str, by: str = "", reason: str = "") -> Execution: ...
 
 
-class StepRunner:
+class StepRunner(FanOut):
     """Runs top-level steps of the engine's executions, one asyncio task each."""
 
     def __init__(self, engine: _Engine, recorder: Recorder) -> None:
         self._engine = engine
         self._rec = recorder
+
+    @property
+    def limits(self) -> EvalLimits:
+        return self._engine.limits
+
+    @property
+    def most_items(self) -> int:
+        return self._engine.quotas.for_each_items
 
     async def run(self, run: Run, step: StepSpec) -> None:
         """The task of one step: it ends with the step's record, never with an error."""
@@ -200,64 +212,6 @@ class StepRunner:
 
     # -- fan-out -----------------------------------------------------------------------------
 
-    async def _fan_out(self, run: Run, step: StepSpec, context: dict[str, Any]) -> list[Any]:
-        spec = step.for_each
-        assert spec is not None
-        items = await compile_expr(spec.items).evaluate_async(context, self._engine.limits)
-        if not isinstance(items, list):
-            raise StepFailed(
-                ErrorInfo(
-                    type="InputInvalid",
-                    message=f"for_each.items gave {type(items).__name__}, not a list",
-                )
-            )
-        most = self._engine.quotas.for_each_items
-        if len(items) > most:
-            raise QuotaExceeded(
-                "for_each_items", most, f"step {step.id!r} would fan out over {len(items)} items"
-            )
-        state = run.state(step.id)
-        state.items = [f"{step.id}[{i}]" for i in range(len(items))]
-        limit = asyncio.Semaphore(spec.max_parallel)
-        results = await asyncio.gather(
-            *(self._item(run, step, context, limit, i, x) for i, x in enumerate(items)),
-            return_exceptions=True,
-        )
-        return _join(step, results)
-
-    async def _item(
-        self,
-        run: Run,
-        step: StepSpec,
-        context: dict[str, Any],
-        limit: asyncio.Semaphore,
-        index: int,
-        item: Any,
-    ) -> Any:
-        """One item of a fan-out, under the step's parallelism limit."""
-        assert step.for_each is not None
-        key = f"{step.id}[{index}]"
-        done = run.execution.steps.get(key)
-        if done and done.status == StepStatus.SUCCEEDED:
-            return done.output  # finished before a restart
-        async with limit:
-            data = await render_async(
-                step.with_,
-                {**context, step.for_each.as_: item, "index": index},
-                self._engine.limits,
-            )
-            try:
-                output = await self._attempts(run, step, key, data)
-            except StepFailed as exc:
-                self._rec.step_done(
-                    run, key, StepStatus.FAILED, "step.item.failed", error=exc.error
-                )
-                raise
-            self._rec.step_done(
-                run, key, StepStatus.SUCCEEDED, "step.item.succeeded", output=output
-            )
-            return output
-
     # -- attempts --------------------------------------------------------------------------
 
     async def _attempts(self, run: Run, step: StepSpec, key: str, data: dict[str, Any]) -> Any:
@@ -286,7 +240,12 @@ class StepRunner:
     async def _attempt(
         self, run: Run, step: StepSpec, key: str, data: dict[str, Any]
     ) -> StepOutcome:
-        """One attempt, within the step's timeout (a timeout is a failed outcome)."""
+        """One attempt, within the step's timeout (a timeout is a failed outcome).
+
+        Waits while the execution is paused. An attempt cut short (its timeout, a cancel of
+        the execution or of the fan-out it belongs to) is cancelled through the dispatcher.
+        """
+        await run.unpaused()
         state = run.state(key)
         state.attempts += 1
         state.started_at = state.started_at or time.time()
@@ -314,7 +273,20 @@ class StepRunner:
         try:
             return await asyncio.wait_for(work, step.timeout_s)
         except TimeoutError as exc:
+            await self._cancel(step, request)
             return StepOutcome(ok=False, error=step_error(exc))
+        except asyncio.CancelledError:
+            await self._cancel(step, request)
+            raise
+
+    async def _cancel(self, step: StepSpec, request: StepRequest) -> None:
+        """Stop the attempt's work where it runs (a sub-workflow cancels its own child)."""
+        if step.kind == "workflow":
+            return
+        try:
+            await asyncio.shield(self._engine.dispatcher.cancel(request))
+        except Exception:  # the attempt is over for the engine whatever the dispatcher says
+            log.exception("cancelling step %s of %s failed", request.step_id, request.execution_id)
 
     async def _child(self, run: Run, step: StepSpec, key: str, data: dict[str, Any]) -> StepOutcome:
         """Run a sub-workflow; after a restart, wait for the child started before it."""
@@ -343,27 +315,6 @@ class StepRunner:
                 message=f"sub-workflow {child_id} {child.status.value}: {message}",
             ),
         )
-
-
-def _join(step: StepSpec, results: list[Any]) -> list[Any]:
-    """The fan-out's output, when enough items succeeded for its join. Raises: StepFailed."""
-    assert step.for_each is not None
-    errors = [r for r in results if isinstance(r, StepFailed)]
-    for other in results:
-        if isinstance(other, BaseException) and not isinstance(other, StepFailed):
-            raise other
-    ok = len(results) - len(errors)
-    join = step.for_each.join
-    need = len(results) if join == "all" else 1 if join == "any" else int(join)
-    if ok < need:
-        first = errors[0].error if errors else ErrorInfo(type="JoinFailed", message="no items")
-        raise StepFailed(
-            ErrorInfo(
-                type=first.type,
-                message=f"{ok} of {len(results)} items succeeded, {need} needed; first error: {first.message}",
-            )
-        )
-    return [None if isinstance(r, BaseException) else r for r in results]
 
 
 def _retryable(step: StepSpec, error: ErrorInfo, attempts: int) -> bool:

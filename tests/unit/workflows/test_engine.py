@@ -28,6 +28,8 @@ class FakeDispatcher:
         self.skills = skills
         self.calls: Counter[str] = Counter()
         self.requests: list[StepRequest] = []
+        #: Step keys (`step` or `step[i]`) whose attempt the engine cancelled, in order.
+        self.cancelled: list[str] = []
 
     async def run(self, request: StepRequest) -> StepOutcome:
         self.calls[request.idempotency_key] += 1
@@ -40,6 +42,9 @@ class FakeDispatcher:
                 ok=False,
                 error=ErrorInfo(type=type(exc).__name__, message=str(exc), retryable=retryable),
             )
+
+    async def cancel(self, request: StepRequest) -> None:
+        self.cancelled.append(request.step_id)
 
 
 class Definitions:
