@@ -40,13 +40,13 @@ from packaging.version import Version
 from pydantic import ValidationError
 
 from actors.a2a_wire import SKILL_KEY, message_input, output_parts
-from actors.client import Client
 from actors.models import NAME, AgentRecord, AgentStatus, Task, TaskContext, TaskResult
 from actors.registry import AgentRegistry
 from cluster.auth.models import Action
 from cluster.errors import DafnckError, InputInvalid
 from serve.a2a_tasks import RedisTaskStore
 from serve.deps import Caller, allowed
+from serve.tenants import TenantServices
 
 router = APIRouter(tags=["a2a"])
 AgentName = Path(pattern=NAME, description="the agent's name (its newest active version)")
@@ -113,8 +113,8 @@ def _description(record: AgentRecord, capability: str) -> str:
 class PlatformExecutor(AgentExecutor):
     """Runs an A2A message as a task routed to one agent of one tenant."""
 
-    def __init__(self, client: Client, record: AgentRecord) -> None:
-        self.client = client
+    def __init__(self, tenant: TenantServices, record: AgentRecord) -> None:
+        self.tenant = tenant
         self.record = record
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
@@ -140,7 +140,7 @@ class PlatformExecutor(AgentExecutor):
         """The routed task's result; errors before it runs are a failed result too."""
         try:
             task = self._task(context, task_id)
-            return await self.client.tasks.router.run_async(task)
+            return await self.tenant.router.run_async(task)
         except DafnckError as exc:
             return TaskResult(task_id=task_id, status="failed", error=exc.to_dict())
 
@@ -163,7 +163,7 @@ class PlatformExecutor(AgentExecutor):
                 capability=capability,
                 agent=spec.agent_id,
                 input=message_input(message) if message else {},
-                context=TaskContext(tenant=self.client.settings.tenant),
+                context=TaskContext(tenant=self.tenant.settings.tenant),
             )
         except ValidationError as exc:
             raise InputInvalid("A2A task", [str(e["msg"]) for e in exc.errors()]) from None
@@ -174,7 +174,7 @@ class PlatformExecutor(AgentExecutor):
         await updater.cancel()
 
 
-def _dispatcher(request: Request, who: Caller, client: Client, record: AgentRecord) -> Any:
+def _dispatcher(request: Request, who: Caller, tenant: TenantServices, record: AgentRecord) -> Any:
     """The SDK's JSON-RPC dispatcher for this agent version, one per replica and tenant."""
     cache: LRUCache[tuple[str, ...], JsonRpcDispatcher] = request.app.state.__dict__.setdefault(
         "a2a_dispatchers", LRUCache(maxsize=DISPATCHERS)
@@ -183,8 +183,8 @@ def _dispatcher(request: Request, who: Caller, client: Client, record: AgentReco
     key = (who.tenant, record.agent_id, url, str(record.updated_at))
     if key not in cache:
         handler = DefaultRequestHandler(
-            agent_executor=PlatformExecutor(client, record),
-            task_store=RedisTaskStore(client.store, record.spec.name),
+            agent_executor=PlatformExecutor(tenant, record),
+            task_store=RedisTaskStore(tenant.store, record.spec.name),
             agent_card=agent_card(record, url),
         )
         cache[key] = JsonRpcDispatcher(request_handler=handler)
@@ -214,9 +214,9 @@ async def a2a_rpc(
 ) -> Response:
     """A2A JSON-RPC (`SendMessage`, `SendStreamingMessage`, `GetTask`, ...). Raises: AgentNotFound."""
     record = await asyncio.to_thread(_record, who, agent)
-    client = await asyncio.to_thread(lambda: who.client)
-    with who.audited(Action.TASKS_RUN, obj=f"a2a:{agent}"):
-        response: Response = await _dispatcher(request, who, client, record).handle_requests(
+    tenant = who.tenant_services
+    async with who.audit(Action.TASKS_RUN, obj=f"a2a:{agent}"):
+        response: Response = await _dispatcher(request, who, tenant, record).handle_requests(
             request
         )
     return response

@@ -1,5 +1,6 @@
 """Agents of the caller's tenant: apply (create or update), list and discover, get, status,
-scale, delete. Client calls that wait on Ray run in a worker thread, off the event loop."""
+scale, delete. Changes are the supervisor's operations, awaited through the tenant's
+gateway; listings read the registry (a blocking store read, in a worker thread)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from actors.contract import AgentRef, CreateAgent, ScaleAgent, SetAgentStatus
 from actors.models import AgentRecord, AgentSpec, AgentStatus, DiscoveryCriteria
 from cluster.auth.models import Action
 from cluster.errors import InputInvalid
@@ -44,9 +46,8 @@ async def apply_agent(
     who: Caller = Depends(allowed(Action.AGENTS_WRITE)),  # noqa: B008
 ) -> AgentRecord:
     """Create the agent `name@version`, or update it when it exists."""
-    with who.audited(Action.AGENTS_WRITE, obj=f"agent:{spec.agent_id}"):
-        records = await asyncio.to_thread(lambda: who.client.agents.apply(spec))
-    return records[0]
+    async with who.audit(Action.AGENTS_WRITE, obj=f"agent:{spec.agent_id}"):
+        return await who.gateway.create_agent(CreateAgent(spec=spec))
 
 
 @router.get("/v1/agents", response_model=AgentsResponse)
@@ -66,8 +67,8 @@ async def list_agents(
     except ValidationError as exc:
         problems = [f"query.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise InputInvalid("agent query", problems) from None
-    records = await asyncio.to_thread(lambda: who.client.agents.ls(criteria))
-    return AgentsResponse(agents=records)
+    registry = who.tenant_services.registry
+    return AgentsResponse(agents=await asyncio.to_thread(registry.discover_agents, criteria))
 
 
 @router.get("/v1/agents/{agent_id}", response_model=AgentRecord)
@@ -75,7 +76,7 @@ async def get_agent(
     agent_id: str,
     who: Caller = Depends(allowed(Action.AGENTS_READ)),  # noqa: B008
 ) -> AgentRecord:
-    return await asyncio.to_thread(lambda: who.client.agents.get(agent_id))
+    return await asyncio.to_thread(who.tenant_services.registry.get, agent_id)
 
 
 @router.put("/v1/agents/{agent_id}/status", response_model=AgentsResponse)
@@ -86,10 +87,13 @@ async def set_status(
 ) -> AgentsResponse:
     """Set the status of `agent_id` (or of every version of a bare name)."""
     check_agent_ref(agent_id, "path.agent_id", "agent reference")
-    with who.audited(Action.AGENTS_WRITE, obj=f"agent:{agent_id}"):
-        records = await asyncio.to_thread(
-            lambda: who.client.agents.set_status(agent_id, body.status)
-        )
+    async with who.audit(Action.AGENTS_WRITE, obj=f"agent:{agent_id}"):
+        records = [
+            await who.gateway.update_agent_status(
+                SetAgentStatus(agent_id=found.agent_id, status=body.status)
+            )
+            for found in await _matching(who, agent_id)
+        ]
     return AgentsResponse(agents=records)
 
 
@@ -101,8 +105,13 @@ async def scale_agent(
 ) -> AgentsResponse:
     """Scale every version matching `name` (or `name@range`) within its min..max."""
     check_agent_ref(name, "path.name", "agent reference")
-    with who.audited(Action.AGENTS_WRITE, obj=f"agent:{name}"):
-        records = await asyncio.to_thread(lambda: who.client.agents.scale(name, body.replicas))
+    async with who.audit(Action.AGENTS_WRITE, obj=f"agent:{name}"):
+        records = [
+            await who.gateway.scale_agents(
+                ScaleAgent(agent_id=found.agent_id, replicas=body.replicas)
+            )
+            for found in await _matching(who, name)
+        ]
     return AgentsResponse(agents=records)
 
 
@@ -113,6 +122,13 @@ async def remove_agent(
 ) -> RemovedResponse:
     """Remove `agent_id` (or every version of a bare name) and stop its replicas."""
     check_agent_ref(agent_id, "path.agent_id", "agent reference")
-    with who.audited(Action.AGENTS_WRITE, obj=f"agent:{agent_id}"):
-        removed = await asyncio.to_thread(lambda: who.client.agents.rm(agent_id))
+    async with who.audit(Action.AGENTS_WRITE, obj=f"agent:{agent_id}"):
+        removed = [found.agent_id for found in await _matching(who, agent_id)]
+        for each in removed:
+            await who.gateway.remove_agent(AgentRef(agent_id=each))
     return RemovedResponse(removed=removed)
+
+
+async def _matching(who: Caller, name: str) -> list[AgentRecord]:
+    """Every version `name` (or `name@range`) names. Raises: AgentNotFound."""
+    return await asyncio.to_thread(who.tenant_services.registry.resolve, name)

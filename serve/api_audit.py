@@ -79,10 +79,9 @@ def install(app: FastAPI) -> None:
             detail = f"invalid fields: {', '.join(fields)}"[:500]
             target = f"{request.method} {request.url.path}"[:300]
             with contextlib.suppress(DafnckError):  # a store that is down: still the 422
-                await asyncio.to_thread(
-                    who.services.security.audit.record, who.principal, who.tenant,
-                    INVALID_ACTION, target, who.request_id, "invalid", detail,
-                )  # fmt: skip
+                await who.services.gate.record(
+                    who.principal, INVALID_ACTION, target, who.request_id, "invalid", detail
+                )
         response = answer(request, exc)
         return await response if inspect.isawaitable(response) else response
 

@@ -139,7 +139,7 @@ async def create_key(
     body: KeyCreateRequest,
     who: Caller = Depends(allowed(Action.KEYS_MANAGE)),  # noqa: B008
 ) -> KeyCreateResponse:
-    with who.audited(Action.KEYS_MANAGE, obj=f"key:{body.name}"):
+    async with who.audit(Action.KEYS_MANAGE, obj=f"key:{body.name}"):
         key_id, secret = await asyncio.to_thread(
             who.services.security.keys.create_api_key, who.tenant, body.role, body.name
         )
@@ -160,7 +160,7 @@ async def revoke_key(
     key_id: str,
     who: Caller = Depends(allowed(Action.KEYS_MANAGE)),  # noqa: B008
 ) -> ApiKeyInfo:
-    with who.audited(Action.KEYS_MANAGE, obj=f"key:{key_id}"):
+    async with who.audit(Action.KEYS_MANAGE, obj=f"key:{key_id}"):
         return await asyncio.to_thread(
             who.services.security.keys.revoke_api_key, who.tenant, key_id
         )
@@ -172,7 +172,7 @@ async def create_user(
     who: Caller = Depends(allowed(Action.USERS_MANAGE)),  # noqa: B008
 ) -> UserInfo:
     users = who.services.security.users
-    with who.audited(Action.USERS_MANAGE, obj=f"user:{body.username}"):
+    async with who.audit(Action.USERS_MANAGE, obj=f"user:{body.username}"):
         return await on_hashing_pool(
             users.create_user,
             who.tenant,
@@ -189,7 +189,7 @@ async def enable_totp(
 ) -> TotpEnrolment:
     """Issue a TOTP secret (shown once); the user's next login with a code activates it."""
     users = who.services.security.users
-    with who.audited(Action.USERS_MANAGE, obj=f"user:{username}"):
+    async with who.audit(Action.USERS_MANAGE, obj=f"user:{username}"):
         return await asyncio.to_thread(users.enable_totp, who.tenant, username)
 
 
@@ -208,7 +208,7 @@ async def set_password(
 ) -> UserInfo:
     """Give the user a new password: every token the user holds stops working at once."""
     users = who.services.security.users
-    with who.audited(Action.USERS_MANAGE, obj=f"user:{username}"):
+    async with who.audit(Action.USERS_MANAGE, obj=f"user:{username}"):
         return await on_hashing_pool(
             users.set_password, who.tenant, username, body.password.get_secret_value()
         )
@@ -221,7 +221,7 @@ async def disable_user(
 ) -> UserInfo:
     """The user can no longer log in, and its tokens are refused at once."""
     users = who.services.security.users
-    with who.audited(Action.USERS_MANAGE, obj=f"user:{username}"):
+    async with who.audit(Action.USERS_MANAGE, obj=f"user:{username}"):
         return await asyncio.to_thread(users.set_disabled, who.tenant, username, True)
 
 
@@ -232,7 +232,7 @@ async def enable_user(
 ) -> UserInfo:
     """The user may log in again (tokens from before it was disabled stay void)."""
     users = who.services.security.users
-    with who.audited(Action.USERS_MANAGE, obj=f"user:{username}"):
+    async with who.audit(Action.USERS_MANAGE, obj=f"user:{username}"):
         return await asyncio.to_thread(users.set_disabled, who.tenant, username, False)
 
 
@@ -243,6 +243,6 @@ async def delete_user(
 ) -> Response:
     """Remove the account; its tokens are refused at once."""
     users = who.services.security.users
-    with who.audited(Action.USERS_MANAGE, obj=f"user:{username}"):
+    async with who.audit(Action.USERS_MANAGE, obj=f"user:{username}"):
         await asyncio.to_thread(users.delete_user, who.tenant, username)
     return Response(status_code=204)

@@ -23,6 +23,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
+from actors.contract import MonitorHealth
+from actors.health import PoolHealth, pools_of
 from cluster.auth.models import PERMISSIONS, Action
 from serve.deps import Caller, allowed, caller
 from workflows.execution import ExecutionStatus
@@ -68,15 +70,15 @@ async def me(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     }
 
 
-def _pool_totals(pools: dict[str, Any]) -> dict[str, float]:
+def _pool_totals(pools: dict[str, PoolHealth]) -> dict[str, float]:
     """Tasks done, failed and in flight, and seconds spent running them, over every replica."""
-    totals = {"completed": 0.0, "failed": 0.0, "in_flight": 0.0, "busy_s": 0.0}
-    for pool in pools.values():
-        for report in (pool.get("replicas") or {}).values():
-            for name in totals:
-                value = report.get(name, 0)
-                totals[name] += value if isinstance(value, int | float) else 0
-    return totals
+    reports = [r for pool in pools.values() for r in pool.replicas.values()]
+    return {
+        "completed": float(sum(r.completed or 0 for r in reports)),
+        "failed": float(sum(r.failed or 0 for r in reports)),
+        "in_flight": float(sum(r.in_flight or 0 for r in reports)),
+        "busy_s": float(sum(r.busy_s or 0 for r in reports)),
+    }
 
 
 @router.get("/v1/overview")
@@ -88,8 +90,9 @@ async def overview(
     read executions, their counts by status (None otherwise)."""
     reads_executions = Action.EXECUTIONS_READ in PERMISSIONS[who.principal.role]
     health, recent = await asyncio.gather(
-        asyncio.to_thread(who.client.health),
-        asyncio.to_thread(who.client.workflows.ls, RECENT_EXECUTIONS) if reads_executions
+        who.gateway.monitor_health(MonitorHealth()),
+        asyncio.to_thread(who.tenant_services.executions.list_executions, RECENT_EXECUTIONS)
+        if reads_executions
         else asyncio.sleep(0, result=[]),
     )  # fmt: skip
     counts = {status.value: 0 for status in ExecutionStatus}
@@ -99,7 +102,7 @@ async def overview(
     return {
         **health,
         "at": time.time(),
-        "tasks": _pool_totals(health.get("pools", {})),
+        "tasks": _pool_totals(pools_of(health)),
         "executions": executions,
     }
 
@@ -112,7 +115,7 @@ async def workflow_graph(
 ) -> dict[str, Any]:
     """The workflow's steps and every dependency (explicit `needs` and those its expressions
     imply), for drawing. Raises: NotFound."""
-    found, raw = await asyncio.to_thread(who.client.workflows.executions.definition, name, version)
+    found, raw = await asyncio.to_thread(who.tenant_services.executions.definition, name, version)
     spec = WorkflowSpec.model_validate(json.loads(raw))
     needs = effective_needs(spec)
     steps = [

@@ -57,8 +57,10 @@ async def create_object(
     caller: Caller = Depends(allowed(Action.DATA_WRITE)),  # noqa: B008
 ) -> dict[str, Any]:
     """Keep a new object at version 1. Raises: InputInvalid (422)."""
-    with caller.audited(Action.DATA_WRITE, obj=body.metadata.name):
-        result = await asyncio.to_thread(caller.client.data.store, body.data, body.metadata)
+    async with caller.audit(Action.DATA_WRITE, obj=body.metadata.name):
+        result = await asyncio.to_thread(
+            caller.tenant_services.data.store, body.data, body.metadata
+        )
     response.headers["Location"] = f"/v1/data/{result.id}"
     response.headers["ETag"] = f'"{result.version}"'
     return _dump(result)
@@ -71,7 +73,7 @@ async def get_object(
     caller: Caller = Depends(allowed(Action.DATA_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """The latest version; its version is the ETag. Raises: NotFound."""
-    found = await asyncio.to_thread(caller.client.data.get, object_id)
+    found = await asyncio.to_thread(caller.tenant_services.data.get, object_id)
     response.headers["ETag"] = f'"{found.version}"'
     return _dump(found)
 
@@ -105,8 +107,10 @@ async def update_object(
     Raises: PreconditionRequired (428), Conflict (409, another version), NotFound.
     """
     expected = _version(if_match)
-    with caller.audited(Action.DATA_WRITE, obj=object_id):
-        result = await asyncio.to_thread(caller.client.data.update, object_id, patch, expected)
+    async with caller.audit(Action.DATA_WRITE, obj=object_id):
+        result = await asyncio.to_thread(
+            caller.tenant_services.data.update, object_id, patch, expected
+        )
     response.headers["ETag"] = f'"{result.version}"'
     return _dump(result)
 
@@ -117,8 +121,8 @@ async def delete_object(
     caller: Caller = Depends(allowed(Action.DATA_WRITE)),  # noqa: B008
 ) -> dict[str, Any]:
     """Remove the object and its files. Raises: NotFound."""
-    with caller.audited(Action.DATA_WRITE, obj=object_id):
-        result = await asyncio.to_thread(caller.client.data.delete, object_id)
+    async with caller.audit(Action.DATA_WRITE, obj=object_id):
+        result = await asyncio.to_thread(caller.tenant_services.data.delete, object_id)
     return _dump(result)
 
 
@@ -176,7 +180,7 @@ async def query_objects(
         raise InputInvalid("query", [str(exc)]) from None
     if cursor is not None:
         _check_cursor(cursor)
-    page = await asyncio.to_thread(caller.client.data.retrieve, query)
+    page = await asyncio.to_thread(caller.tenant_services.data.retrieve, query)
     return _dump(page)
 
 
@@ -186,8 +190,8 @@ async def create_backup(
     caller: Caller = Depends(allowed(Action.BACKUPS_MANAGE)),  # noqa: B008
 ) -> dict[str, Any]:
     """Back up the tenant's keys (all, or those under `prefixes`)."""
-    with caller.audited(Action.BACKUPS_MANAGE, obj="backup"):
-        result = await asyncio.to_thread(caller.client.data.backup, criteria)
+    async with caller.audit(Action.BACKUPS_MANAGE, obj="backup"):
+        result = await asyncio.to_thread(caller.tenant_services.data.backup, criteria)
     return _dump(result)
 
 
@@ -196,7 +200,7 @@ async def list_backups(
     caller: Caller = Depends(allowed(Action.BACKUPS_MANAGE)),  # noqa: B008
 ) -> dict[str, Any]:
     """Complete backups of the tenant, newest first."""
-    found = await asyncio.to_thread(caller.client.data.list_backups)
+    found = await asyncio.to_thread(caller.tenant_services.data.list_backups)
     return {"backups": [_dump(b) for b in found]}
 
 
@@ -212,7 +216,7 @@ async def restore_backup(
     Raises: Forbidden (not an admin), NotFound, Conflict.
     """
     result = await asyncio.to_thread(
-        restore_audited, caller.client.data, caller.services.security.audit, caller.principal,
+        restore_audited, caller.tenant_services.data, caller.services.security.audit, caller.principal,
         backup_id, into_empty=into_empty, request_id=caller.request_id,
     )  # fmt: skip
     return _dump(result)

@@ -1,9 +1,10 @@
 """Executions: start one (202 and its id), list, get, control, approve or reject a gated
 step, and page through its event log.
 
-Control calls go to the tenant's supervisor; a call that does not apply to the execution's
-state (pausing a finished one, approving a step not at its gate) answers 409. Another
-tenant's execution id is simply not found (404): each tenant has its own store and supervisor.
+Control calls are the supervisor's operations (`actors.contract`), awaited through the
+tenant's gateway; a call that does not apply to the execution's state (pausing a finished
+one, approving a step not at its gate) answers 409. Another tenant's execution id is simply
+not found (404): each tenant has its own store and supervisor.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from actors.contract import CancelExecution, DecideStep, ExecuteWorkflow, ExecutionRef
 from actors.models import new_id
 from actors.webhooks import WebhookSpec, check_webhook, register_webhook
 from cluster.auth.models import Action
@@ -98,17 +100,18 @@ async def start_execution(
     Raises: NotFound (no such workflow or version), InputInvalid (inputs of the wrong type),
     OutboundRefused (a webhook URL at an address the platform does not allow).
     """
-    workflows = caller.client.workflows
     execution_id = new_id()
-    with caller.audited(Action.EXECUTIONS_CONTROL, obj=request.workflow):
+    async with caller.audit(Action.EXECUTIONS_CONTROL, obj=request.workflow):
         if request.webhook:
             outbound = outbound_policy(caller.services.settings)
             await asyncio.to_thread(check_webhook, request.webhook, outbound)
             store = caller.services.store.for_tenant(caller.tenant)
             await asyncio.to_thread(register_webhook, store, execution_id, request.webhook)
-        execution = await asyncio.to_thread(
-            workflows.run, request.workflow, request.inputs, version=request.version, wait=False,
-            execution_id=execution_id,
+        execution = await caller.gateway.execute_workflow(
+            ExecuteWorkflow(
+                workflow=request.workflow, inputs=request.inputs, version=request.version,
+                execution_id=execution_id,
+            )
         )  # fmt: skip
     response.headers["Location"] = f"/v1/executions/{execution.id}"
     if wait:
@@ -121,8 +124,9 @@ async def start_execution(
 async def _wait(caller: Caller, execution_id: str, timeout_s: float) -> Execution:
     """The execution once it ended, or as it is when `timeout_s` has passed."""
     deadline = time.monotonic() + timeout_s
+    ref = ExecutionRef(execution_id=execution_id)
     while True:
-        execution = await asyncio.to_thread(caller.client.workflows.status, execution_id)
+        execution = await caller.gateway.get_execution_status(ref)
         if execution.status.terminal or time.monotonic() >= deadline:
             return execution
         await asyncio.sleep(WAIT_POLL_S)
@@ -172,7 +176,7 @@ async def purge_executions(
     Executions that have not ended are never purged: they are listed under `active`.
     """
     obj = ",".join(request.ids)[:200] or f"older_than_s={request.older_than_s:g}"
-    with caller.audited(Action.EXECUTIONS_PURGE, obj=obj):
+    async with caller.audit(Action.EXECUTIONS_PURGE, obj=obj):
         report = await _purge(caller, request.ids, request.older_than_s, request.statuses)
     return report.as_dict()
 
@@ -183,7 +187,7 @@ async def delete_execution(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_PURGE)),  # noqa: B008
 ) -> Response:
     """Purge one finished execution. Raises: NotFound, Conflict (it has not ended)."""
-    with caller.audited(Action.EXECUTIONS_PURGE, obj=execution_id):
+    async with caller.audit(Action.EXECUTIONS_PURGE, obj=execution_id):
         report = await _purge(caller, [execution_id], None, list(TERMINAL))
     if report.missing:
         raise NotFound(f"execution {execution_id!r} does not exist")
@@ -198,7 +202,7 @@ async def delete_execution(
 async def _purge(
     caller: Caller, ids: list[str], older_than_s: float | None, statuses: list[Any]
 ) -> PurgeReport:
-    executions = caller.client.workflows.executions
+    executions = caller.tenant_services.executions
     settings = caller.services.settings.retention.for_tenant(caller.tenant)
     purger = Purger(executions.store, executions.blobs.dir, settings.usage_days)
     chosen = [str(s) for s in statuses]
@@ -215,7 +219,8 @@ async def list_executions(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """The newest executions first (without their per-step state)."""
-    found = await asyncio.to_thread(caller.client.workflows.ls, limit, status)
+    executions = caller.tenant_services.executions
+    found = await asyncio.to_thread(executions.list_executions, limit, status)
     return {"executions": [execution_json(e) for e in found]}
 
 
@@ -225,7 +230,8 @@ async def get_execution(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """The execution with every step's state. Raises: NotFound."""
-    return execution_json(await asyncio.to_thread(caller.client.workflows.status, execution_id))
+    ref = ExecutionRef(execution_id=execution_id)
+    return execution_json(await caller.gateway.get_execution_status(ref))
 
 
 @router.post("/{execution_id}/pause", response_model=Execution)
@@ -234,7 +240,9 @@ async def pause_execution(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
 ) -> dict[str, Any]:
     """No new step starts; running ones finish. Raises: NotFound, Conflict (not running)."""
-    return await _control(caller, execution_id, "pause")
+    async with caller.audit(Action.EXECUTIONS_CONTROL, obj=execution_id):
+        done = await caller.gateway.pause_workflow(ExecutionRef(execution_id=execution_id))
+    return execution_json(done)
 
 
 @router.post("/{execution_id}/resume", response_model=Execution)
@@ -243,7 +251,9 @@ async def resume_execution(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
 ) -> dict[str, Any]:
     """Raises: NotFound, Conflict (not paused)."""
-    return await _control(caller, execution_id, "resume")
+    async with caller.audit(Action.EXECUTIONS_CONTROL, obj=execution_id):
+        done = await caller.gateway.resume_workflow(ExecutionRef(execution_id=execution_id))
+    return execution_json(done)
 
 
 @router.post("/{execution_id}/cancel", response_model=Execution)
@@ -253,8 +263,11 @@ async def cancel_execution(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
 ) -> dict[str, Any]:
     """Cancel running steps and end the execution. Raises: NotFound, Conflict (ended)."""
-    reason = body.reason if body else ""
-    return await _control(caller, execution_id, "cancel", caller.principal.subject, reason)
+    cancel = CancelExecution(
+        execution_id=execution_id, by=caller.principal.subject, reason=body.reason if body else ""
+    )
+    async with caller.audit(Action.EXECUTIONS_CONTROL, obj=execution_id):
+        return execution_json(await caller.gateway.cancel_workflow(cancel))
 
 
 @router.post("/{execution_id}/retry", response_model=Execution)
@@ -266,15 +279,8 @@ async def retry_execution(
 
     Raises: NotFound, Conflict (neither failed nor cancelled).
     """
-    return await _control(caller, execution_id, "retry")
-
-
-async def _control(caller: Caller, execution_id: str, operation: str, *args: str) -> dict[str, Any]:
-    """One audited control operation of `Client.workflows` (pause, resume, cancel, retry)."""
-    with caller.audited(Action.EXECUTIONS_CONTROL, obj=execution_id):
-        done = await asyncio.to_thread(
-            getattr(caller.client.workflows, operation), execution_id, *args
-        )
+    async with caller.audit(Action.EXECUTIONS_CONTROL, obj=execution_id):
+        done = await caller.gateway.retry_workflow(ExecutionRef(execution_id=execution_id))
     return execution_json(done)
 
 
@@ -306,13 +312,12 @@ async def reject_step(
 async def _decide(
     caller: Caller, execution_id: str, step: str, approve: bool, body: DecisionRequest | None
 ) -> dict[str, Any]:
-    workflows = caller.client.workflows
-    decide = workflows.approve if approve else workflows.reject
-    with caller.audited(Action.EXECUTIONS_APPROVE, obj=f"{execution_id}/{step}"):
-        done = await asyncio.to_thread(
-            decide, execution_id, step, caller.principal.subject, body.reason if body else ""
-        )
-    return execution_json(done)
+    decision = DecideStep(
+        execution_id=execution_id, step=step, approved=approve, by=caller.principal.subject,
+        reason=body.reason if body else "",
+    )  # fmt: skip
+    async with caller.audit(Action.EXECUTIONS_APPROVE, obj=f"{execution_id}/{step}"):
+        return execution_json(await caller.gateway.decide_step(decision))
 
 
 @router.get("/{execution_id}/events", response_model=EventsResponse)
@@ -323,7 +328,7 @@ async def execution_events(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """A page of the execution's event log, oldest first, after `cursor`. Raises: NotFound."""
-    executions = caller.client.workflows.executions
+    executions = caller.tenant_services.executions
 
     def page() -> list[Any]:
         executions.load(execution_id)  # NotFound for unknown (or another tenant's) ids

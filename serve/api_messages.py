@@ -65,8 +65,8 @@ def _dump(model: BaseModel) -> dict[str, Any]:
 
 
 async def _send(caller: Caller, body: MessageBody, recipient: str) -> dict[str, Any]:
-    with caller.audited(Action.MESSAGES_SEND, obj=f"inbox:{recipient}"):
-        result = await caller.client.hub.send_message(
+    async with caller.audit(Action.MESSAGES_SEND, obj=f"inbox:{recipient}"):
+        result = await caller.tenant_services.hub.send_message(
             body.message(caller.principal.subject), recipient
         )
     return _dump(result)
@@ -99,8 +99,8 @@ async def broadcast(
     """Copy a message to many inboxes. Raises: SpecInvalid (no target), AgentNotFound."""
     message = MessageBody.model_validate(body.model_dump(exclude={"recipients", "capability"}))
     target = ",".join(body.recipients or []) or f"capability:{body.capability}"
-    with caller.audited(Action.MESSAGES_SEND, obj=f"broadcast:{target}"):
-        result = await caller.client.hub.broadcast_message(
+    async with caller.audit(Action.MESSAGES_SEND, obj=f"broadcast:{target}"):
+        result = await caller.tenant_services.hub.broadcast_message(
             message.message(caller.principal.subject), body.recipients, body.capability
         )
     return {**_dump(result), "count": result.count}
@@ -113,8 +113,10 @@ async def publish(
     caller: Caller = Depends(allowed(Action.MESSAGES_SEND)),  # noqa: B008
 ) -> dict[str, Any]:
     """Publish on a topic: every subscribed pool and open feed gets it."""
-    with caller.audited(Action.MESSAGES_SEND, obj=f"topic:{topic}"):
-        result = await caller.client.hub.publish(topic, body.message(caller.principal.subject))
+    async with caller.audit(Action.MESSAGES_SEND, obj=f"topic:{topic}"):
+        result = await caller.tenant_services.hub.publish(
+            topic, body.message(caller.principal.subject)
+        )
     return _dump(result)
 
 
@@ -124,8 +126,8 @@ async def create_channel(
     caller: Caller = Depends(allowed(Action.MESSAGES_SEND)),  # noqa: B008
 ) -> dict[str, Any]:
     """A channel only its participants (the caller included) may read or write."""
-    with caller.audited(Action.MESSAGES_SEND, obj="channel"):
-        channel = await caller.client.hub.create_channel(
+    async with caller.audit(Action.MESSAGES_SEND, obj="channel"):
+        channel = await caller.tenant_services.hub.create_channel(
             body.participants, caller.principal.subject
         )
     return _dump(channel)
@@ -137,7 +139,7 @@ async def get_channel(
     caller: Caller = Depends(allowed(Action.MESSAGES_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """The channel's participants. Raises: NotFound, Forbidden (not a participant)."""
-    hub = caller.client.hub
+    hub = caller.tenant_services.hub
     await hub.read_channel(channel_id, caller.principal.subject, limit=1)  # participant check
     return _dump(await hub.get_channel(channel_id))
 
@@ -149,8 +151,8 @@ async def post_to_channel(
     caller: Caller = Depends(allowed(Action.MESSAGES_SEND)),  # noqa: B008
 ) -> dict[str, Any]:
     """Write in the channel as the caller. Raises: NotFound, Forbidden (not a participant)."""
-    with caller.audited(Action.MESSAGES_SEND, obj=f"channel:{channel_id}"):
-        result = await caller.client.hub.post_to_channel(
+    async with caller.audit(Action.MESSAGES_SEND, obj=f"channel:{channel_id}"):
+        result = await caller.tenant_services.hub.post_to_channel(
             channel_id, body.message(caller.principal.subject)
         )
     return _dump(result)
@@ -164,7 +166,7 @@ async def read_channel(
     caller: Caller = Depends(allowed(Action.MESSAGES_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """A page of the channel, oldest first. Raises: NotFound, Forbidden (not a participant)."""
-    page = await caller.client.hub.read_channel(
+    page = await caller.tenant_services.hub.read_channel(
         channel_id, caller.principal.subject, after=cursor, limit=limit
     )
     return _dump(page)
@@ -185,7 +187,7 @@ async def history(
     Raises: SpecInvalid (malformed target or range), NotFound/Forbidden (channels).
     """
     bound = {"before": cursor} if newest_first else {"after": cursor}
-    page = await caller.client.hub.get_message_history(
+    page = await caller.tenant_services.hub.get_message_history(
         target,
         reader=caller.principal.subject,
         since_ms=since_ms,

@@ -31,6 +31,7 @@ from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
 from cluster.auth.models import Action
+from cluster.auth.security import is_allowed
 from cluster.errors import (
     DafnckError,
     Forbidden,
@@ -42,7 +43,7 @@ from cluster.errors import (
 from cluster.quotas import StreamLease
 from cluster.streams import stream_replies, unreachable_as_error
 from serve import patterns
-from serve.deps import Caller, allowed, credential, request_id
+from serve.deps import Caller, allowed, credential, deny, request_id, services_of
 from workflows.execution import Event, Execution
 
 router = APIRouter(tags=["streams"])
@@ -100,7 +101,7 @@ def _sse(frame_id: str, data: dict[str, Any], event: str = "") -> bytes:
 
 
 async def _load(caller: Caller, execution_id: str) -> Execution:
-    return await asyncio.to_thread(caller.client.workflows.executions.load, execution_id)
+    return await asyncio.to_thread(caller.tenant_services.executions.load, execution_id)
 
 
 async def execution_frames(
@@ -111,7 +112,7 @@ async def execution_frames(
     The final status and the events telling of it commit together, so once the status is
     terminal one last read after the cursor finds every remaining event.
     """
-    executions = caller.client.workflows.executions
+    executions = caller.tenant_services.executions
     store = executions.store
     key = executions.events_key(execution_id)
     while True:
@@ -184,19 +185,14 @@ async def stream_execution_events(
 
 async def _ws_caller(websocket: WebSocket, action: Action) -> Caller | None:
     """Authenticate on connect; on failure close with 4401/4403 and return None."""
-    from serve.deps import services
-
     await websocket.accept()
-    svc = services(cast(Request, websocket))
+    svc = await services_of(websocket.app)
     try:
-        principal = await asyncio.to_thread(
-            svc.security.authenticate, credential(cast(Request, websocket))
-        )
+        principal = await svc.gate.authenticate(credential(cast(Request, websocket)))
         who = Caller(principal, request_id(cast(Request, websocket)), svc)
-        await asyncio.to_thread(
-            svc.security.authorize, principal, action, request_id=who.request_id
-        )
-        await svc.client_async(principal.tenant)  # later reads of `who.client` never block
+        if not is_allowed(principal, action):
+            await deny(who, action)  # audited, then Forbidden
+        await svc.tenant(principal.tenant)  # later reads of `who.tenant_services` never block
     except Unauthorized as exc:
         await websocket.close(code=4401, reason=exc.message[:120])
         return None
@@ -279,7 +275,7 @@ async def bus_frames(
     Types not in the cursor are read from their start: a stream the client never saw holds
     only events it missed. Events of one type keep their order; types interleave as read.
     """
-    store = caller.client.store
+    store = caller.tenant_services.store
     redis = store.async_redis()
     prefix = store.key("events", "")
     start = positions.pop(_DEFAULT, "0-0")
@@ -343,7 +339,7 @@ async def _about(frames: AsyncIterator[Frame | None], subject: str) -> AsyncIter
 
 async def _now(caller: Caller, pattern: str) -> dict[str, str]:
     """The current end of every matching stream: a fresh subscriber sees only new events."""
-    store = caller.client.store
+    store = caller.tenant_services.store
     redis = store.async_redis()
     with unreachable_as_error(store):
         types = await redis.smembers(store.key("events", "types"))

@@ -16,12 +16,12 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from actors.client import Client
 from actors.models import Task, TaskContext, TaskResult
 from actors.task_records import TaskRecords, TaskStatus
 from cluster.auth.models import Action
 from cluster.errors import DafnckError
 from serve.deps import Caller, allowed
+from serve.tenants import TenantServices
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["tasks"])
@@ -29,19 +29,10 @@ router = APIRouter(tags=["tasks"])
 _RUNNING: set[asyncio.Task[None]] = set()
 
 
-async def _client(who: Caller) -> Client:
-    return await who.services.client_async(who.tenant)
-
-
-async def _run(client: Client, task: Task) -> TaskResult:
-    """Route the task and await its result, without blocking the event loop."""
-    return await client.tasks.router.run_async(task)
-
-
-async def _run_recorded(client: Client, records: TaskRecords, task: Task) -> None:
+async def _run_recorded(tenant: TenantServices, records: TaskRecords, task: Task) -> None:
     try:
         await records.set_running(task.id)
-        result = await _run(client, task)
+        result = await tenant.router.run_async(task)
     except DafnckError as exc:
         result = TaskResult(task_id=task.id, status="failed", error=exc.to_dict())
     except Exception as exc:
@@ -104,14 +95,14 @@ async def start_task(who: Caller, task: Task, wait: bool) -> TaskResult | None:
     """Audited: run the task in the caller's tenant and return its result (`wait`), or
     record it and run it in the background (None). REST and gRPC both submit here."""
     task = _owned(task, who)
-    client = await _client(who)
-    with who.audited(Action.TASKS_RUN, obj=f"task:{task.id}"):
+    tenant = await who.services.tenant(who.tenant)
+    async with who.audit(Action.TASKS_RUN, obj=f"task:{task.id}"):
         if wait:
-            return await _run(client, task)
-        quotas = client.settings.quotas.for_tenant(client.settings.tenant)
-        records = TaskRecords(client.store, quotas)  # task_records
+            return await tenant.router.run_async(task)
+        quotas = tenant.settings.quotas.for_tenant(tenant.settings.tenant)
+        records = TaskRecords(tenant.store, quotas)  # task_records
         await records.create(task)
-        runner = asyncio.create_task(_run_recorded(client, records, task))
+        runner = asyncio.create_task(_run_recorded(tenant, records, task))
         _RUNNING.add(runner)
         runner.add_done_callback(_RUNNING.discard)
     return None
@@ -134,5 +125,5 @@ async def cancel_task(
 ) -> dict[str, Any]:
     """Cancel a pending or running task (409 once it has ended)."""
     records = TaskRecords(who.services.store.for_tenant(who.tenant))
-    with who.audited(Action.TASKS_RUN, obj=f"task:{task_id}"):
+    async with who.audit(Action.TASKS_RUN, obj=f"task:{task_id}"):
         return await records.cancel(task_id)

@@ -35,7 +35,7 @@ def _trace(caller: Caller, execution_id: str) -> dict[str, Any]:
     store = caller.services.store
     spans = execution_spans(store.redis, caller.tenant, execution_id)
     if not spans:
-        caller.client.workflows.executions.load(execution_id)  # NotFound for another tenant's
+        caller.tenant_services.executions.load(execution_id)  # NotFound for another tenant's
     trace_ids = sorted({s["trace_id"] for s in spans})
     return {"execution_id": execution_id, "trace_ids": trace_ids, "spans": spans}
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from actors.contract import ExecutionRef
 from actors.llm_journal import execution_tool_calls
 from cluster.auth.models import Action
 from cluster.llm.usage import UsageLedger
@@ -42,7 +43,7 @@ async def execution_usage(
     caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """Tokens, cost and paid calls of one execution, with each step's. Raises: NotFound."""
-    execution = await asyncio.to_thread(caller.client.workflows.status, execution_id)
+    execution = await caller.gateway.get_execution_status(ExecutionRef(execution_id=execution_id))
     report = await asyncio.to_thread(_ledger(caller).execution_report, execution_id)
     return {"execution_id": execution.id, "workflow": execution.workflow, **report}
 
@@ -54,7 +55,7 @@ async def execution_tool_calls_route(
 ) -> dict[str, Any]:
     """Each step's journalled tool calls: name, arguments, status (`started`, `succeeded`,
     `failed`, `may_have_run`), result or error. Raises: NotFound."""
-    execution = await asyncio.to_thread(caller.client.workflows.status, execution_id)
+    execution = await caller.gateway.get_execution_status(ExecutionRef(execution_id=execution_id))
     store = caller.services.store.for_tenant(caller.tenant)
     steps = await asyncio.to_thread(execution_tool_calls, store, execution.id)
     return {"execution_id": execution.id, "steps": steps}

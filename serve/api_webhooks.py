@@ -27,6 +27,6 @@ async def webhook_secret(
 ) -> SecretResponse:
     """The secret signing this tenant's execution webhooks (created on first use)."""
     store = who.services.store.for_tenant(who.tenant)
-    with who.audited(Action.KEYS_MANAGE, obj=SECRET_READ):  # a read of a secret is audited
+    async with who.audit(Action.KEYS_MANAGE, obj=SECRET_READ):  # a read of a secret is audited
         secret = await asyncio.to_thread(signing_secret, store)
     return SecretResponse(secret=secret)

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
+from actors.contract import DefineWorkflow
 from cluster.auth.models import Action
 from cluster.errors import NotFound
 from serve.deps import Caller, allowed
@@ -33,10 +34,10 @@ async def define_workflow(
 
     Raises: SpecInvalid (422, every problem listed).
     """
-    with caller.audited(Action.WORKFLOWS_WRITE, obj=spec.name):
-        (result,) = await asyncio.to_thread(caller.client.workflows.define, spec)
-    response.headers["Location"] = f"/v1/workflows/{spec.name}?version={result['version']}"
-    return dict(result)
+    async with caller.audit(Action.WORKFLOWS_WRITE, obj=spec.name):
+        result = await caller.gateway.define_workflow(DefineWorkflow(spec=spec))
+    response.headers["Location"] = f"/v1/workflows/{spec.name}?version={result.version}"
+    return result.model_dump()
 
 
 @router.get("")
@@ -44,7 +45,7 @@ async def list_workflows(
     caller: Caller = Depends(allowed(Action.WORKFLOWS_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """Every defined workflow of the tenant with its versions."""
-    executions = caller.client.workflows.executions
+    executions = caller.tenant_services.executions
 
     def listing() -> list[dict[str, Any]]:
         rows = []
@@ -64,7 +65,7 @@ async def get_workflow(
 ) -> dict[str, Any]:
     """The latest version of the workflow, or `?version=N`. Raises: NotFound."""
     found, raw = await asyncio.to_thread(
-        caller.client.workflows.executions.definition, name, version
+        caller.tenant_services.executions.definition, name, version
     )
     return {"name": name, "version": found, "spec": json.loads(raw)}
 
@@ -75,7 +76,7 @@ async def workflow_versions(
     caller: Caller = Depends(allowed(Action.WORKFLOWS_READ)),  # noqa: B008
 ) -> dict[str, Any]:
     """Every stored version number, oldest first. Raises: NotFound."""
-    versions = await asyncio.to_thread(caller.client.workflows.executions.versions, name)
+    versions = await asyncio.to_thread(caller.tenant_services.executions.versions, name)
     if not versions:
         raise NotFound(f"workflow {name!r} is not defined")
     return {"name": name, "versions": versions, "latest": versions[-1]}

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.errors import DafnckError
-from serve.deps import connect_services, credential
+from serve.deps import credential, services_of
 from serve.errors import error_body
 
 HEADER = "idempotency-key"
@@ -85,10 +85,8 @@ class IdempotencyMiddleware:
     async def _redis_key(self, scope: Scope, key: str) -> tuple[Any, str, str] | None:
         """The tenant's Redis, the record's key for (principal, key), and the principal."""
         try:
-            services = connect_services(self.fastapi_app)
-            principal = await asyncio.to_thread(
-                services.security.authenticate, credential(Request(scope))
-            )
+            services = await services_of(self.fastapi_app)
+            principal = await services.gate.authenticate(credential(Request(scope)))
         except DafnckError:
             return None
         store = services.store.for_tenant(principal.tenant)
