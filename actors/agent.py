@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from actors.health import ReplicaHealth
 from actors.kinds import build_skills, load_agent
 from actors.models import AgentSpec, ErrorInfo, SkillInfo, Task, TaskResult
 from actors.observe import task_scope
@@ -94,18 +95,18 @@ class AgentRuntime:
             finished_at=time.time(),
         )
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "replica": self.replica,
-            "agent": self.spec.agent_id,
-            "pid": os.getpid(),
-            "in_flight": self.in_flight,
-            "queued": self.queued,
-            "completed": self.completed,
-            "failed": self.failed,
-            "busy_s": round(self.busy_s, 6),
-            "uptime_s": round(time.time() - self.started_at, 3),
-        }
+    def health(self) -> ReplicaHealth:
+        return ReplicaHealth(
+            replica=self.replica,
+            agent=self.spec.agent_id,
+            pid=os.getpid(),
+            in_flight=self.in_flight,
+            queued=self.queued,
+            completed=self.completed,
+            failed=self.failed,
+            busy_s=round(self.busy_s, 6),
+            uptime_s=round(time.time() - self.started_at, 3),
+        )
 
 
 def _error_info(exc: BaseException, task: Task, spec: AgentSpec) -> ErrorInfo:
@@ -200,12 +201,10 @@ class AgentActor:
         return self._core.describe()
 
     @ray.method(concurrency_group="control")
-    async def health(self) -> dict[str, Any]:
-        return (
-            self._core.health()
-            if self._core
-            else {"replica": self._replica, "error": str(self._error)}
-        )
+    async def health(self) -> ReplicaHealth:
+        if self._core is None:
+            return ReplicaHealth(replica=self._replica, error=str(self._error))
+        return self._core.health()
 
     def __repr__(self) -> str:
         number = self._replica.rpartition("/")[2]

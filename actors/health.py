@@ -1,30 +1,97 @@
-"""`monitor_health`'s component view: one status per part an operator looks at.
+"""Health: what a replica answers a probe (`ReplicaHealth`), a pool as the supervisor sees
+it (`PoolHealth`), and `monitor_health`'s component view, one status per part an operator
+looks at.
 
 Statuses: `ok`, `degraded` (serving, but short of what it should have) and `unavailable`.
 The report keeps the supervisor's flat fields (`status`, `store_latency_ms`, `pools`,
 `system`, `ray`) and adds `components`: supervisor, registry, hub, store, each pool, and
-the Ray cluster.
+the Ray cluster. The dashboard reads the same field names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from actors.registry import AgentRegistry
+from pydantic import SerializerFunctionWrapHandler, model_serializer
+
+from cluster.contracts import Record
 from cluster.errors import DafnckError
 from cluster.store import redacted
 
+if TYPE_CHECKING:
+    from actors.registry import AgentRegistry
 
-def pool_status(pool: dict[str, Any]) -> str:
+
+class ReplicaHealth(Record):
+    """One replica's answer to a health probe, or what the probe saw instead. What was not
+    reported is None and left out of the JSON: `{}` is a replica not probed yet, and only a
+    replica that answered has a `pid`."""
+
+    replica: str | None = None
+    agent: str | None = None
+    pid: int | None = None
+    #: Its slot in the pool (a replacement takes the lowest free one, and its state).
+    slot: int | None = None
+    in_flight: int | None = None
+    #: Tasks that arrived and wait for one of the replica's `max_concurrency` slots.
+    queued: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    busy_s: float | None = None
+    uptime_s: float | None = None
+    #: Not placed on a node yet: it waits for resources.
+    pending: bool | None = None
+    #: Did not answer the probe in time (its event loop is blocked); it is not replaced.
+    unresponsive: bool | None = None
+    #: Why the replica could not build its agent from the spec.
+    error: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _reported(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @property
+    def load(self) -> int:
+        """Tasks it holds: running and waiting for a slot."""
+        return (self.in_flight or 0) + (self.queued or 0)
+
+
+class PoolHealth(Record):
+    """One agent version's pool as the supervisor sees it: `monitor_health()["pools"][id]`."""
+
+    #: The agent's status: active | draining | disabled.
+    status: str
+    capabilities: list[str] = []
+    desired: int
+    running: int
+    in_flight: int = 0
+    completed: int = 0
+    #: Replicas replaced after they died.
+    restarts: int = 0
+    #: Replicas waiting for resources.
+    pending: int = 0
+    #: Replicas taking no new tasks, stopped once idle.
+    retiring: int = 0
+    autoscaling: bool = False
+    #: Replica name -> its last probe (`{}` before the first).
+    replicas: dict[str, ReplicaHealth] = {}
+
+
+def pools_of(report: Mapping[str, Any]) -> dict[str, PoolHealth]:
+    """The typed pools of a health report (`monitor_health()`, `Client.health()`)."""
+    return {k: PoolHealth.model_validate(p) for k, p in report.get("pools", {}).items()}
+
+
+def pool_status(pool: PoolHealth) -> str:
     """`unavailable` with no live replica it should have, `degraded` short of its size or
     with a replica that does not answer, else `ok`."""
-    if pool["status"] != "active":
+    if pool.status != "active":
         return "ok"
-    replicas = pool.get("replicas", {})
-    unresponsive = sum(1 for r in replicas.values() if r.get("unresponsive"))
-    if pool["desired"] and pool["running"] == 0:
+    unresponsive = any(r.unresponsive for r in pool.replicas.values())
+    if pool.desired and pool.running == 0:
         return "unavailable"
-    if pool["running"] < pool["desired"] or unresponsive:
+    if pool.running < pool.desired or unresponsive:
         return "degraded"
     return "ok"
 
@@ -44,12 +111,12 @@ def components(report: dict[str, Any], registry: AgentRegistry) -> dict[str, Any
     pools = {
         agent_id: {
             "status": pool_status(pool),
-            "running": pool["running"],
-            "desired": pool["desired"],
-            "restarts": pool["restarts"],
-            "load": pool["in_flight"],
+            "running": pool.running,
+            "desired": pool.desired,
+            "restarts": pool.restarts,
+            "load": pool.in_flight,
         }
-        for agent_id, pool in report.get("pools", {}).items()
+        for agent_id, pool in pools_of(report).items()
     }
     ray_info = report.get("ray", {})
     dead_nodes = ray_info.get("dead_nodes", 0)
@@ -74,4 +141,4 @@ def overall(parts: dict[str, Any]) -> str:
     return "degraded" if "degraded" in statuses else "ok"
 
 
-__all__ = ["components", "overall", "pool_status"]
+__all__ = ["PoolHealth", "ReplicaHealth", "components", "overall", "pool_status", "pools_of"]

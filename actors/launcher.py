@@ -13,6 +13,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.agent import AgentActor, ReplicaConfig
+from actors.health import ReplicaHealth
 from actors.models import AgentSpec, SkillInfo
 from cluster.settings import RAY_NAMESPACE, Settings
 
@@ -72,22 +73,23 @@ class RayLauncher:
         """
         return dict(await handle.describe.remote())
 
-    async def probe(self, handles: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    async def probe(self, handles: dict[str, Any]) -> dict[str, ReplicaHealth | None]:
         """Health of each replica; None for a dead one. A replica too busy to answer (its
         event loop blocked) is reported unresponsive, not dead: it is not replaced."""
 
-        async def one(handle: Any) -> dict[str, Any] | None:
+        async def one(handle: Any) -> ReplicaHealth | None:
             answer = asyncio.ensure_future(_awaited(handle.health.remote()))
             try:
                 done, _ = await asyncio.wait({answer}, timeout=PENDING_CHECK_S)
                 if not done and _pending(handle):
                     answer.cancel()
-                    return {"pending": True}  # not placed yet: waits for resources
-                return dict(await asyncio.wait_for(answer, PROBE_TIMEOUT_S))
+                    return ReplicaHealth(pending=True)  # not placed yet: waits for resources
+                # A replica of an older version answers a dict of the same fields.
+                return ReplicaHealth.model_validate(await asyncio.wait_for(answer, PROBE_TIMEOUT_S))
             except RayActorError:
                 return None
             except TimeoutError:
-                return {"unresponsive": True}
+                return ReplicaHealth(unresponsive=True)
 
         results = await asyncio.gather(*(one(h) for h in handles.values()))
         return dict(zip(handles, results, strict=True))

@@ -347,10 +347,11 @@ class PoolGauges:
 
     def record(self, pools: dict[str, Any]) -> None:
         for agent_id, pool in pools.items():
-            reports = [pool.health.get(n, {}) for n in pool.replicas]
             metrics.POOL_DESIRED.set(pool.record.desired_replicas, agent=agent_id)
             metrics.POOL_RUNNING.set(len(pool.replicas), agent=agent_id)
-            metrics.POOL_QUEUE.set(sum(r.get("in_flight", 0) for r in reports), agent=agent_id)
+            reports = [pool.health.get(n) for n in pool.replicas]  # ReplicaHealth, once probed
+            in_flight = sum(r.in_flight or 0 for r in reports if r is not None)
+            metrics.POOL_QUEUE.set(in_flight, agent=agent_id)
             seen = self._restarts.get(agent_id, 0)
             if pool.restarts > seen:
                 metrics.POOL_RESTARTS.inc(pool.restarts - seen, agent=agent_id)

@@ -85,6 +85,8 @@ def down() -> None:
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Cluster resources, system actors, and each pool's replicas, health and load."""
+    from actors.health import pools_of
+
     health = client("fail").health()
     if as_json:
         print_json(health)
@@ -102,11 +104,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
             f"{name}: pid {actor['pid']}{restarted}, {actor['executions_running']} executions running"
         )
     table = Table("agent", "status", "capabilities", "replicas", "in flight", "done", "restarts")
-    for agent_id, pool in health["pools"].items():
+    for agent_id, pool in pools_of(health).items():
         table.add_row(
-            agent_id, pool["status"], ", ".join(pool["capabilities"]),
-            f"{pool['running']}/{pool['desired']}", str(pool["in_flight"]),
-            str(pool["completed"]), str(pool["restarts"]),
+            agent_id, pool.status, ", ".join(pool.capabilities), f"{pool.running}/{pool.desired}",
+            str(pool.in_flight), str(pool.completed), str(pool.restarts),
         )  # fmt: skip
     console.print(table)
     if "components" in health:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.health import ReplicaHealth
 from actors.kinds import build_skills
 from actors.models import AgentSpec, SkillInfo
 
@@ -64,13 +65,13 @@ class FakeLauncher:
     async def describe(self, handle: FakeReplica) -> dict[str, SkillInfo]:
         return {cap: s.info for cap, s in build_skills(handle.spec).items()}
 
-    async def probe(self, handles: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    async def probe(self, handles: dict[str, Any]) -> dict[str, ReplicaHealth | None]:
         return {
             name: (
-                {"pending": True}
+                ReplicaHealth(pending=True)
                 if h.pending
-                else {"replica": name, "in_flight": h.in_flight, "completed": h.completed,
-                      "slot": h.slot}
+                else ReplicaHealth(replica=name, in_flight=h.in_flight, completed=h.completed,
+                                   slot=h.slot)
             )
             if h.alive
             else None

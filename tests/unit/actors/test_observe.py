@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from actors import observe
-from actors.health import overall, pool_status
+from actors.health import PoolHealth, ReplicaHealth, overall, pool_status
 from actors.models import Task, TaskContext, TaskResult
 from actors.observe import PoolGauges, TaskMeter, TracedDispatcher, WorkflowObserver
 from cluster import metrics, tracing
@@ -142,13 +142,14 @@ class FakeRecord:
 class FakePool:
     record: FakeRecord
     replicas: dict[str, Any]
-    health: dict[str, dict[str, Any]]
+    health: dict[str, ReplicaHealth]
     restarts: int = 0
 
 
 def test_pool_gauges_and_restarts_follow_the_pools() -> None:
     gauges = PoolGauges()
-    pool = FakePool(FakeRecord(3), {"r1": 1, "r2": 2}, {"r1": {"in_flight": 4}, "r2": {}})
+    health = {"r1": ReplicaHealth(in_flight=4), "r2": ReplicaHealth()}
+    pool = FakePool(FakeRecord(3), {"r1": 1, "r2": 2}, health)
     restarts = metrics.POOL_RESTARTS.value(agent="g@1.0.0") or 0
     gauges.record({"g@1.0.0": pool})
     pool.restarts = 2
@@ -162,11 +163,15 @@ def test_pool_gauges_and_restarts_follow_the_pools() -> None:
 
 
 def test_component_statuses() -> None:
-    pool = {"status": "active", "desired": 2, "running": 2, "replicas": {"a": {}, "b": {}}}
+    pool = PoolHealth(
+        status="active", desired=2, running=2, replicas={"a": ReplicaHealth(), "b": ReplicaHealth()}
+    )
     assert pool_status(pool) == "ok"
-    assert pool_status({**pool, "running": 1}) == "degraded"
-    assert pool_status({**pool, "replicas": {"a": {"unresponsive": True}}}) == "degraded"
-    assert pool_status({**pool, "running": 0}) == "unavailable"
+    assert pool_status(pool.model_copy(update={"running": 1})) == "degraded"
+    blocked = {"a": ReplicaHealth(unresponsive=True), "b": ReplicaHealth(pid=7)}
+    assert pool_status(pool.model_copy(update={"replicas": blocked})) == "degraded"
+    assert pool_status(pool.model_copy(update={"running": 0})) == "unavailable"
+    assert pool_status(pool.model_copy(update={"status": "disabled", "running": 0})) == "ok"
     ok = {"status": "ok"}
     parts = {"store": ok, "hub": ok, "pools": {"p": {"status": "unavailable"}}}
     assert overall(parts) == "degraded"
