@@ -113,8 +113,8 @@ def _error_info(exc: BaseException, task: Task, spec: AgentSpec) -> ErrorInfo:
     if isinstance(exc, TimeoutError):
         exc = TaskTimeout(f"task {task.id} timed out after {task.timeout_s or spec.timeout_s}s")
     if isinstance(exc, DafnckError):
-        info = exc.to_dict()
-        return ErrorInfo(**{**info, "message": redact(info["message"])})
+        info = exc.info()
+        return info.model_copy(update={"message": redact(info.message)})
     log.warning("skill %s raised %s", task.capability, type(exc).__name__, exc_info=exc)
     # The result is stored and shown (events, API): no key the replica holds goes with it.
     return ErrorInfo(type=type(exc).__name__, message=redact(str(exc)), retryable=False)

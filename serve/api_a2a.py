@@ -142,7 +142,7 @@ class PlatformExecutor(AgentExecutor):
             task = self._task(context, task_id)
             return await self.tenant.router.run_async(task)
         except DafnckError as exc:
-            return TaskResult(task_id=task_id, status="failed", error=exc.to_dict())
+            return TaskResult(task_id=task_id, status="failed", error=exc.info())
 
     def _task(self, context: RequestContext, task_id: str) -> Task:
         """Raises: InputInvalid (an unknown skill, or a task id we cannot take)."""

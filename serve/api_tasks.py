@@ -34,7 +34,7 @@ async def _run_recorded(tenant: TenantServices, records: TaskRecords, task: Task
         await records.set_running(task.id)
         result = await tenant.router.run_async(task)
     except DafnckError as exc:
-        result = TaskResult(task_id=task.id, status="failed", error=exc.to_dict())
+        result = TaskResult(task_id=task.id, status="failed", error=exc.info())
     except Exception as exc:
         log.exception("task %s failed in the API replica", task.id, extra={"task_id": task.id})
         error = {"type": type(exc).__name__, "message": "the task failed; see the server log"}
