@@ -1,7 +1,10 @@
 """The ground floor: settings, errors, the state store, the embedded Valkey, the Ray connection.
 
-The operator entry points (`cluster.cli.main`, `cluster.bench.core`) sit on top of every package and
-are not imported here.
+The files directly in cluster/ are the ground every package stands on. Its rooms: the
+domain services `cluster.auth` (keys, users, tokens, audit), `cluster.data` (data objects,
+backups) and `cluster.llm` (prices, limits, usage) stand on the ground only; the operator's
+entry points `cluster.cli` and `cluster.bench` stand on top of every package and are not
+imported here. tests/unit/test_layers.py holds the order and checks it.
 """
 
 from __future__ import annotations
