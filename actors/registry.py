@@ -3,6 +3,11 @@
 Several versions of one agent live side by side; discovery filters by capability, name,
 version range, status and tags. Reads are one HGETALL, writes one optimistic
 transaction, so any process may use the registry without going through an actor.
+
+Every task routed, message broadcast and A2A call reads the registry, so reads go through
+the process's registry cache (`cluster.cache`, L1 only: L2 would cost the same round trip
+as the HGETALL it saves). Each write returns once every listening process has dropped its
+copy; a write made around the registry (a restore) is seen within `REGISTRY_L1_TTL_S`.
 """
 
 from __future__ import annotations
@@ -12,15 +17,26 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.models import AgentRecord, AgentStatus, DiscoveryCriteria, SkillInfo
+from cluster.cache import CacheManager, shared_cache
 from cluster.errors import AgentNotFound, SpecInvalid
 from cluster.store import Store, unavailable_as_error
+
+#: How long a process may serve a registry it was not told changed (see the module doc).
+REGISTRY_L1_TTL_S = 5.0
+_ALL = "agents"
+
+
+def registry_cache(store: Store) -> CacheManager:
+    """The process's cache of a tenant's registry (one listener per pool and tenant)."""
+    return shared_cache(store, "registrycache", l1_maxsize=4, l1_ttl_s=REGISTRY_L1_TTL_S, l2=False)
 
 
 class AgentRegistry:
     """Registration and discovery of agents; the records live in Redis."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cache: CacheManager | None = None) -> None:
         self.store = store
+        self.cache = cache or registry_cache(store)
         self._key = store.key("agents")
 
     @unavailable_as_error
@@ -36,17 +52,27 @@ class AgentRegistry:
     @unavailable_as_error
     def get(self, agent_id: str) -> AgentRecord:
         """Raises: AgentNotFound."""
-        raw = self.store.redis.hget(self._key, agent_id)
-        if raw is None:
-            raise AgentNotFound(agent_id, self._ids())
-        return AgentRecord.model_validate_json(raw)
+        records = self._records()
+        record = records.get(agent_id)
+        if record is None:
+            raise AgentNotFound(agent_id, list(records))
+        return record
 
     @unavailable_as_error
     def all(self) -> list[AgentRecord]:
-        raw = self.store.redis.hgetall(self._key)
-        return sorted(
-            (AgentRecord.model_validate_json(v) for v in raw.values()), key=lambda r: r.agent_id
-        )
+        """Every record, by agent id."""
+        return list(self._records().values())
+
+    def _records(self) -> dict[str, AgentRecord]:
+        """agent id -> record, sorted by id; from the cache (read-only: records are frozen)."""
+
+        def load() -> dict[str, AgentRecord]:
+            raw = self.store.redis.hgetall(self._key)
+            records = (AgentRecord.model_validate_json(v) for v in raw.values())
+            return {r.agent_id: r for r in sorted(records, key=lambda r: r.agent_id)}
+
+        records: dict[str, AgentRecord] = self.cache.fetch(_ALL, load)
+        return records
 
     def discover_agents(self, criteria: DiscoveryCriteria | None = None) -> list[AgentRecord]:
         criteria = criteria or DiscoveryCriteria()
@@ -83,6 +109,7 @@ class AgentRegistry:
         """Raises: AgentNotFound."""
         if not self.store.redis.hdel(self._key, agent_id):
             raise AgentNotFound(agent_id, self._ids())
+        self.cache.invalidate_key(_ALL)
 
     def resolve(self, name_or_id: str) -> list[AgentRecord]:
         """Records matching an agent id, a bare name, or `name@<version range>`."""
@@ -116,6 +143,7 @@ class AgentRegistry:
             result.append(new)
 
         self.store.redis.transaction(txn, self._key)
+        self.cache.invalidate_key(_ALL)
         return result[-1]
 
 

@@ -1,10 +1,18 @@
 """CacheManager: an in-process TTL cache (L1) in front of Redis (L2), coherent across processes.
 
+Two ways to read. `fetch(key, load)` is read-through for records whose changes must be seen
+at once (API keys, users' token versions, the agent registry): L1, else L2, else `load()`
+(the store itself, "L3"), filling both; its L1 serves only while this manager's listener is
+subscribed. `get(key)` reads what `set` wrote and keeps serving L1 through a Redis outage.
+
 Values are JSON by default (`dumps`/`loads` are pluggable; never pickle: L2 is shared).
-L2 keys live under `store.key(namespace, key)`; every write and invalidation is
-published on `store.key(namespace + "-invalidate")`, and every started manager of the
-tenant drops its matching L1 copies. After the listener loses and regains Redis it
-clears its whole L1, since it may have missed messages meanwhile.
+L2 keys live under `store.key(namespace, key)`; every write and invalidation bumps
+`store.key(namespace + "-gen")` (so a read-through fill that raced it is not written to L2)
+and is published on `store.key(namespace + "-invalidate")`: every started manager of the
+tenant drops its matching L1 copies and acknowledges, and the writer returns once every
+subscriber has (or after `ack_timeout_s`, when a stuck one keeps its copy at most `l1_ttl_s`).
+After the listener loses and regains Redis it clears its whole L1, since it may have missed
+messages meanwhile.
 
 Returned values are the cached objects themselves (that is what keeps an L1 hit in
 microseconds): treat them as read-only.
@@ -19,6 +27,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -37,6 +46,15 @@ _POLL_S = 0.2
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 1.0
 _SCAN_COUNT = 500
+#: How long an acknowledgement list outlives a change (the writer waits far less).
+_ACK_KEEP_MS = 10_000
+#: Write L2 only if no change bumped the generation since the reader looked (ARGV[1]).
+_FILL_L2 = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then redis.call('SET', KEYS[1], ARGV[2])
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
+"""
 _now = time.monotonic
 
 #: An L1 entry: (monotonic expiry, value).
@@ -99,8 +117,14 @@ class CacheManager:
         dumps: Callable[[Any], str] = json.dumps,
         loads: Callable[[str], Any] = json.loads,
         subscribe_timeout_s: float = 5.0,
+        l2: bool = True,
+        ack_timeout_s: float = 1.0,
     ) -> None:
-        """Raises: ConfigError: a size or TTL is out of range (every problem is listed)."""
+        """`l2=False`: `fetch` goes from L1 straight to the store (where L2 would cost the same
+        round trip); `ack_timeout_s`: how long a change waits for other listeners.
+
+        Raises: ConfigError: a size or TTL is out of range (every problem is listed).
+        """
         problems = [
             f"{name} must be {rule}, got {value!r}"
             for name, value, ok, rule in (
@@ -109,6 +133,7 @@ class CacheManager:
                 ("default_ttl_s", default_ttl_s, default_ttl_s is None or default_ttl_s > 0,
                  "> 0 or None (no expiry)"),
                 ("namespace", namespace, bool(namespace), "a non-empty string"),
+                ("ack_timeout_s", ack_timeout_s, ack_timeout_s >= 0, ">= 0"),
             )
             if not ok
         ]  # fmt: skip
@@ -117,6 +142,11 @@ class CacheManager:
         self.store = store
         self._prefix = store.key(namespace, "")
         self._channel = store.key(f"{namespace}-invalidate")
+        self._gen_key = store.key(f"{namespace}-gen")
+        self._ack_prefix = store.key(f"{namespace}-ack", "")
+        self._l2 = l2
+        self._ack_timeout_s = ack_timeout_s
+        self._fill_l2 = store.redis.register_script(_FILL_L2)
         self._l1: MutableMapping[str, Entry] = (
             TTLCache(l1_maxsize, l1_ttl_s, timer=_now) if l1_maxsize else _NoL1()
         )
@@ -133,6 +163,10 @@ class CacheManager:
         self._l2_hits = self._l2_misses = self._l2_errors = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: True while the listener is subscribed: only then may `fetch` serve L1.
+        self._subscribed = False
+        self._start_lock = threading.Lock()
+        self._started_once = False
 
     # -- reading ------------------------------------------------------------------------
 
@@ -180,6 +214,88 @@ class CacheManager:
                 self._l1[key] = (_now() + ttl_s, value)
         return value
 
+    def fetch(self, key: str, load: Callable[[], Any]) -> Any:
+        """The value under `key` from L1, else L2, else `load()` (the store), filling both.
+
+        A None from `load` (nothing there) is returned and never cached. L1 serves only
+        while the listener is subscribed (started on the first fetch), so a change made
+        anywhere is never answered from a copy this process was not told about.
+
+        Raises:
+            Whatever `load` raises; an L2 outage alone is counted in `get_stats().l2.errors`.
+        """
+        with self._lock:
+            if self._subscribed:
+                hit = self._l1.get(key)
+                if hit is not None and hit[0] > _now():
+                    self._l1_hits += 1
+                    return hit[1]
+        if not self._started_once:
+            self._listen_lazily()
+        with self._lock:
+            self._l1_misses += 1
+            epoch = self._epoch
+        raw, gen = self._read_through_l2(key)
+        if raw is not None:
+            value = self._loads(raw)
+        else:
+            value = load()
+            if value is None:
+                return None
+            if gen is not None:
+                self._write_l2(key, self._dumps(value), gen)
+        with self._lock:
+            if self._subscribed and self._epoch == epoch:
+                self._l1[key] = (_now() + self._l1_ttl_s, value)
+        return value
+
+    def peek(self, key: str) -> tuple[bool, Any]:
+        """(True, value) if `fetch` would answer from L1 now, else (False, None); no I/O, so
+        code on an event loop may call it and `fetch` in a worker thread only on a miss."""
+        with self._lock:
+            hit = self._l1.get(key) if self._subscribed else None
+            if hit is None or hit[0] <= _now():
+                return False, None
+            self._l1_hits += 1
+            return True, hit[1]
+
+    def _listen_lazily(self) -> None:
+        with self._start_lock:
+            if self._started_once:
+                return
+            self._started_once = True
+            try:
+                self.start()
+            except StoreUnavailable as exc:  # fetch still answers, from L2 and the store
+                log.warning("cache %s serves without L1: %s", self._channel, exc)
+
+    def _read_through_l2(self, key: str) -> tuple[str | None, str | None]:
+        """(L2's raw value, the generation read with it); gen None: do not fill L2."""
+        if not self._l2:
+            return None, None
+        try:
+            raw, gen = self.store.redis.mget(self._prefix + key, self._gen_key)
+        except _UNREACHABLE as exc:
+            with self._lock:
+                self._l2_errors += 1
+            log.warning("cache L2 unreachable, reading %r from the store: %s", key, exc)
+            return None, None
+        with self._lock:
+            if raw is None:
+                self._l2_misses += 1
+            else:
+                self._l2_hits += 1
+        return raw, gen or ""
+
+    def _write_l2(self, key: str, raw: str, gen: str) -> None:
+        ttl_ms = 0 if self._default_ttl_s is None else max(1, round(self._default_ttl_s * 1000))
+        try:
+            self._fill_l2(keys=[self._prefix + key, self._gen_key], args=[gen, raw, ttl_ms])
+        except _UNREACHABLE as exc:
+            with self._lock:
+                self._l2_errors += 1
+            log.warning("cache L2 unreachable, %r not filled: %s", key, exc)
+
     # -- writing ------------------------------------------------------------------------
 
     @unavailable_as_error
@@ -197,11 +313,13 @@ class CacheManager:
         raw = self._dumps(value)
         # L1 keeps what L2 holds, so every process reads back the same shape (tuples -> lists).
         stored = self._loads(raw)
-        pipe = self.store.redis.pipeline(transaction=False)
+        nonce = uuid.uuid4().hex
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.incr(self._gen_key)
         pipe.set(self._prefix + key, raw, px=None if ttl_s is None else max(1, round(ttl_s * 1000)))
-        pipe.publish(self._channel, json.dumps({"o": self._origin, "k": key}))
+        pipe.publish(self._channel, json.dumps({"o": self._origin, "k": key, "a": nonce}))
         try:
-            pipe.execute()
+            listeners = pipe.execute()[-1]
         except _UNREACHABLE:
             self._drop_l1_key(key)
             raise
@@ -209,21 +327,55 @@ class CacheManager:
         with self._lock:
             self._epoch += 1
             self._l1[key] = (_now() + l1_ttl_s, stored)
+        self._await_acks(nonce, int(listeners))
 
     @unavailable_as_error
     def invalidate(self, pattern: str) -> int:
         """Drop keys matching the glob `pattern` (fnmatch syntax) from L2 and every L1; count L2's.
+
+        Returns once every listening manager has dropped its copies (or after `ack_timeout_s`).
 
         Raises:
             StoreUnavailable: Redis cannot be reached; this L1 is cleaned anyway, other
                 processes' L1 copies live until their TTL.
         """
         try:
-            removed = self._unlink_l2(pattern)
+            removed = 0
+            if self._l2:
+                self.store.redis.incr(self._gen_key)  # before the unlink: a racing fill fails
+                removed = self._unlink_l2(pattern)
         finally:
             self._drop_l1_pattern(pattern)
-        self.store.redis.publish(self._channel, json.dumps({"o": self._origin, "p": pattern}))
+        nonce = uuid.uuid4().hex
+        body = json.dumps({"o": self._origin, "p": pattern, "a": nonce})
+        self._await_acks(nonce, int(self.store.redis.publish(self._channel, body)))
         return removed
+
+    def invalidate_key(self, key: str) -> int:
+        """`invalidate` of exactly `key` (glob characters in it match only themselves).
+
+        Raises:
+            StoreUnavailable: as `invalidate`.
+        """
+        return self.invalidate(re.sub(r"([*?\[])", r"[\1]", key))
+
+    def _await_acks(self, nonce: str, listeners: int) -> None:
+        """Wait until `listeners` managers have handled change `nonce`, or `ack_timeout_s`."""
+        name = self._ack_prefix + nonce
+        deadline = _now() + self._ack_timeout_s
+        acked = 0
+        while acked < listeners and (left_s := deadline - _now()) > 0:
+            if self.store.redis.blpop([name], timeout=max(left_s, 0.01)) is None:
+                break
+            acked += 1
+        if acked < listeners:
+            log.warning(
+                "cache %s: %d of %d listeners acknowledged a change within %ss; the others "
+                "keep their copies at most %ss", self._channel, acked, listeners,
+                self._ack_timeout_s, self._l1_ttl_s,
+            )  # fmt: skip
+        if listeners:
+            self.store.redis.unlink(name)
 
     def _unlink_l2(self, pattern: str) -> int:
         client = self.store.redis
@@ -309,8 +461,13 @@ class CacheManager:
             return self
         self._stop.clear()
         pubsub = self._subscribe()
+        with self._lock:
+            self._subscribed = True
         self._thread = threading.Thread(
-            target=self._listen, args=(pubsub,), name=f"dafnck-cache-{self._channel}", daemon=True
+            target=_listen,
+            args=(weakref.ref(self), pubsub, self._stop),
+            name=f"dafnck-cache-{self._channel}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -318,6 +475,7 @@ class CacheManager:
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the listener thread (its L1 no longer hears of changes); the store stays open."""
         self._stop.set()
+        self._unsubscribed()
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
@@ -348,29 +506,17 @@ class CacheManager:
             f"{self._channel!r} within {self._subscribe_timeout_s}s"
         )
 
-    def _listen(self, pubsub: Any) -> None:
-        delay_s = _RETRY_MIN_S
-        while not self._stop.is_set():
-            try:
-                if pubsub is None:
-                    pubsub = self._subscribe()
-                    self._drop_l1_all()  # messages sent while we were away are lost
-                    log.info("cache listener resubscribed to %s", self._channel)
-                    delay_s = _RETRY_MIN_S
-                message = pubsub.get_message(timeout=_POLL_S)
-            except Exception as exc:  # the listener must outlive every error
-                if delay_s == _RETRY_MIN_S:
-                    log.warning("cache listener lost %s, retrying: %s", self._channel, exc)
-                if pubsub is not None:
-                    _close_quietly(pubsub)
-                    pubsub = None
-                self._stop.wait(delay_s)
-                delay_s = min(delay_s * 2, _RETRY_MAX_S)
-                continue
-            if message is not None:
-                self._on_message(message)
-        if pubsub is not None:
-            _close_quietly(pubsub)
+    def _resubscribed(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._l1.clear()  # messages sent while we were away are lost
+            self._subscribed = True
+        log.info("cache listener resubscribed to %s", self._channel)
+
+    def _unsubscribed(self) -> None:
+        with self._lock:
+            self._epoch += 1  # a fetch under way must not fill L1 now
+            self._subscribed = False
 
     def _on_message(self, message: dict[str, Any]) -> None:
         if message["type"] == "subscribe":
@@ -381,16 +527,70 @@ class CacheManager:
             return
         try:
             body = json.loads(message["data"])
-            origin, key, pattern = body["o"], body.get("k"), body.get("p")
+            origin, key, pattern, nonce = body["o"], body.get("k"), body.get("p"), body.get("a")
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring malformed cache invalidation %r", message["data"])
             return
-        if origin == self._origin:
-            return
-        if isinstance(key, str):
+        if origin != self._origin and isinstance(key, str):
             self._drop_l1_key(key)
-        elif isinstance(pattern, str):
+        elif origin != self._origin and isinstance(pattern, str):
             self._drop_l1_pattern(pattern)
+        if isinstance(nonce, str):
+            ack = self._ack_prefix + nonce
+            self.store.redis.pipeline(transaction=False).rpush(ack, 1).pexpire(
+                ack, _ACK_KEEP_MS
+            ).execute()
+
+
+def _listen(ref: weakref.ref[CacheManager], pubsub: Any, stop: threading.Event) -> None:
+    """The listener thread; it holds its manager weakly, so a manager no one uses ends it."""
+    delay_s = _RETRY_MIN_S
+    while not stop.is_set() and (manager := ref()) is not None:
+        try:
+            if pubsub is None:
+                pubsub = manager._subscribe()
+                manager._resubscribed()
+                delay_s = _RETRY_MIN_S
+            message = pubsub.get_message(timeout=_POLL_S)
+            if message is not None:
+                manager._on_message(message)
+        except Exception as exc:  # the listener must outlive every error
+            manager._unsubscribed()
+            if delay_s == _RETRY_MIN_S:
+                log.warning("cache listener lost %s, retrying: %s", manager._channel, exc)
+            if pubsub is not None:
+                _close_quietly(pubsub)
+                pubsub = None
+            del manager
+            stop.wait(delay_s)
+            delay_s = min(delay_s * 2, _RETRY_MAX_S)
+            continue
+        del manager
+    if pubsub is not None:
+        _close_quietly(pubsub)
+
+
+_shared: weakref.WeakValueDictionary[tuple[int, str, str], CacheManager] = (
+    weakref.WeakValueDictionary()
+)
+_shared_lock = threading.Lock()
+
+
+def shared_cache(store: Store, namespace: str, **options: Any) -> CacheManager:
+    """This process's manager of `namespace` for the store's connection pool and tenant.
+
+    Objects built per request (a registry, a key table) share one L1 and one listener, for
+    as long as anything holds the manager; `options` apply when it is first built.
+
+    Raises:
+        ConfigError: as `CacheManager`.
+    """
+    name = (id(store.redis), store.tenant, namespace)
+    with _shared_lock:
+        manager = _shared.get(name)
+        if manager is None:
+            manager = _shared[name] = CacheManager(store, namespace=namespace, **options)
+        return manager
 
 
 def _close_quietly(pubsub: Any) -> None:
@@ -400,4 +600,4 @@ def _close_quietly(pubsub: Any) -> None:
         log.debug("closing cache pubsub failed: %s", exc)
 
 
-__all__ = ["CacheManager", "CacheStats", "LevelStats"]
+__all__ = ["CacheManager", "CacheStats", "LevelStats", "shared_cache"]

@@ -1,7 +1,8 @@
 """Security for the API, as a library: who is calling, may they, how often, and the audit.
 
 The API builds one `Security` per process and, per request: `principal =
-security.authenticate(credential)` (an API key `dk_...` or a bearer JWT), then
+security.authenticate(credential)` (an API key `dk_...` or a bearer JWT; on an event loop,
+`authenticate_cached` first, which answers from the auth cache without I/O), then
 `security.check_rate(principal)`, then `security.authorize(...)` for reads or `with
 security.audited(...)` around a mutating call. The tenant always comes from the principal
 (`store.for_tenant(principal.tenant)`), never from the request.
@@ -21,7 +22,7 @@ from typing import Any, cast
 from pydantic import TypeAdapter, ValidationError
 
 from cluster.auth.audit import AuditLog
-from cluster.auth.keys import KEY_PREFIX, ApiKeys
+from cluster.auth.keys import KEY_PREFIX, ApiKeys, auth_cache
 from cluster.auth.limits import LoginLimits, RateLimits
 from cluster.auth.models import (
     PERMISSIONS,
@@ -85,9 +86,10 @@ class Security:
         Raises: ConfigError (unusable JWT keys).
         """
         config = config or SecurityConfig()
+        cache = auth_cache(store)  # one listener for key records and token versions
         return cls(
-            ApiKeys(store),
-            Users(store, KeyRing(settings.state_dir / "data.key"), config),
+            ApiKeys(store, cache),
+            Users(store, KeyRing(settings.state_dir / "data.key"), config, cache=cache),
             TokenService(JwtKeyring.load(settings.state_dir), config),
             RateLimits(store, config),
             AuditLog(store, config.audit_max_entries, config.audit_retention_s),
@@ -112,6 +114,28 @@ class Security:
         elif not self.keys.is_active(principal.key_id):
             raise Unauthorized(f"API key {principal.key_id!r} behind this token has been revoked")
         return principal
+
+    def authenticate_cached(self, credential: str) -> Principal | None:
+        """`authenticate` from this process's auth cache alone: no I/O, so an event loop may
+        call it on every request and run `authenticate` (which fills the cache) in a worker
+        thread only when this returns None (something it needs is not cached).
+
+        Raises: Unauthorized (as `authenticate`).
+        """
+        if not credential:
+            raise Unauthorized("no credential: send an API key or a bearer token")
+        if credential.startswith(KEY_PREFIX):
+            return self.keys.authenticate_cached(credential)
+        principal = self.tokens.verify_token(credential)
+        if principal.key_id is None:
+            checked = self.users.check_token_cached(
+                principal.tenant, principal.subject, principal.token_version
+            )
+            return principal if checked else None
+        active = self.keys.is_active_cached(principal.key_id)
+        if active is False:
+            raise Unauthorized(f"API key {principal.key_id!r} behind this token has been revoked")
+        return principal if active else None
 
     def token_endpoint(self, grant: Grant | Mapping[str, Any], source: str = "") -> TokenResponse:
         """OAuth2 token endpoint: `admit_login` then `issue_for` (the API runs the two apart).

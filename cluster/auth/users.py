@@ -15,7 +15,9 @@ code is accepted once: replays are refused.
 
 Each user record has a `token_version`, written into the `ver` claim of the tokens its logins
 mint; a new password, disabling or enabling bumps it, and `check_token` (on every use of a
-user's token: one HGET) refuses a token whose user is gone, disabled or a version behind.
+user's token, read through the auth cache of `cluster.auth.keys`) refuses a token whose user
+is gone, disabled or a version behind; each of those changes returns once every listening
+process has dropped its cached copy.
 
 Redis: `dafnck:<tenant>:auth:users` (hash: username -> UserRecord JSON),
 `dafnck:<tenant>:auth:otp:<username>:<time step>` (used codes, expiring).
@@ -34,6 +36,7 @@ import redis
 from pwdlib import PasswordHash
 from pydantic import ValidationError
 
+from cluster.auth.keys import auth_cache
 from cluster.auth.models import (
     TENANT,
     USERNAME,
@@ -44,6 +47,7 @@ from cluster.auth.models import (
     UserInfo,
     UserRecord,
 )
+from cluster.cache import CacheManager
 from cluster.data.keyring import KeyRing
 from cluster.errors import Conflict, InputInvalid, NotFound, Unauthorized
 from cluster.store import Store, unavailable_as_error
@@ -65,8 +69,10 @@ class Users:
         secrets: KeyRing,
         config: SecurityConfig | None = None,
         hasher: PasswordHash | None = None,
+        cache: CacheManager | None = None,
     ) -> None:
         self.store = store
+        self.cache = cache or auth_cache(store)
         self._secrets = secrets
         self._config = config or SecurityConfig()
         self._hasher = hasher or PasswordHash.recommended()
@@ -132,6 +138,7 @@ class Users:
         """Remove the account; its tokens are refused at once. Raises: NotFound, StoreUnavailable."""
         if not self.store.redis.hdel(self._key(tenant, "users"), username):
             raise NotFound(f"user {username!r} not found in tenant {tenant!r}")
+        self.cache.invalidate_key(f"user:{tenant}:{username}")
         log.info("deleted user %s", username, extra={"tenant": tenant})
 
     @unavailable_as_error
@@ -148,19 +155,29 @@ class Users:
 
         Raises: Unauthorized, StoreUnavailable.
         """
-        record = self._record(tenant, username) if _TENANT.match(tenant) else None
-        if record is None:
-            raise Unauthorized(f"user {username!r} behind this token no longer exists")
-        if record.disabled:
-            raise Unauthorized(f"user {username!r} behind this token is disabled")
-        if (version or 0) != record.token_version:
-            raise Unauthorized(
-                "this token was revoked (new password or the user was disabled); log in again"
-            )
+
+        def load() -> dict[str, Any] | None:
+            record = self._record(tenant, username)
+            if record is None:
+                return None
+            return {"disabled": record.disabled, "version": record.token_version}
+
+        key = f"user:{tenant}:{username}"
+        state = self.cache.fetch(key, load) if _TENANT.match(tenant) else None
+        _check_state(username, state, version)
+
+    def check_token_cached(self, tenant: str, username: str, version: int | None) -> bool:
+        """`check_token` from this process's cache alone (no I/O): True if the token passes,
+        False if the user is not cached (then `check_token` fills it). Raises: Unauthorized."""
+        found, state = self.cache.peek(f"user:{tenant}:{username}")
+        if found:
+            _check_state(username, state, version)
+        return found
 
     def _bump(self, tenant: str, username: str, changes: dict[str, Any]) -> UserInfo:
         """Apply `changes` and bump the token version in one atomic update. Raises: NotFound."""
         record = self._update(tenant, username, changes, bump=True)
+        self.cache.invalidate_key(f"user:{tenant}:{username}")
         if record is None:
             raise NotFound(f"user {username!r} not found in tenant {tenant!r}")
         return UserInfo.model_validate(record.model_dump())
@@ -301,3 +318,15 @@ class Users:
     def _record(self, tenant: str, username: str) -> UserRecord | None:
         raw = self.store.redis.hget(self._key(tenant, "users"), username)
         return UserRecord.model_validate_json(raw) if raw else None
+
+
+def _check_state(username: str, state: dict[str, Any] | None, version: int | None) -> None:
+    """Refuse a token given what the cache holds of its user. Raises: Unauthorized."""
+    if state is None:
+        raise Unauthorized(f"user {username!r} behind this token no longer exists")
+    if state["disabled"]:
+        raise Unauthorized(f"user {username!r} behind this token is disabled")
+    if (version or 0) != state["version"]:
+        raise Unauthorized(
+            "this token was revoked (new password or the user was disabled); log in again"
+        )
