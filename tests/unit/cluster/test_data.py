@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cluster.data.keyring import KEY_ENV
 from cluster.data.models import (
     BackupCriteria,
     BackupManifest,
@@ -31,7 +32,6 @@ from cluster.data.models import (
     DataQuery,
     StorageResult,
 )
-from cluster.data.keyring import KEY_ENV
 from cluster.data.objects import DataManager
 from cluster.errors import ConfigError, Conflict, InputInvalid, NotFound
 from cluster.settings import load_settings
