@@ -12,7 +12,7 @@ import ray
 import redis
 
 from actors.client import Client
-from actors.hub import CommunicationHub
+from actors.hub import INBOX_GROUP, CommunicationHub
 from actors.messages import Message
 from actors.models import AgentSpec
 from tests.integration.helpers import wait_until
@@ -49,6 +49,13 @@ def seen(client: Client, suffix: str = "") -> list[str]:
     return list(raw.lrange(client.store.key("seen") + suffix, 0, -1))
 
 
+def pending(client: Client, stream: str, group: str) -> int | None:
+    """How many entries of `stream` the consumer group holds unacknowledged (None: no group)."""
+    raw: Any = redis.Redis.from_url(client.store.url, decode_responses=True)
+    groups = {g["name"]: g for g in raw.xinfo_groups(stream)} if raw.exists(stream) else {}
+    return int(groups[group]["pending"]) if group in groups else None
+
+
 def test_messages_are_handled_in_order(client: Client, hub: CommunicationHub) -> None:
     client.agents.apply(listener(client))
     messages = [Message(sender="test", payload={"n": i}) for i in range(20)]
@@ -69,7 +76,9 @@ def test_a_replica_killed_mid_handler_hands_its_message_to_another(
     (victim,) = [name for name, report in replicas.items() if report.get("pid") == pid]
     ray.kill(ray.get_actor(victim, namespace="dafnck"), no_restart=True)
     wait_until(lambda: seen(client) == [slow.id], 30, "the message handled by another replica")
-    time.sleep(4.5)  # longer than the claim timeout and the handler: nothing more happens
+    # Acknowledged, so never delivered again: what was seen so far is all there will be.
+    wait_until(lambda: pending(client, hub.inbox_key("listener"), INBOX_GROUP) == 0, 30,
+               "the message acknowledged")  # fmt: skip
     assert len(seen(client, ":started")) == 2  # delivered twice (at least once) ...
     assert seen(client) == [slow.id]  # ... completed and acknowledged once
 
@@ -101,7 +110,9 @@ def test_a_topic_trigger_fires_once_per_message_across_a_supervisor_restart(
         "steps": [{"id": "a", "uses": "test.step", "with": {"value": "${{ inputs.n }}"}}],
         "triggers": [{"topic": "news", "inputs": {"n": "${{ message.payload.n }}"}}],
     }))  # fmt: skip
-    time.sleep(2.5)  # the supervisor's next tick creates the trigger's consumer group
+    news, group = hub.topic_key("news"), "trigger.on-news"
+    wait_until(lambda: pending(client, news, group) is not None, 30,
+               "the supervisor's tick to create the trigger's consumer group")  # fmt: skip
     asyncio.run(hub.publish("news", Message(sender="test", payload={"n": 1})))
     wait_until(lambda: len(client.workflows.ls()) == 1, 20, "the first triggered execution")
     ray.kill(
@@ -109,7 +120,8 @@ def test_a_topic_trigger_fires_once_per_message_across_a_supervisor_restart(
     )
     asyncio.run(hub.publish("news", Message(sender="test", payload={"n": 2})))
     wait_until(lambda: len(client.workflows.ls()) == 2, 30, "the second triggered execution")
-    time.sleep(3)
+    # Both messages acknowledged: no redelivery can start a third execution.
+    wait_until(lambda: pending(client, news, group) == 0, 90, "the messages acknowledged")
     executions = client.workflows.ls()
     assert sorted(e.inputs["n"] for e in executions) == [1, 2]
     for execution in executions:
