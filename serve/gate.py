@@ -1,11 +1,12 @@
 """A request's security on the event loop: who is calling, how often, and the audit entry.
 
 `cluster.auth.Security` does these with redis-py's blocking client: in the API each call
-held a worker thread through its round trips, on every request. `Gate` does the hot paths
-(API keys, tokens an API key minted, both rate limits, audit entries) with the store's
-`redis.asyncio` client instead, reading and writing the very keys, windows and streams
-`cluster.auth` does (`tests/unit/serve/test_gate.py` checks the two against each other on
-one Valkey). The rare paths (a user's token, counting a failed authentication) call
+held a worker thread through its round trips, on every request. `Gate` answers the
+credential from the auth cache (no I/O) when it can, counts both rate limits in one round
+trip (one script over the windows `limits` keeps) and writes audit entries with the
+store's `redis.asyncio` client, over the very keys, windows and streams `cluster.auth`
+uses (`tests/unit/serve/test_gate.py` checks the two against each other on one Valkey).
+The rare paths (a credential not cached yet, counting a failed authentication) call
 `Security` in a worker thread.
 """
 
@@ -14,26 +15,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import math
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import limits
 import redis
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 
-from cluster.auth.keys import AUTH_SPACE, KEY_PREFIX, digest, key_id_of
+from cluster.auth.keys import AUTH_SPACE
 from cluster.auth.limits import KEY_PREFIX as LIMITS_PREFIX
-from cluster.auth.models import ApiKeyRecord, AuditOutcome, Principal, SecurityConfig
+from cluster.auth.models import AuditOutcome, Principal, SecurityConfig
 from cluster.auth.security import Security
-from cluster.errors import RateLimited, StoreUnavailable, Unauthorized
+from cluster.errors import RateLimited, StoreUnavailable
 from cluster.logs import current as log_ids
 from cluster.store import Store, redacted
 
-#: Compared against when the key id is unknown, so both paths hash and compare.
-_NO_DIGEST = "0" * 64
+#: `limits`' acquire_moving_window.lua for each window in KEYS in turn (ARGV: the time,
+#: then each window's limit and expiry): stops at the first full window and answers its
+#: 1-based index, 0 when every window took its hit. Windows before it keep their hit, as
+#: when `RateLimits` hits them one call at a time.
+_MOVING_WINDOWS = """
+local now = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+    local limit = tonumber(ARGV[2 * i])
+    local expiry = tonumber(ARGV[2 * i + 1])
+    local entry = redis.call('lindex', key, limit - 1)
+    if entry and tonumber(entry) >= now - expiry then
+        return i
+    end
+    redis.call('lpush', key, ARGV[1])
+    redis.call('ltrim', key, 0, limit - 1)
+    redis.call('expire', key, expiry)
+end
+return 0
+"""
 
 
 class Gate:
@@ -47,56 +65,21 @@ class Gate:
         self._per_key = _item(config.rate_per_key)
         self._per_tenant = _item(config.rate_per_tenant)
         self._limiters: dict[int, RateLimiter] = {}
+        self._scripts: dict[int, Any] = {}
 
     # -- who ----------------------------------------------------------------------------
 
     async def authenticate(self, credential: str) -> Principal:
-        """As `Security.authenticate`. Raises: Unauthorized, StoreUnavailable."""
-        if not credential:
-            raise Unauthorized("no credential: send an API key or a bearer token")
-        if credential.startswith(KEY_PREFIX):
-            return await self._api_key(credential)
-        principal = self.security.tokens.verify_token(credential)  # CPU only: a signature
-        if principal.key_id is None:  # a user's login minted it: the rare path
-            users = self.security.users
-            await asyncio.to_thread(
-                users.check_token, principal.tenant, principal.subject, principal.token_version
-            )
-        elif not _active(await self._record(principal.key_id)):
-            raise Unauthorized(f"API key {principal.key_id!r} behind this token has been revoked")
-        return principal
+        """As `Security.authenticate`: answered from the auth cache when it holds what the
+        credential needs (`Security.authenticate_cached`: no I/O, no thread), else by
+        `Security.authenticate` in a worker thread, which fills the cache.
 
-    async def _api_key(self, secret: str) -> Principal:
-        """As `ApiKeys.authenticate_api_key`: digests compared in constant time."""
-        key_id = key_id_of(secret)
-        if key_id is None:
-            raise Unauthorized("malformed API key: expected 'dk_<16 hex>_<43 base64url>'")
-        record = await self._record(key_id)
-        expected = record.secret_sha256 if record else _NO_DIGEST
-        matches = hmac.compare_digest(digest(secret), expected)
-        if record is None or not matches:
-            raise Unauthorized(f"API key {key_id!r} is unknown or its secret does not match")
-        if record.revoked_at is not None:
-            raise Unauthorized(f"API key {key_id!r} has been revoked")
-        return Principal(
-            subject=f"key:{key_id}",
-            tenant=record.tenant,
-            role=record.role,
-            kind="api_key",
-            key_id=key_id,
-        )
-
-    async def _record(self, key_id: str) -> ApiKeyRecord | None:
-        async with self._reachable():
-            aio = self.store.async_redis()
-            tenant = await aio.hget(self._index, key_id)
-            keys = self.store.for_tenant(tenant).key("auth", "apikeys") if tenant else None
-            raw = await aio.hget(keys, key_id) if keys else None
-        if raw is None:
-            return None
-        record = ApiKeyRecord.model_validate_json(raw)
-        # The index and the record must agree, or the key belongs to no one.
-        return record if record.tenant == tenant and record.key_id == key_id else None
+        Raises: Unauthorized, StoreUnavailable.
+        """
+        found = self.security.authenticate_cached(credential)
+        if found is not None:
+            return found
+        return await asyncio.to_thread(self.security.authenticate, credential)
 
     async def failed(self, credential: str | None, source: str) -> None:
         """Count a 401 (never raises: a store that is down does not change the 401)."""
@@ -107,23 +90,49 @@ class Gate:
     # -- how often ----------------------------------------------------------------------
 
     async def check_rate(self, principal: Principal) -> None:
-        """As `RateLimits.check_rate`: one hit on the credential's window, then the
-        tenant's. Raises: RateLimited (retry_after_s set), StoreUnavailable."""
+        """As `RateLimits.check_rate`: one hit on the credential's window, then (if it was
+        allowed) one on the tenant's. Raises: RateLimited (retry_after_s set),
+        StoreUnavailable."""
         credential = principal.key_id or f"user:{principal.subject}"
         tenant = principal.tenant
-        await self._hit(self._per_key, f"credential {credential!r}", "key", tenant, credential)
-        await self._hit(self._per_tenant, f"tenant {tenant!r}", "tenant", tenant)
+        windows = [
+            (self._per_key, f"credential {credential!r}", ("key", tenant, credential)),
+            (self._per_tenant, f"tenant {tenant!r}", ("tenant", tenant)),
+        ]
+        if self.config.rate_strategy == "fixed-window":
+            refused = None
+            for n, (item, _, ids) in enumerate(windows):
+                async with self._reachable():
+                    if not await self._limiter().hit(item, *ids):
+                        refused = n
+                        break
+        else:
+            refused = await self._hit_moving_windows([(item, ids) for item, _, ids in windows])
+        if refused is not None:
+            item, what, ids = windows[refused]
+            async with self._reachable():
+                reset_at = (await self._limiter().get_window_stats(item, *ids)).reset_time
+            retry_s = max(math.ceil((reset_at - time.time()) * 10) / 10, 0.1)
+            raise RateLimited(
+                f"rate limit of {item} for {what} exceeded; retry in {retry_s} s", retry_s
+            )
 
-    async def _hit(self, item: limits.RateLimitItem, what: str, *ids: str) -> None:
-        limiter = self._limiter()
+    async def _hit_moving_windows(
+        self, windows: list[tuple[limits.RateLimitItem, tuple[str, ...]]]
+    ) -> int | None:
+        """One hit on each moving window in turn, in one round trip (`_MOVING_WINDOWS`, the
+        windows `limits` keeps); the index of the first that refused, or None."""
+        keys = [f"{LIMITS_PREFIX}:{item.key_for(*ids)}" for item, ids in windows]
+        args: list[float] = [time.time()]
+        for item, _ in windows:
+            args += [item.amount, item.get_expiry()]
         async with self._reachable():
-            if await limiter.hit(item, *ids):
-                return
-            reset_at = (await limiter.get_window_stats(item, *ids)).reset_time
-        retry_s = max(math.ceil((reset_at - time.time()) * 10) / 10, 0.1)
-        raise RateLimited(
-            f"rate limit of {item} for {what} exceeded; retry in {retry_s} s", retry_s
-        )
+            aio = self.store.async_redis()
+            script = self._scripts.get(id(aio))
+            if script is None:
+                script = self._scripts[id(aio)] = aio.register_script(_MOVING_WINDOWS)
+            refused = int(await script(keys=keys, args=args))
+        return refused - 1 if refused else None
 
     def _limiter(self) -> RateLimiter:
         """The limiter on this event loop's connection pool (one per loop, as the client)."""
@@ -194,10 +203,6 @@ class Gate:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             url = redacted(self.store.url)
             raise StoreUnavailable(f"Redis at {url} is unreachable: {exc}") from None
-
-
-def _active(record: ApiKeyRecord | None) -> bool:
-    return record is not None and record.revoked_at is None
 
 
 def _item(rate: str) -> limits.RateLimitItem:
