@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.errors import Conflict, DafnckError, ErrorInfo, QuotaExceeded
+from cluster.errors import Conflict, DafnckError, ErrorInfo, InputInvalid, QuotaExceeded
 from cluster.quotas import Quotas
 from workflows.dispatch import Dispatcher, StepFailed, StepOutcome, StepRequest, step_error
 from workflows.execution import (
@@ -31,13 +32,18 @@ from workflows.execution import (
 from workflows.expressions import EvalLimits, render_async
 from workflows.run import Recorder, Run, new_event
 from workflows.spec import WorkflowSpec
+from workflows.spec_waits import SIGNAL
 from workflows.steps import StepRunner
 from workflows.store import ExecutionStore
 from workflows.triggers import decide
 from workflows.validate import effective_needs
+from workflows.waits import Clock, SystemClock, before
 from workflows.writer import Writer
 
 log = logging.getLogger(__name__)
+
+#: Signals an execution keeps for steps that have not taken them yet.
+MAX_KEPT_SIGNALS = 1000
 
 
 SpecLoader = Callable[[str, int | None], tuple[int, WorkflowSpec]]
@@ -53,8 +59,11 @@ class WorkflowEngine:
         load_spec: SpecLoader,
         quotas: Quotas | None = None,
         runs: dict[str, Run] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
+        #: What timers, signal deadlines and workflow timeouts wait on.
+        self.clock: Clock = clock or SystemClock()
         self.dispatcher = dispatcher
         #: The tenant's limits: executions running, fan-out items, depth, expressions.
         self.quotas = quotas or Quotas()
@@ -101,6 +110,8 @@ class WorkflowEngine:
         )
         if execution_id:
             execution.id = execution_id
+        if spec.timeout_s:
+            execution.deadline = self.clock.now() + spec.timeout_s
         execution.steps = {s.id: StepState() for s in spec.steps}
         started = new_event(
             execution, "execution.started", data={"version": version, "parent": parent}
@@ -229,6 +240,34 @@ class WorkflowEngine:
         )
         return run.execution
 
+    async def signal(self, execution_id: str, name: str, payload: Any = None) -> Execution:
+        """Send signal `name` to a running execution: a step waiting for it takes it (its
+        payload becomes the step's output); otherwise it is kept for the first that will.
+
+        Raises: InputInvalid (a bad name), Conflict (not running or too many kept),
+        NotFound.
+        """
+        if not re.match(SIGNAL, name):
+            raise InputInvalid(
+                "signal", [f"name {name!r} must be a lowercase word like 'approved'"]
+            )
+        run = self._live(
+            execution_id,
+            ExecutionStatus.RUNNING,
+            ExecutionStatus.PAUSED,
+            ExecutionStatus.WAITING_APPROVAL,
+        )
+        if len(run.execution.signals) >= MAX_KEPT_SIGNALS:
+            raise Conflict(
+                f"execution {execution_id} keeps {MAX_KEPT_SIGNALS} signals no step took; "
+                "send more once its wait steps take them"
+            )
+        run.execution.signals.append({"name": name, "payload": payload, "at": self.clock.now()})
+        event = new_event(run.execution, "execution.signalled", data={"signal": name})
+        await self.recorder.commit(run, event)
+        run.deliver(name)
+        return run.execution
+
     async def decide(
         self, execution_id: str, step_id: str, approved: bool, by: str, reason: str = ""
     ) -> Execution:
@@ -265,6 +304,7 @@ class WorkflowEngine:
                 StepState(attempts=execution.steps[key].attempts) if "[" not in key else StepState()
             )
         execution.status, execution.error, execution.outputs = ExecutionStatus.RUNNING, None, None
+        execution.deadline = self.clock.now() + spec.timeout_s if spec.timeout_s else None
         self.store.commit(
             execution,
             steps=reset,
@@ -296,7 +336,12 @@ class WorkflowEngine:
                         await self._conclude(run)
                         break
                 run.wake.clear()
-                await run.wake.wait()
+                if not await before(run.wake.wait(), run.execution.deadline, self.clock):
+                    message = (
+                        f"the execution ran past its workflow's timeout_s ({run.spec.timeout_s}s)"
+                    )
+                    error = ErrorInfo(type="WorkflowTimeout", message=message)
+                    await self._finish(run, ExecutionStatus.FAILED, error)
         except Exception as exc:  # a bug or an outage must not leave the execution hanging silently
             log.exception("execution %s stopped", run.execution.id)
             await self._finish(run, ExecutionStatus.FAILED, step_error(exc))

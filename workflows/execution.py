@@ -96,6 +96,10 @@ class Execution(Record):
     parent: str | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
+    #: When the workflow's `timeout_s` runs out (from the start, or from a retry).
+    deadline: float | None = None
+    #: Signals sent and not yet taken by a waiting step: `{"name", "payload", "at"}` each.
+    signals: list[dict[str, Any]] = []
 
 
 class Event(Record):

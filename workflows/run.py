@@ -54,6 +54,8 @@ class Run:
     unfinished: dict[str, int] = field(default_factory=dict)
     dependents: dict[str, list[str]] = field(default_factory=dict)
 
+    #: Steps waiting for a signal: their names and the future a delivery resolves.
+    signal_waits: dict[str, tuple[list[str], asyncio.Future[None]]] = field(default_factory=dict)
     #: Set unless the execution is paused: attempts and fan-out items wait for it.
     resumed: asyncio.Event = field(default_factory=asyncio.Event)
     by_id: dict[str, StepSpec] = field(default_factory=dict)
@@ -82,6 +84,20 @@ class Run:
     def context(self) -> dict[str, Any]:
         """What expressions see: the execution's inputs and `steps.<id>.output`."""
         return {"inputs": self.execution.inputs, "steps": _Outputs(self.execution.steps)}
+
+    def take_signal(self, names: list[str]) -> dict[str, Any] | None:
+        """The oldest signal sent under one of `names`, taken out of the record."""
+        for i, signal in enumerate(self.execution.signals):
+            if signal.get("name") in names:
+                return self.execution.signals.pop(i)
+        return None
+
+    def deliver(self, name: str) -> None:
+        """Wake the first step waiting for signal `name` (it takes it from the record)."""
+        for names, future in self.signal_waits.values():
+            if name in names and not future.done():
+                future.set_result(None)
+                return
 
     def index(self) -> None:
         """Work out which pending steps are ready and how many needs the others wait for."""

@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from cluster.contracts import CAPABILITY, NAME, TOPIC, Contract
 from cluster.errors import InputInvalid
 from cluster.llm.usage import WorkflowBudget
+from workflows.spec_waits import Sleep, Wait
 from workflows.triggers import TriggerRule
 
 #: Step ids are CEL identifiers, so `steps.<id>.output` parses.
@@ -50,7 +51,7 @@ CEL_RESERVED = frozenset({
 ROOT_NAMES = frozenset({"inputs", "steps", "index"})
 
 InputType = Literal["string", "integer", "number", "boolean", "array", "object", "any"]
-StepKind = Literal["capability", "agent", "workflow"]
+StepKind = Literal["capability", "agent", "workflow", "sleep", "wait"]
 
 
 _PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -162,7 +163,12 @@ class StepSpec(Contract):
     """One step of a workflow."""
 
     id: str = Field(pattern=STEP_ID, max_length=63)
-    uses: str
+    #: What runs the step; empty for a step that waits (`sleep` or `wait`) instead.
+    uses: str = ""
+    #: A durable timer instead of `uses`.
+    sleep: Sleep | None = None
+    #: An external signal to wait for instead of `uses`.
+    wait: Wait | None = None
     description: str = ""
     with_: dict[str, Any] = Field(default={}, alias="with")
     needs: list[str] = []
@@ -188,9 +194,23 @@ class StepSpec(Contract):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> StepSpec:
+        given = [k for k in ("uses", "sleep", "wait") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "a step has exactly one of uses, sleep or wait"
+                + (f", not {' and '.join(given)}" if given else "")
+            )
+        if not self.uses and self.for_each is not None:
+            raise ValueError("a sleep or wait step cannot fan out; put it in a sub-workflow")
+        return self
+
     @field_validator("uses")
     @classmethod
     def _uses(cls, value: str) -> str:
+        if not value:
+            return value
         kind, target = _split_uses(value)
         if kind == "capability" and not re.match(CAPABILITY, target):
             raise ValueError(
@@ -208,6 +228,8 @@ class StepSpec(Contract):
 
     @property
     def kind(self) -> StepKind:
+        if not self.uses:
+            return "sleep" if self.sleep else "wait"
         return _split_uses(self.uses)[0]
 
     @property
@@ -276,6 +298,9 @@ class WorkflowSpec(Contract):
     #: What one execution may spend on models (LLM agents check it before each call);
     #: `on_exceed: approval` holds the step that ran out at an approval gate.
     budget: WorkflowBudget | None = None
+    #: The longest one execution may run (paused time included); then it fails with
+    #: WorkflowTimeout and its running steps are cancelled.
+    timeout_s: float | None = Field(default=None, gt=0)
 
     @field_validator("inputs")
     @classmethod

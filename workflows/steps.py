@@ -22,6 +22,7 @@ from workflows.fanout import FanOut
 from workflows.run import OpenGate, Recorder, Run
 from workflows.spec import Approval as Gate
 from workflows.spec import StepSpec
+from workflows.waits import Clock, Waits
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class _Engine(Protocol):
     dispatcher: Dispatcher
     runs: dict[str, Run]
     quotas: Quotas
+    clock: Clock
 
     @property
     def limits(self) -> EvalLimits: ...
@@ -53,7 +55,7 @@ class _Engine(Protocol):
     async def cancel(self, execution_id: str, by: str = "", reason: str = "") -> Execution: ...
 
 
-class StepRunner(FanOut):
+class StepRunner(FanOut, Waits):
     """Runs top-level steps of the engine's executions, one asyncio task each."""
 
     def __init__(self, engine: _Engine, recorder: Recorder) -> None:
@@ -67,6 +69,10 @@ class StepRunner(FanOut):
     @property
     def most_items(self) -> int:
         return self._engine.quotas.for_each_items
+
+    @property
+    def clock(self) -> Clock:
+        return self._engine.clock
 
     async def run(self, run: Run, step: StepSpec) -> None:
         """The task of one step: it ends with the step's record, never with an error."""
@@ -92,6 +98,11 @@ class StepRunner(FanOut):
         if step.approval and not await self._approved(run, step):
             return
         try:
+            if step.sleep or step.wait:  # they record their own end
+                await (
+                    self._sleep(run, step, context) if step.sleep else self._signalled(run, step)
+                )
+                return
             output = await (
                 self._fan_out(run, step, context)
                 if step.for_each

@@ -166,13 +166,17 @@ def _check_uses(
     agents: set[str] | None,
     workflows: set[str] | None,
 ) -> None:
-    known = {"capability": capabilities, "agent": agents, "workflow": workflows}
+    known: dict[str, set[str] | None] = {
+        "capability": capabilities,
+        "agent": agents,
+        "workflow": workflows,
+    }
     for index, step in enumerate(spec.steps):
         loc = ("steps", index, "uses")
         if step.kind == "workflow" and step.target_name == spec.name:
             problems.add(loc, f"step {step.id!r}: uses its own workflow {spec.name!r}")
             continue
-        names = known[step.kind]
+        names = known.get(step.kind)
         if names is not None and step.target_name not in names:
             problems.add(
                 loc,
@@ -190,6 +194,8 @@ def _sources(step: StepSpec, index: int) -> Iterator[_Source]:
         yield _Source((*base, "when"), step.when, False)
     if step.for_each is not None:
         yield _Source((*base, "for_each", "items"), step.for_each.items, False)
+    if step.sleep is not None and step.sleep.until and "${{" in step.sleep.until:
+        yield _Source((*base, "sleep", "until"), step.sleep.until, True)
     if step.approval is not None and "${{" in step.approval.prompt:
         yield _Source((*base, "approval", "prompt"), step.approval.prompt, True)
 
