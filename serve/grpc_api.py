@@ -3,14 +3,15 @@
 Serve's gRPC proxy calls the ingress method named after the rpc with the request message
 and a `grpc_context`; `GrpcApi` is mixed into `ApiIngress`, so REST and gRPC share the
 replicas, their `Services` and the rules: the credential is `authorization: Bearer ...`
-metadata (or `x-api-key`), checked by `serve.deps.authenticated`/`authorized` as for REST,
-and platform errors become gRPC status codes (`STATUS`) with the message as details.
+metadata (or `x-api-key`), checked (awaited) by `serve.deps.authenticate`/`authorized` as
+for REST, each change is audited by `Caller.audit` as REST's are, and platform errors
+become gRPC status codes (`STATUS`) with the message as details.
 
 Every rpc that asks or changes the tenant's supervisor builds the operation's request
-model (`actors.contract`) and awaits that operation on the tenant's `SupervisorGateway`,
+model (`actors.contract`) and awaits that operation on the tenant's gateway (`Caller.gateway`),
 as the REST routes, the CLI and the Python client do: `ApproveStep` is `decide_step`,
 `PauseExecution` is `pause_workflow`, one argument list everywhere. Only reads of the
-store without an async client (agent records, the credential check) run in a thread.
+store without an async client (agent records, an execution's record) run in a thread.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, ValidationError
 
 from actors import contract as op
-from actors.gateway import SupervisorGateway
 from actors.models import DiscoveryCriteria, Task, new_id
 from actors.task_records import TaskRecords
 from cluster.auth.models import Action
@@ -36,7 +36,7 @@ from serve.api_agents import ScaleRequest
 from serve.api_executions import DecisionRequest, ExecutionRequest
 from serve.api_streams import STREAM_ID, execution_frames
 from serve.api_tasks import start_task
-from serve.deps import Caller, Services, authenticated, authorized, header_credential
+from serve.deps import Caller, authenticate, authorized, header_credential, services_of
 from serve.patterns import ID, STEP_KEY, TASK_ID, check, check_agent_ref
 from serve.protos import dafnck_pb2 as pb
 from workflows.execution import Execution
@@ -119,19 +119,8 @@ def _task_record(record: Mapping[str, Any]) -> pb.TaskReply:
     return pb.TaskReply(id=record["id"], status=record["status"], record=to_struct(record))
 
 
-def _gateway(who: Caller) -> SupervisorGateway:
-    """The caller's tenant's supervisor: every rpc that changes or asks it calls one
-    operation of `actors.contract` here, as REST, the CLI and the client do."""
-    return who.client.gateway
-
-
 class GrpcApi:
     """The rpcs of the Orchestration and Workflows services, as ingress methods."""
-
-    def _services(self) -> Services:
-        from serve.deps import connect_services
-
-        return connect_services(self.app)  # type: ignore[attr-defined]
 
     async def _caller(self, context: Any, action: Action) -> Caller:
         """Authenticate, rate-limit and authorize the call's credential, as REST does.
@@ -140,13 +129,12 @@ class GrpcApi:
         """
         metadata = {k.lower(): v for k, v in context.invocation_metadata()}
         token = header_credential(metadata)
-        svc = self._services()
+        svc = await services_of(self.app)  # type: ignore[attr-defined]
         if token is None:
-            audit = svc.security.audit
-            await asyncio.to_thread(audit.record_failed_authentication, None, str(context.peer()))
+            await svc.gate.failed(None, str(context.peer()))
             raise Unauthorized("no credential: send metadata 'authorization: Bearer <token>'")
         request_id = uuid.uuid4().hex  # the server's own: a client's id is never trusted
-        who = await asyncio.to_thread(authenticated, svc, token, request_id, str(context.peer()))
+        who = await authenticate(svc, token, request_id, str(context.peer()))
         return await authorized(who, action)
 
     async def _answer(self, context: Any, empty: M, work: Callable[[], Awaitable[M]]) -> M:
@@ -167,7 +155,7 @@ class GrpcApi:
             if result is not None:
                 data = result.model_dump(mode="json")
                 return pb.TaskReply(id=task.id, status=result.status, record=to_struct(data))
-            return _task_record(await TaskRecords(who.client.store).get(task.id))
+            return _task_record(await TaskRecords(who.tenant_services.store).get(task.id))
 
         return await self._answer(grpc_context, pb.TaskReply(), work)
 
@@ -175,7 +163,7 @@ class GrpcApi:
         async def work() -> pb.TaskReply:
             who = await self._caller(grpc_context, Action.TASKS_READ)
             task_id = check(request.id, TASK_ID, "id", "task request")
-            return _task_record(await TaskRecords(who.client.store).get(task_id))
+            return _task_record(await TaskRecords(who.tenant_services.store).get(task_id))
 
         return await self._answer(grpc_context, pb.TaskReply(), work)
 
@@ -185,7 +173,9 @@ class GrpcApi:
             criteria = _contract(
                 DiscoveryCriteria, "agent query", capability=request.capability or None
             )
-            records = await asyncio.to_thread(who.client.agents.ls, criteria)
+            records = await asyncio.to_thread(
+                who.tenant_services.registry.discover_agents, criteria
+            )
             return pb.AgentsReply(agents=[to_struct(r.model_dump(mode="json")) for r in records])
 
         return await self._answer(grpc_context, pb.AgentsReply(), work)
@@ -195,10 +185,10 @@ class GrpcApi:
             who = await self._caller(grpc_context, Action.AGENTS_WRITE)
             check_agent_ref(request.name, "name", "scale request")
             body = _contract(ScaleRequest, "scale request", replicas=request.replicas)
-            gateway = _gateway(who)
-            with who.audited(Action.AGENTS_WRITE, obj=f"agent:{request.name}"):
+            gateway = who.gateway
+            async with who.audit(Action.AGENTS_WRITE, obj=f"agent:{request.name}"):
                 # every version `name` (or `name@range`) matches: a store read
-                found = await asyncio.to_thread(who.client.registry.resolve, request.name)
+                found = await asyncio.to_thread(who.tenant_services.registry.resolve, request.name)
                 records = [
                     await gateway.scale_agents(
                         op.ScaleAgent(agent_id=r.agent_id, replicas=body.replicas)
@@ -227,8 +217,8 @@ class GrpcApi:
                 workflow=body.workflow, inputs=body.inputs, version=body.version,
                 execution_id=new_id(),
             )  # fmt: skip
-            with who.audited(Action.EXECUTIONS_CONTROL, obj=body.workflow):
-                return _execution(await _gateway(who).execute_workflow(start))
+            async with who.audit(Action.EXECUTIONS_CONTROL, obj=body.workflow):
+                return _execution(await who.gateway.execute_workflow(start))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -238,7 +228,7 @@ class GrpcApi:
         async def work() -> pb.ExecutionReply:
             who = await self._caller(grpc_context, Action.EXECUTIONS_READ)
             ref = op.ExecutionRef(execution_id=check(request.id, ID, "id", "execution request"))
-            return _execution(await _gateway(who).get_execution_status(ref))
+            return _execution(await who.gateway.get_execution_status(ref))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -256,8 +246,8 @@ class GrpcApi:
                 approved=not request.reject, by=who.principal.subject, reason=body.reason,
             )  # fmt: skip
             obj = f"{decision.execution_id}/{decision.step}"
-            with who.audited(Action.EXECUTIONS_APPROVE, obj=obj):
-                return _execution(await _gateway(who).decide_step(decision))
+            async with who.audit(Action.EXECUTIONS_APPROVE, obj=obj):
+                return _execution(await who.gateway.decide_step(decision))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -271,8 +261,8 @@ class GrpcApi:
                 execution_id=check(request.id, ID, "id", "cancel request"),
                 by=who.principal.subject, reason=body.reason,
             )  # fmt: skip
-            with who.audited(Action.EXECUTIONS_CONTROL, obj=cancel.execution_id):
-                return _execution(await _gateway(who).cancel_workflow(cancel))
+            async with who.audit(Action.EXECUTIONS_CONTROL, obj=cancel.execution_id):
+                return _execution(await who.gateway.cancel_workflow(cancel))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -281,8 +271,8 @@ class GrpcApi:
     ) -> pb.ExecutionReply:
         async def work() -> pb.ExecutionReply:
             who, ref = await self._control(grpc_context, request.id, "pause request")
-            with who.audited(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
-                return _execution(await _gateway(who).pause_workflow(ref))
+            async with who.audit(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
+                return _execution(await who.gateway.pause_workflow(ref))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -291,8 +281,8 @@ class GrpcApi:
     ) -> pb.ExecutionReply:
         async def work() -> pb.ExecutionReply:
             who, ref = await self._control(grpc_context, request.id, "resume request")
-            with who.audited(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
-                return _execution(await _gateway(who).resume_workflow(ref))
+            async with who.audit(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
+                return _execution(await who.gateway.resume_workflow(ref))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -301,8 +291,8 @@ class GrpcApi:
     ) -> pb.ExecutionReply:
         async def work() -> pb.ExecutionReply:
             who, ref = await self._control(grpc_context, request.id, "retry request")
-            with who.audited(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
-                return _execution(await _gateway(who).retry_workflow(ref))
+            async with who.audit(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
+                return _execution(await who.gateway.retry_workflow(ref))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 
@@ -330,7 +320,7 @@ class GrpcApi:
             after = request.cursor or "0-0"
             if not STREAM_ID.match(after):
                 raise InputInvalid("cursor", [f"{after!r} is not a stream id like '17-0'"])
-            executions = who.client.workflows.executions
+            executions = who.tenant_services.executions
             await asyncio.to_thread(executions.load, request.id)  # NotFound before streaming
             async for frame in execution_frames(who, request.id, after):
                 if frame is not None:

@@ -172,6 +172,10 @@ def test_cancel_an_execution(
         pb.StartExecutionRequest(workflow=GATED_NAME), metadata=_meta(a)
     ).id
     _wait_status(workflows, _meta(a), eid, "waiting_approval")
+    wordy = pb.CancelExecutionRequest(id=eid, reason="x" * 2001)  # REST's limit too
+    assert _code(workflows.CancelExecution, wordy, metadata=_meta(a)) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
     cancelled = workflows.CancelExecution(
         pb.CancelExecutionRequest(id=eid, reason="not today"), metadata=_meta(a)
     )
