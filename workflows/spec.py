@@ -35,7 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from cluster.contracts import CAPABILITY, NAME, TOPIC, Contract
 from cluster.errors import InputInvalid
 from cluster.llm.usage import WorkflowBudget
-from workflows.spec_waits import Sleep, Wait
+from workflows.spec_waits import Repeat, Sleep, Wait
 from workflows.triggers import TriggerRule
 
 #: Step ids are CEL identifiers, so `steps.<id>.output` parses.
@@ -169,6 +169,8 @@ class StepSpec(Contract):
     sleep: Sleep | None = None
     #: An external signal to wait for instead of `uses`.
     wait: Wait | None = None
+    #: Run the step again until a condition holds (a structured loop).
+    repeat: Repeat | None = None
     description: str = ""
     with_: dict[str, Any] = Field(default={}, alias="with")
     needs: list[str] = []
@@ -202,8 +204,10 @@ class StepSpec(Contract):
                 "a step has exactly one of uses, sleep or wait"
                 + (f", not {' and '.join(given)}" if given else "")
             )
-        if not self.uses and self.for_each is not None:
-            raise ValueError("a sleep or wait step cannot fan out; put it in a sub-workflow")
+        if not self.uses and (self.for_each or self.repeat):
+            raise ValueError("a sleep or wait step cannot fan out or repeat")
+        if self.for_each and self.repeat:
+            raise ValueError("a step cannot both fan out and repeat; repeat a sub-workflow")
         return self
 
     @field_validator("uses")

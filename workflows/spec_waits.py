@@ -1,5 +1,6 @@
-"""The contracts of steps that wait instead of dispatching: a durable timer (`sleep`) and
-an external signal (`wait`). `workflows.waits` runs them."""
+"""The contracts of steps that wait instead of dispatching, a durable timer (`sleep`) and
+an external signal (`wait`), which `workflows.waits` runs; and of a step that loops
+(`repeat`), which `workflows.loops` runs."""
 
 from __future__ import annotations
 
@@ -75,4 +76,18 @@ class Wait(Contract):
         return [self.signal] if isinstance(self.signal, str) else list(self.signal)
 
 
-__all__ = ["SIGNAL", "Sleep", "Wait", "parse_time"]
+class Repeat(Contract):
+    """Run the step again until `until` holds, at most `max_iterations` times (a
+    structured loop). `until` is a bare CEL condition that also sees `output` (this
+    iteration's output) and `iteration` (0, 1, ...); `with` sees `iteration` and `output`
+    (the previous iteration's, null at first). The step's output is the last iteration's;
+    when `until` never holds the step fails with RepeatExhausted."""
+
+    until: str = Field(min_length=1)
+    max_iterations: int = Field(ge=1, le=1000)
+
+
+#: Names a `repeat` step's expressions see besides `inputs` and `steps`.
+REPEAT_NAMES = frozenset({"iteration", "output"})
+
+__all__ = ["REPEAT_NAMES", "SIGNAL", "Repeat", "Sleep", "Wait", "parse_time"]

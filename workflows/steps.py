@@ -19,6 +19,7 @@ from workflows.dispatch import Dispatcher, StepFailed, StepOutcome, StepRequest,
 from workflows.execution import ApprovalDecision, Execution, ExecutionStatus, StepStatus
 from workflows.expressions import EvalLimits, compile_expr, render_async
 from workflows.fanout import FanOut
+from workflows.loops import Loops
 from workflows.run import OpenGate, Recorder, Run
 from workflows.spec import Approval as Gate
 from workflows.spec import StepSpec
@@ -55,7 +56,7 @@ class _Engine(Protocol):
     async def cancel(self, execution_id: str, by: str = "", reason: str = "") -> Execution: ...
 
 
-class StepRunner(FanOut, Waits):
+class StepRunner(FanOut, Loops, Waits):
     """Runs top-level steps of the engine's executions, one asyncio task each."""
 
     def __init__(self, engine: _Engine, recorder: Recorder) -> None:
@@ -106,6 +107,8 @@ class StepRunner(FanOut, Waits):
             output = await (
                 self._fan_out(run, step, context)
                 if step.for_each
+                else self._repeat(run, step, context)
+                if step.repeat
                 else self._attempts(
                     run, step, step.id, await render_async(step.with_, context, limits)
                 )

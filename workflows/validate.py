@@ -22,6 +22,7 @@ from workflows.expressions import (
     template_strings,
 )
 from workflows.spec import StepSpec, WorkflowSpec
+from workflows.spec_waits import REPEAT_NAMES
 from workflows.triggers import EARLY
 
 #: CEL's type names, which expressions may compare with `type(x)`.
@@ -188,6 +189,9 @@ def _check_uses(
 def _sources(step: StepSpec, index: int) -> Iterator[_Source]:
     base: Loc = ("steps", index)
     local = frozenset({step.for_each.as_, "index"}) if step.for_each else frozenset()
+    if step.repeat:
+        local = REPEAT_NAMES
+        yield _Source((*base, "repeat", "until"), step.repeat.until, False, local)
     for loc, text in template_strings(step.with_, (*base, "with")):
         yield _Source(loc, text, True, local)
     if step.when is not None:

@@ -151,3 +151,82 @@ def test_validation_names_a_step_whose_rule_can_never_be_met() -> None:
 def test_an_unknown_rule_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(ValueError, match="all_succeeded"):
         spec({"name": "bad", "steps": [{"id": "a", "uses": "echo", "trigger_rule": "all_success"}]})
+
+
+LOOP: dict[str, Any] = {"name": "loop", "outputs": {"n": "${{ steps.count.output }}"}, "steps": [
+    {"id": "count", "uses": "inc", "with": {"n": "${{ output == null ? 0 : output }}",
+                                            "i": "${{ iteration }}"},
+     "repeat": {"until": "output >= 3", "max_iterations": 5}},
+]}  # fmt: skip
+
+
+async def test_wcp21_a_structured_loop_repeats_until_its_condition(
+    store: Store, tmp_path: Path
+) -> None:
+    async def inc(data: dict[str, Any]) -> Any:
+        return data["n"] + 1
+
+    engine, dispatcher, defs = make(store, tmp_path, {"inc": inc})
+    validate_workflow(spec(LOOP))
+    defs.define(spec(LOOP))
+    done = await engine.wait((await engine.execute("loop")).id, 10)
+    assert done.status == ExecutionStatus.SUCCEEDED and done.outputs == {"n": 3}
+    assert [(r.step_id, r.input["i"]) for r in dispatcher.requests] == [
+        ("count[0]", 0),
+        ("count[1]", 1),
+        ("count[2]", 2),
+    ]
+    assert done.steps["count"].items == ["count[0]", "count[1]", "count[2]"]
+
+
+async def test_a_loop_that_never_meets_its_condition_fails_at_its_bound(
+    store: Store, tmp_path: Path
+) -> None:
+    async def same(data: dict[str, Any]) -> Any:
+        return 0
+
+    engine, dispatcher, defs = make(store, tmp_path, {"inc": same})
+    defs.define(spec(LOOP))
+    done = await engine.wait((await engine.execute("loop")).id, 10)
+    assert done.status == ExecutionStatus.FAILED
+    assert done.error is not None and done.error.type == "RepeatExhausted"
+    assert len(dispatcher.requests) == 5
+
+
+async def test_a_loop_goes_on_after_a_restart_from_its_unfinished_iteration(
+    store: Store, tmp_path: Path
+) -> None:
+    from tests.unit.workflows.test_engine import _crash
+    from tests.unit.workflows.test_engine_cancel import until
+
+    hold = asyncio.Event()
+
+    async def inc(data: dict[str, Any]) -> Any:
+        if data["i"] == 2:
+            await hold.wait()
+        return data["n"] + 1
+
+    engine, _, defs = make(store, tmp_path, {"inc": inc})
+    defs.define(spec(LOOP))
+    execution = await engine.execute("loop")
+    await until(
+        lambda: engine.store.load(execution.id).steps.get("count[2]") is not None,
+        "the third iteration to be stored",
+    )
+    _crash(engine, execution.id)
+    hold.set()
+    fresh, dispatcher, _ = make(store, tmp_path, {"inc": inc})
+    await fresh.recover()
+    done = await fresh.wait(execution.id, 10)
+    assert done.outputs == {"n": 3}
+    assert [r.step_id for r in dispatcher.requests] == ["count[2]"]
+
+
+def test_a_loop_condition_sees_output_and_iteration_only() -> None:
+    bad = {**LOOP, "steps": [{**LOOP["steps"][0], "repeat": {"until": "result > 1",
+                                                            "max_iterations": 2}}]}  # fmt: skip
+    with pytest.raises(SpecInvalid, match="unknown name 'result'"):
+        validate_workflow(spec(bad))
+    with pytest.raises(ValueError, match="both fan out and repeat"):
+        spec({"name": "x", "steps": [{"id": "a", "uses": "inc", "for_each": {"items": "[1]"},
+                                      "repeat": {"until": "true", "max_iterations": 2}}]})  # fmt: skip
