@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from cluster.valkey import free_port
+from tests.fixtures.scale_agents import stop_cluster
 from tests.integration.helpers import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -44,7 +45,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
     }
     env.pop("RAY_ADDRESS", None)
     yield env
-    subprocess.run([BIN / "dafnck", "down"], env=env, cwd=REPO, capture_output=True, timeout=180)
+    stop_cluster(state)  # `dafnck down` without its grace: nothing here is worth keeping
     shutil.rmtree(state, ignore_errors=True)
 
 
