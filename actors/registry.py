@@ -109,7 +109,7 @@ class AgentRegistry:
         """Raises: AgentNotFound."""
         if not self.store.redis.hdel(self._key, agent_id):
             raise AgentNotFound(agent_id, self._ids())
-        self.cache.invalidate_key(_ALL)
+        self.cache.invalidate(_ALL)
 
     def resolve(self, name_or_id: str) -> list[AgentRecord]:
         """Records matching an agent id, a bare name, or `name@<version range>`."""
@@ -143,7 +143,7 @@ class AgentRegistry:
             result.append(new)
 
         self.store.redis.transaction(txn, self._key)
-        self.cache.invalidate_key(_ALL)
+        self.cache.invalidate(_ALL)
         return result[-1]
 
 

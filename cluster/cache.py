@@ -1,26 +1,23 @@
 """CacheManager: an in-process TTL cache (L1) in front of Redis (L2), coherent across processes.
 
-Two ways to read. `fetch(key, load)` is read-through for records whose changes must be seen
-at once (API keys, users' token versions, the agent registry): L1, else L2, else `load()`
-(the store itself, "L3"), filling both; its L1 serves only while this manager's listener is
-subscribed. `get(key)` reads what `set` wrote and keeps serving L1 through a Redis outage.
+`fetch(key, load)` reads through: L1, else L2, else `load()` (the store itself, "L3"),
+filling both. It is for records read on every request and changed rarely (API keys, users'
+token versions, the agent registry), whose changes must be seen at once: whoever changes
+one calls `invalidate(key)` after writing the store. That bumps `store.key(namespace +
+"-gen")` (so a fill that raced the change is not written to L2), drops the key from L2 and
+publishes it on `store.key(namespace + "-invalidate")`; every started manager of the tenant
+drops its L1 copy and acknowledges, and `invalidate` returns once every subscriber has (or
+after `ack_timeout_s`: a stuck one keeps its copy at most `l1_ttl_s`). L1 serves only
+while the listener is subscribed (it starts on the first fetch); after it loses and
+regains Redis it clears its whole L1, since it may have missed changes meanwhile.
 
-Values are JSON by default (`dumps`/`loads` are pluggable; never pickle: L2 is shared).
-L2 keys live under `store.key(namespace, key)`; every write and invalidation bumps
-`store.key(namespace + "-gen")` (so a read-through fill that raced it is not written to L2)
-and is published on `store.key(namespace + "-invalidate")`: every started manager of the
-tenant drops its matching L1 copies and acknowledges, and the writer returns once every
-subscriber has (or after `ack_timeout_s`, when a stuck one keeps its copy at most `l1_ttl_s`).
-After the listener loses and regains Redis it clears its whole L1, since it may have missed
-messages meanwhile.
-
-Returned values are the cached objects themselves (that is what keeps an L1 hit in
-microseconds): treat them as read-only.
+Values are JSON in L2 (`dumps`/`loads` are pluggable; never pickle: L2 is shared), under
+`store.key(namespace, key)`. L1 holds what `load` returned, shared by every caller: treat
+it as read-only (that is what keeps an L1 hit in microseconds).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import re
@@ -28,7 +25,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -92,19 +89,13 @@ class _NoL1(dict[str, Entry]):
         return None
 
 
-def _literal_prefix(pattern: str) -> str:
-    """The part of a glob pattern before its first wildcard."""
-    match = re.search(r"[*?\[]", pattern)
-    return pattern if match is None else pattern[: match.start()]
-
-
 def _redis_literal(text: str) -> str:
     """`text` escaped so that a Redis MATCH pattern matches it literally."""
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 class CacheManager:
-    """A tenant's two-level cache; L1 copies are dropped wherever any manager changes a key."""
+    """A tenant's read-through cache of one namespace; a change anywhere drops every copy."""
 
     def __init__(
         self,
@@ -112,7 +103,7 @@ class CacheManager:
         *,
         l1_maxsize: int = 1024,
         l1_ttl_s: float = 60.0,
-        default_ttl_s: float | None = None,
+        l2_ttl_s: float | None = None,
         namespace: str = "cache",
         dumps: Callable[[Any], str] = json.dumps,
         loads: Callable[[str], Any] = json.loads,
@@ -130,7 +121,7 @@ class CacheManager:
             for name, value, ok, rule in (
                 ("l1_maxsize", l1_maxsize, l1_maxsize >= 0, ">= 0 (0 disables L1)"),
                 ("l1_ttl_s", l1_ttl_s, l1_ttl_s > 0, "> 0"),
-                ("default_ttl_s", default_ttl_s, default_ttl_s is None or default_ttl_s > 0,
+                ("l2_ttl_s", l2_ttl_s, l2_ttl_s is None or l2_ttl_s > 0,
                  "> 0 or None (no expiry)"),
                 ("namespace", namespace, bool(namespace), "a non-empty string"),
                 ("ack_timeout_s", ack_timeout_s, ack_timeout_s >= 0, ">= 0"),
@@ -151,7 +142,7 @@ class CacheManager:
             TTLCache(l1_maxsize, l1_ttl_s, timer=_now) if l1_maxsize else _NoL1()
         )
         self._l1_ttl_s = l1_ttl_s
-        self._default_ttl_s = default_ttl_s
+        self._l2_ttl_s = l2_ttl_s
         self._dumps, self._loads = dumps, loads
         self._subscribe_timeout_s = subscribe_timeout_s
         self._origin = uuid.uuid4().hex
@@ -170,50 +161,6 @@ class CacheManager:
 
     # -- reading ------------------------------------------------------------------------
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value under `key` from L1, else from L2 (filling L1), else `default`.
-
-        Raises:
-            Nothing on a store outage: the L1 copy (if any) is served and a miss is
-            counted in `get_stats().l2.errors`.
-        """
-        with self._lock:
-            try:
-                expires, value = self._l1[key]
-            except KeyError:
-                pass
-            else:
-                if expires > _now():
-                    self._l1_hits += 1
-                    return value
-            self._l1_misses += 1
-            epoch = self._epoch
-        return self._get_l2(key, epoch, default)
-
-    def _get_l2(self, key: str, epoch: int, default: Any) -> Any:
-        name = self._prefix + key
-        try:
-            raw, pttl_ms = (
-                self.store.redis.pipeline(transaction=False).get(name).pttl(name).execute()
-            )
-        except _UNREACHABLE as exc:
-            with self._lock:
-                self._l2_errors += 1
-            log.warning("cache L2 unreachable, serving a miss for %r: %s", key, exc)
-            return default
-        if raw is None:
-            with self._lock:
-                self._l2_misses += 1
-            return default
-        value = self._loads(raw)
-        with self._lock:
-            self._l2_hits += 1
-            # -2: the key expired between GET and PTTL; -1: it never expires.
-            if self._epoch == epoch and pttl_ms != -2:
-                ttl_s = self._l1_ttl_s if pttl_ms < 0 else min(self._l1_ttl_s, pttl_ms / 1000)
-                self._l1[key] = (_now() + ttl_s, value)
-        return value
-
     def fetch(self, key: str, load: Callable[[], Any]) -> Any:
         """The value under `key` from L1, else L2, else `load()` (the store), filling both.
 
@@ -224,12 +171,9 @@ class CacheManager:
         Raises:
             Whatever `load` raises; an L2 outage alone is counted in `get_stats().l2.errors`.
         """
-        with self._lock:
-            if self._subscribed:
-                hit = self._l1.get(key)
-                if hit is not None and hit[0] > _now():
-                    self._l1_hits += 1
-                    return hit[1]
+        found, value = self.peek(key)
+        if found:
+            return value
         if not self._started_once:
             self._listen_lazily()
         with self._lock:
@@ -288,7 +232,7 @@ class CacheManager:
         return raw, gen or ""
 
     def _write_l2(self, key: str, raw: str, gen: str) -> None:
-        ttl_ms = 0 if self._default_ttl_s is None else max(1, round(self._default_ttl_s * 1000))
+        ttl_ms = 0 if self._l2_ttl_s is None else max(1, round(self._l2_ttl_s * 1000))
         try:
             self._fill_l2(keys=[self._prefix + key, self._gen_key], args=[gen, raw, ttl_ms])
         except _UNREACHABLE as exc:
@@ -299,65 +243,26 @@ class CacheManager:
     # -- writing ------------------------------------------------------------------------
 
     @unavailable_as_error
-    def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
-        """Cache `value` in L1 and L2 for `ttl_s` (default: the manager's); other L1s drop theirs.
+    def invalidate(self, *keys: str) -> None:
+        """Drop `keys` from L2 and from every manager's L1; call it after changing the store.
 
-        Raises:
-            ConfigError: `ttl_s` is not positive.
-            TypeError: `dumps` cannot serialize the value (nothing is written).
-            StoreUnavailable: Redis cannot be reached; this L1's copy is dropped too.
-        """
-        ttl_s = self._default_ttl_s if ttl_s is None else ttl_s
-        if ttl_s is not None and ttl_s <= 0:
-            raise ConfigError(f"cache ttl_s must be > 0 or None, got {ttl_s!r} for key {key!r}")
-        raw = self._dumps(value)
-        # L1 keeps what L2 holds, so every process reads back the same shape (tuples -> lists).
-        stored = self._loads(raw)
-        nonce = uuid.uuid4().hex
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.incr(self._gen_key)
-        pipe.set(self._prefix + key, raw, px=None if ttl_s is None else max(1, round(ttl_s * 1000)))
-        pipe.publish(self._channel, json.dumps({"o": self._origin, "k": key, "a": nonce}))
-        try:
-            listeners = pipe.execute()[-1]
-        except _UNREACHABLE:
-            self._drop_l1_key(key)
-            raise
-        l1_ttl_s = self._l1_ttl_s if ttl_s is None else min(self._l1_ttl_s, ttl_s)
-        with self._lock:
-            self._epoch += 1
-            self._l1[key] = (_now() + l1_ttl_s, stored)
-        self._await_acks(nonce, int(listeners))
-
-    @unavailable_as_error
-    def invalidate(self, pattern: str) -> int:
-        """Drop keys matching the glob `pattern` (fnmatch syntax) from L2 and every L1; count L2's.
-
-        Returns once every listening manager has dropped its copies (or after `ack_timeout_s`).
+        Returns once every listening manager has dropped them (or after `ack_timeout_s`).
 
         Raises:
             StoreUnavailable: Redis cannot be reached; this L1 is cleaned anyway, other
-                processes' L1 copies live until their TTL.
+                processes' copies live until their L1 TTL.
         """
         try:
-            removed = 0
             if self._l2:
-                self.store.redis.incr(self._gen_key)  # before the unlink: a racing fill fails
-                removed = self._unlink_l2(pattern)
+                pipe = self.store.redis.pipeline(transaction=True)
+                pipe.incr(self._gen_key)  # with the unlink: a fill that read before fails
+                pipe.unlink(*(self._prefix + key for key in keys))
+                pipe.execute()
         finally:
-            self._drop_l1_pattern(pattern)
+            self._drop_l1_keys(keys)
         nonce = uuid.uuid4().hex
-        body = json.dumps({"o": self._origin, "p": pattern, "a": nonce})
+        body = json.dumps({"o": self._origin, "k": list(keys), "a": nonce})
         self._await_acks(nonce, int(self.store.redis.publish(self._channel, body)))
-        return removed
-
-    def invalidate_key(self, key: str) -> int:
-        """`invalidate` of exactly `key` (glob characters in it match only themselves).
-
-        Raises:
-            StoreUnavailable: as `invalidate`.
-        """
-        return self.invalidate(re.sub(r"([*?\[])", r"[\1]", key))
 
     def _await_acks(self, nonce: str, listeners: int) -> None:
         """Wait until `listeners` managers have handled change `nonce`, or `ack_timeout_s`."""
@@ -377,37 +282,10 @@ class CacheManager:
         if listeners:
             self.store.redis.unlink(name)
 
-    def _unlink_l2(self, pattern: str) -> int:
-        client = self.store.redis
-        literal = _literal_prefix(pattern)
-        if literal == pattern:
-            return int(client.unlink(self._prefix + pattern))
-        matches = re.compile(fnmatch.translate(pattern)).match
-        start = len(self._prefix)
-        removed, batch = 0, []
-        # Redis narrows by the literal prefix; fnmatch decides, exactly as in every L1.
-        for name in client.scan_iter(
-            match=_redis_literal(self._prefix + literal) + "*", count=_SCAN_COUNT
-        ):
-            if matches(name[start:]):
-                batch.append(name)
-            if len(batch) >= _SCAN_COUNT:
-                removed += int(client.unlink(*batch))
-                batch.clear()
-        if batch:
-            removed += int(client.unlink(*batch))
-        return removed
-
-    def _drop_l1_key(self, key: str) -> None:
+    def _drop_l1_keys(self, keys: Iterable[str]) -> None:
         with self._lock:
             self._epoch += 1
-            self._l1.pop(key, None)
-
-    def _drop_l1_pattern(self, pattern: str) -> None:
-        matches = re.compile(fnmatch.translate(pattern)).match
-        with self._lock:
-            self._epoch += 1
-            for key in [key for key in self._l1 if matches(key)]:
+            for key in keys:
                 self._l1.pop(key, None)
 
     def _drop_l1_all(self) -> None:
@@ -527,14 +405,12 @@ class CacheManager:
             return
         try:
             body = json.loads(message["data"])
-            origin, key, pattern, nonce = body["o"], body.get("k"), body.get("p"), body.get("a")
+            origin, keys, nonce = body["o"], body.get("k"), body.get("a")
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring malformed cache invalidation %r", message["data"])
             return
-        if origin != self._origin and isinstance(key, str):
-            self._drop_l1_key(key)
-        elif origin != self._origin and isinstance(pattern, str):
-            self._drop_l1_pattern(pattern)
+        if origin != self._origin and isinstance(keys, list):
+            self._drop_l1_keys(key for key in keys if isinstance(key, str))
         if isinstance(nonce, str):
             ack = self._ack_prefix + nonce
             self.store.redis.pipeline(transaction=False).rpush(ack, 1).pexpire(

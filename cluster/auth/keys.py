@@ -53,7 +53,7 @@ def auth_cache(store: Store) -> CacheManager:
         "authcache",
         l1_maxsize=100_000,
         l1_ttl_s=AUTH_CACHE_L1_TTL_S,
-        default_ttl_s=AUTH_CACHE_L2_TTL_S,
+        l2_ttl_s=AUTH_CACHE_L2_TTL_S,
     )
 
 
@@ -130,7 +130,7 @@ class ApiKeys:
             self.store.redis.hset(key, key_id, record.model_dump_json())
             log.info("revoked API key %s", key_id, extra={"tenant": tenant, "key_id": key_id})
         # Even when already revoked: a writer that died before this left copies behind.
-        self.cache.invalidate_key(f"key:{key_id}")
+        self.cache.invalidate(f"key:{key_id}")
         return ApiKeyInfo.model_validate(record.model_dump())
 
     @unavailable_as_error

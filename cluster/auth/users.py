@@ -138,7 +138,7 @@ class Users:
         """Remove the account; its tokens are refused at once. Raises: NotFound, StoreUnavailable."""
         if not self.store.redis.hdel(self._key(tenant, "users"), username):
             raise NotFound(f"user {username!r} not found in tenant {tenant!r}")
-        self.cache.invalidate_key(f"user:{tenant}:{username}")
+        self.cache.invalidate(f"user:{tenant}:{username}")
         log.info("deleted user %s", username, extra={"tenant": tenant})
 
     @unavailable_as_error
@@ -177,7 +177,7 @@ class Users:
     def _bump(self, tenant: str, username: str, changes: dict[str, Any]) -> UserInfo:
         """Apply `changes` and bump the token version in one atomic update. Raises: NotFound."""
         record = self._update(tenant, username, changes, bump=True)
-        self.cache.invalidate_key(f"user:{tenant}:{username}")
+        self.cache.invalidate(f"user:{tenant}:{username}")
         if record is None:
             raise NotFound(f"user {username!r} not found in tenant {tenant!r}")
         return UserInfo.model_validate(record.model_dump())

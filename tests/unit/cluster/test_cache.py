@@ -1,4 +1,6 @@
-"""The two-level cache against a real Valkey (and redis-server where present), without Ray."""
+"""The two-level cache against a real Valkey (and redis-server where present), without Ray:
+its levels, TTLs, counters, settings, listener and outages. Read-through coherence across
+managers is in test_cache_fetch.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +34,19 @@ def eventually(check: Callable[[], bool], timeout_s: float = 2.0) -> bool:
     return check()
 
 
-def warm(cache: CacheManager, key: str, value: Any) -> None:
-    """Read `key` until L1 serves it: a fill is skipped when a change message races it."""
-
-    def served_from_l1() -> bool:
-        assert cache.get(key) == value
-        hits = cache.get_stats().l1.hits
-        assert cache.get(key) == value
-        return cache.get_stats().l1.hits == hits + 1
-
-    assert eventually(served_from_l1)
-
-
-#: A key a listener holds in L1 so that `drain` can see its listener catch up.
-MARKER = "_marker"
-
-
-def drain(listener: CacheManager, sender: CacheManager) -> None:
-    """Return once `listener`'s thread has handled every change published before the call.
-
-    `listener` must hold MARKER in L1 (`listener.set(MARKER, 0)`): `sender` changes it, and
-    a listener handles messages in the order Redis sent them, so once MARKER is gone from
-    its L1 everything sent earlier has been handled too."""
-    size = listener.get_stats().l1.size
-    assert size is not None  # L1's size is always known
-    sender.set(MARKER, 1)
-    assert eventually(lambda: listener.get_stats().l1.size == size - 1)
-
-
 def connect(url: str, tmp_path: Path, tenant: str) -> Store:
     return connect_store(load_settings(tenant=tenant, state_dir=str(tmp_path)), url=url)
+
+
+class Counted:
+    """A `load` that answers `value` (changeable) and counts its calls."""
+
+    def __init__(self, value: Any) -> None:
+        self.value, self.calls = value, 0
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        return self.value
 
 
 @pytest.fixture
@@ -83,260 +67,169 @@ def stores(any_store_url: str, tmp_path: Path, tenant: str) -> Iterator[list[Sto
 
 
 @pytest.fixture
-def pair(stores: list[Store]) -> Iterator[tuple[CacheManager, CacheManager]]:
-    """Two started managers on two connections of the same tenant."""
-    a, b = CacheManager(stores[0]).start(), CacheManager(stores[1]).start()
-    yield a, b
-    with ThreadPoolExecutor(2) as pool:  # each listener takes up to a poll to notice
-        list(pool.map(CacheManager.close, (a, b)))
-
-
-@pytest.fixture
-def cache(pair: tuple[CacheManager, CacheManager]) -> CacheManager:
-    return pair[0]
+def closing() -> Iterator[Callable[[CacheManager], CacheManager]]:
+    """Managers made through it are closed after the test."""
+    made: list[CacheManager] = []
+    yield lambda manager: made.append(manager) or manager  # type: ignore[func-returns-value]
+    for manager in made:
+        manager.close()
 
 
 def l2_key(store: Store, key: str) -> str:
     return store.key("cache", key)
 
 
-# -- one manager --------------------------------------------------------------------------
+# -- levels and TTLs ----------------------------------------------------------------------
 
 
-def test_set_then_get_round_trips_through_json(cache: CacheManager) -> None:
-    cache.set("user:1", {"name": "ada", "roles": ("admin",)})
-    assert cache.get("user:1") == {"name": "ada", "roles": ["admin"]}
-    raw = cache.store.redis.get(l2_key(cache.store, "user:1"))
-    assert json.loads(raw) == {"name": "ada", "roles": ["admin"]}
+def test_l2_holds_json_under_the_tenant_prefix_with_its_ttl(
+    stores: list[Store], tenant: str, closing: Callable[[CacheManager], CacheManager]
+) -> None:
+    cache = closing(CacheManager(stores[0], l2_ttl_s=30))
+    assert cache.fetch("k", Counted({"a": [1, 2]})) == {"a": [1, 2]}
+    assert json.loads(stores[0].redis.get(f"dafnck:{tenant}:cache:k")) == {"a": [1, 2]}
+    assert 0 < stores[0].redis.pttl(l2_key(stores[0], "k")) <= 30_000
 
 
-def test_missing_key_gives_the_default(cache: CacheManager) -> None:
-    sentinel = object()
-    assert cache.get("nope") is None
-    assert cache.get("nope", sentinel) is sentinel
+def test_without_an_l2_ttl_l2_entries_do_not_expire(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
+    closing(CacheManager(stores[0])).fetch("k", Counted(1))
+    assert stores[0].redis.pttl(l2_key(stores[0], "k")) == -1
 
 
-def test_values_live_under_the_tenant_prefix(cache: CacheManager, tenant: str) -> None:
-    cache.set("k", 1)
-    assert list(cache.store.redis.scan_iter(match="*cache:k")) == [f"dafnck:{tenant}:cache:k"]
+def test_an_expired_l2_entry_is_loaded_again(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
+    writer = closing(CacheManager(stores[0], l2_ttl_s=0.2))
+    reader = closing(CacheManager(stores[1], l1_maxsize=0))
+    writer.fetch("k", Counted("old"))
+    load = Counted("new")
+    assert reader.fetch("k", load) == "old"  # from L2
+    assert eventually(lambda: reader.fetch("k", load) == "new")
 
 
-def test_l2_ttl_is_set_with_px(cache: CacheManager) -> None:
-    cache.set("short", 1, ttl_s=1.5)
-    cache.set("forever", 1)
-    assert 0 < cache.store.redis.pttl(l2_key(cache.store, "short")) <= 1500
-    assert cache.store.redis.pttl(l2_key(cache.store, "forever")) == -1
+def test_l1_ttl_bounds_a_copy_no_one_invalidated(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
+    cache = closing(CacheManager(stores[0], l1_ttl_s=0.2, l2=False))
+    load = Counted("old")
+    assert cache.fetch("k", load) == "old"
+    load.value = "new"  # changed behind the cache's back
+    assert cache.fetch("k", load) == "old"
+    assert eventually(lambda: cache.fetch("k", load) == "new")  # a 60 s copy would outlast this
 
 
-def test_default_ttl_applies_when_set_has_none(stores: list[Store]) -> None:
-    cache = CacheManager(stores[0], default_ttl_s=3.0)
-    cache.set("k", 1)
-    assert 2000 < cache.store.redis.pttl(l2_key(cache.store, "k")) <= 3000
+def test_an_l2_hit_fills_l1(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
+    closing(CacheManager(stores[0])).fetch("k", Counted("v"))
+    cache, load = closing(CacheManager(stores[1])), Counted("not used")
+    assert cache.fetch("k", load) == "v"
+    assert cache.fetch("k", load) == "v"
+    assert load.calls == 0
+    assert cache.hit_counts() == {"l1": (1, 1), "l2": (1, 0)}
 
 
-def test_l2_entry_expires(stores: list[Store]) -> None:
-    writer, reader = CacheManager(stores[0]), CacheManager(stores[1], l1_maxsize=0)
-    writer.set("k", 1, ttl_s=0.2)
-    assert reader.get("k") == 1
-    assert eventually(lambda: reader.get("k") is None)
+def test_disabled_l1_always_reads_l2(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
+    cache, load = closing(CacheManager(stores[0], l1_maxsize=0)), Counted("v")
+    for _ in range(3):
+        assert cache.fetch("k", load) == "v"
+    assert load.calls == 1
+    assert cache.hit_counts() == {"l1": (0, 3), "l2": (2, 1)}
 
 
-def test_l1_honours_a_per_entry_ttl_shorter_than_its_own(stores: list[Store]) -> None:
-    cache = CacheManager(stores[0], l1_ttl_s=60)
-    cache.set("k", "old", ttl_s=0.2)
-    # Behind the cache's back, so only L1 expiry can reveal the new value.
-    cache.store.redis.set(l2_key(cache.store, "k"), json.dumps("new"))
-    assert cache.get("k") == "old"
-    assert eventually(lambda: cache.get("k") == "new")  # a 60 s L1 copy would outlast this
+def test_without_l2_nothing_is_written_to_redis(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
+    cache, load = closing(CacheManager(stores[0], l2=False)), Counted("v")
+    assert cache.fetch("k", load) == cache.fetch("k", load) == "v"
+    cache.invalidate("k")
+    assert cache.fetch("k", load) == "v"
+    assert load.calls == 2
+    assert list(stores[0].redis.scan_iter(match=stores[0].key("*"))) == []
 
 
-def test_l1_default_ttl_bounds_every_entry(stores: list[Store]) -> None:
-    cache = CacheManager(stores[0], l1_ttl_s=0.2)
-    cache.set("k", "old")
-    cache.store.redis.set(l2_key(cache.store, "k"), json.dumps("new"))
-    assert cache.get("k") == "old"
-    assert eventually(lambda: cache.get("k") == "new")
-
-
-def test_stats_count_hits_misses_and_sizes_per_level(stores: list[Store]) -> None:
-    writer, cache = CacheManager(stores[0]), CacheManager(stores[1])
-    writer.set("a", 1)
-    writer.set("b", 2)
-    cache.get("a")  # L1 miss, L2 hit (fills L1)
-    cache.get("a")  # L1 hit
-    cache.get("a")  # L1 hit
-    cache.get("zzz")  # L1 miss, L2 miss
+def test_stats_count_hits_misses_and_sizes_per_level(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
+    cache = closing(CacheManager(stores[0]))
+    cache.fetch("a", Counted(1))  # L1 miss, L2 miss
+    cache.fetch("a", Counted(1))  # L1 hit
+    cache.fetch("b", Counted(None))  # L1 miss, L2 miss, nothing cached
     stats = cache.get_stats()
-    assert (stats.l1.hits, stats.l1.misses, stats.l1.size) == (2, 2, 1)
-    assert (stats.l2.hits, stats.l2.misses, stats.l2.size, stats.l2.errors) == (1, 1, 2, 0)
-    assert stats.as_dict()["l1"] == {"hits": 2, "misses": 2, "size": 1, "errors": 0}
+    assert (stats.l1.hits, stats.l1.misses, stats.l1.size) == (1, 2, 1)
+    assert (stats.l2.hits, stats.l2.misses, stats.l2.size, stats.l2.errors) == (0, 2, 1, 0)
+    assert stats.as_dict()["l1"]["hits"] == 1
 
 
-def test_an_l2_hit_fills_l1(stores: list[Store]) -> None:
-    writer, cache = CacheManager(stores[0]), CacheManager(stores[1])
-    writer.set("k", "v")
-    assert cache.get("k") == "v"
-    writer.store.redis.delete(l2_key(writer.store, "k"))  # without telling anyone
-    assert cache.get("k") == "v"
-    assert cache.get_stats().l1.hits == 1
-
-
-def test_an_l2_fill_keeps_the_remaining_l2_ttl(stores: list[Store]) -> None:
-    writer, cache = CacheManager(stores[0]), CacheManager(stores[1], l1_ttl_s=60)
-    writer.set("k", "v", ttl_s=0.3)
-    assert cache.get("k") == "v"
-    assert eventually(lambda: cache.get("k") is None)  # L1 keeps it no longer than L2 did
-
-
-def test_disabled_l1_always_reads_l2(stores: list[Store]) -> None:
-    cache = CacheManager(stores[0], l1_maxsize=0)
-    cache.set("k", 1)
-    cache.get("k")
-    cache.get("k")
-    stats = cache.get_stats()
-    assert (stats.l1.hits, stats.l1.size, stats.l2.hits) == (0, 0, 2)
-
-
-def test_invalidate_pattern_drops_matching_keys_from_both_levels(cache: CacheManager) -> None:
-    for key in ("user:1", "user:2", "team:1", "user"):
-        cache.set(key, key)
-    assert cache.invalidate("user:*") == 2
-    assert cache.get("user:1") is None
-    assert cache.get("user:2") is None
-    assert cache.store.redis.exists(l2_key(cache.store, "user:1")) == 0
-    assert cache.get("team:1") == "team:1"
-    assert cache.get("user") == "user"
-    assert cache.get_stats().l1.size == 2
-
-
-def test_invalidate_uses_the_same_glob_syntax_in_l1_and_l2(cache: CacheManager) -> None:
-    for key in ("a1", "a2", "a3", "b[1]"):
-        cache.set(key, key)
-    assert cache.invalidate("a[!2]") == 2
-    assert cache.invalidate("b[1]") == 0  # fnmatch: a character class, so no literal match
-    assert [cache.get(k) for k in ("a1", "a2", "a3", "b[1]")] == [None, "a2", None, "b[1]"]
-
-
-def test_invalidate_an_exact_key(cache: CacheManager) -> None:
-    cache.set("k", 1)
-    cache.set("k2", 2)
-    assert cache.invalidate("k") == 1
-    assert (cache.get("k"), cache.get("k2")) == (None, 2)
-
-
-def test_pluggable_serializer_is_used_for_l2(stores: list[Store]) -> None:
+def test_a_pluggable_serializer_is_used_for_l2(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
     def dumps(value: Any) -> str:
-        return "v1:" + json.dumps(value)
+        return json.dumps({"wrapped": value})
 
     def loads(raw: str) -> Any:
-        assert raw.startswith("v1:")
-        return json.loads(raw[3:])
+        return json.loads(raw)["wrapped"]
 
-    writer = CacheManager(stores[0], dumps=dumps, loads=loads)
-    reader = CacheManager(stores[1], dumps=dumps, loads=loads)
-    writer.set("k", [1, 2])
-    assert writer.store.redis.get(l2_key(writer.store, "k")) == "v1:[1, 2]"
-    assert reader.get("k") == [1, 2]
+    closing(CacheManager(stores[0], dumps=dumps, loads=loads)).fetch("k", Counted([1]))
+    assert json.loads(stores[0].redis.get(l2_key(stores[0], "k"))) == {"wrapped": [1]}
+    reader = closing(CacheManager(stores[1], dumps=dumps, loads=loads))
+    assert reader.fetch("k", Counted("not used")) == [1]
 
 
-def test_unserializable_value_writes_nothing(cache: CacheManager) -> None:
-    with pytest.raises(TypeError):
-        cache.set("k", object())
-    assert cache.get("k") is None
-
-
-def test_bad_settings_are_reported_together(store: Store) -> None:
-    with pytest.raises(ConfigError) as caught:
-        CacheManager(store, l1_maxsize=-1, l1_ttl_s=0)
-    assert "l1_maxsize" in str(caught.value) and "l1_ttl_s" in str(caught.value)
-    with pytest.raises(ConfigError, match="ttl_s"):
-        CacheManager(store).set("k", 1, ttl_s=0)
-
-
-# -- two processes ------------------------------------------------------------------------
-
-
-def test_invalidation_reaches_another_managers_l1(pair: tuple[CacheManager, CacheManager]) -> None:
-    a, b = pair
-    a.set("user:1", "ada")
-    warm(b, "user:1", "ada")
-    a.invalidate("user:*")
-    assert eventually(lambda: b.get("user:1") is None)
-    assert b.get_stats().l1.size == 0
-
-
-def test_set_elsewhere_replaces_the_stale_l1_copy(pair: tuple[CacheManager, CacheManager]) -> None:
-    a, b = pair
-    a.set("k", "v1")
-    warm(b, "k", "v1")
-    a.set("k", "v2")
-    assert eventually(lambda: b.get("k") == "v2")
-
-
-def test_a_manager_keeps_its_own_fresh_copy_after_set(
-    pair: tuple[CacheManager, CacheManager],
+def test_an_unserializable_value_writes_nothing(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
 ) -> None:
-    a, b = pair
-    a.set("k", "v")
-    a.set(MARKER, 0)
-    drain(a, b)  # a's own message about "k" has come back
-    assert a.get("k") == "v"
-    assert a.get_stats().l1.hits == 1
+    cache = closing(CacheManager(stores[0]))
+    with pytest.raises(TypeError):
+        cache.fetch("k", Counted({1, 2}))
+    assert stores[0].redis.get(l2_key(stores[0], "k")) is None
+    assert cache.get_stats().l1.size == 0
 
 
-def test_invalidation_does_not_cross_tenants(stores: list[Store]) -> None:
+def test_bad_settings_are_reported_together(stores: list[Store]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        CacheManager(stores[0], l1_maxsize=-1, l1_ttl_s=0, l2_ttl_s=0, ack_timeout_s=-1)
+    for name in ("l1_maxsize", "l1_ttl_s", "l2_ttl_s", "ack_timeout_s"):
+        assert name in caught.value.message
+
+
+# -- the listener -------------------------------------------------------------------------
+
+
+def listeners() -> int:
+    return sum(t.name.startswith("dafnck-cache-") for t in threading.enumerate())
+
+
+def test_an_invalidation_does_not_cross_tenants(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
     other_store = stores[1].for_tenant(stores[1].tenant + "-other")
-    with CacheManager(stores[0]) as a, CacheManager(other_store) as other:
-        other.set("k", "theirs")
-        other.set(MARKER, 0)
-        a.set("k", "mine")
-        a.invalidate("*")
-        drain(other, CacheManager(other_store))
-        assert other.get("k") == "theirs"
-        assert other.get_stats().l1.hits == 1
-        other.invalidate("*")
+    mine, theirs = closing(CacheManager(stores[0])), closing(CacheManager(other_store))
+    mine.fetch("k", Counted("mine"))
+    load = Counted("theirs")
+    theirs.fetch("k", load)
+    mine.invalidate("k")
+    assert theirs.fetch("k", load) == "theirs"
+    assert (load.calls, theirs.hit_counts()["l1"][0]) == (1, 1)
+    other_store.redis.delete(other_store.key("cache", "k"))
 
 
-def test_a_fill_racing_a_remote_set_does_not_keep_the_old_value(stores: list[Store]) -> None:
-    writer = CacheManager(stores[0])
-    writer.set("k", "old")
-    racing = threading.Event()
-
-    def slow_loads(raw: str) -> Any:
-        # Runs between b's L2 read and its L1 fill: the remote set lands right there.
-        if racing.is_set():
-            racing.clear()
-            writer.set("k", "new")
-            drain(b, writer)  # b's listener has heard of the set before b fills its L1
-        return json.loads(raw)
-
-    with CacheManager(stores[1], loads=slow_loads) as b:
-        b.set(MARKER, 0)
-        racing.set()
-        assert b.get("k") == "old"  # read before the set
-        assert b.get("k") == "new"
-
-
-def test_close_stops_the_listener(pair: tuple[CacheManager, CacheManager]) -> None:
-    a, b = pair
-    witness = CacheManager(b.store).start()  # still listening when b no longer is
-
-    def listeners() -> int:
-        return sum(t.name.startswith("dafnck-cache-") for t in threading.enumerate())
-
-    assert b.running
+def test_close_stops_the_listener_and_its_l1(
+    stores: list[Store], closing: Callable[[CacheManager], CacheManager]
+) -> None:
     before = listeners()
-    b.close()
-    assert not b.running
-    assert listeners() == before - 1
-    a.set("k", "v1")
-    warm(b, "k", "v1")
-    witness.set(MARKER, 0)
-    a.set("k", "v2")
-    drain(witness, a)  # the change went out and a listening manager has handled it
-    assert b.get("k") == "v1"  # nobody told b: its thread is gone
-    b.close()  # twice is fine
-    witness.close()
+    cache, load = closing(CacheManager(stores[0], l2=False)), Counted("v")
+    cache.fetch("k", load)
+    assert cache.running and listeners() == before + 1
+    cache.close()
+    assert not cache.running and listeners() == before
+    cache.fetch("k", load)  # no one would tell it of changes now: it reads the store
+    assert (load.calls, cache.running) == (2, False)
+    cache.close()  # twice is fine
 
 
 # -- outages ------------------------------------------------------------------------------
@@ -356,24 +249,23 @@ def unreachable_store() -> Store:
     return Store(client, url, "acme")
 
 
-def test_unreachable_store_raises_from_set_and_invalidate() -> None:
+def test_an_unreachable_store_fails_invalidate_and_start_naming_it() -> None:
     store = unreachable_store()
     cache = CacheManager(store)
     with pytest.raises(StoreUnavailable) as caught:
-        cache.set("k", 1)
+        cache.invalidate("k")
     assert store.url in str(caught.value) and caught.value.retryable
-    with pytest.raises(StoreUnavailable):
-        cache.invalidate("k*")
     with pytest.raises(StoreUnavailable):
         cache.start()
     assert not cache.running
 
 
-def test_unreachable_store_get_is_a_counted_miss() -> None:
+def test_an_unreachable_l2_is_a_counted_error_and_the_load_answers() -> None:
     cache = CacheManager(unreachable_store())
-    assert cache.get("k", "fallback") == "fallback"
+    load = Counted("from the store")
+    assert cache.fetch("k", load) == cache.fetch("k", load) == "from the store"
     stats = cache.get_stats()
-    assert (stats.l2.errors, stats.l2.hits, stats.l2.size) == (1, 0, None)
+    assert (load.calls, stats.l1.hits, stats.l2.errors, stats.l2.size) == (2, 0, 2, None)
 
 
 def test_listener_survives_a_server_restart(tmp_path: Path) -> None:
@@ -381,23 +273,19 @@ def test_listener_survives_a_server_restart(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     proc = start_server(tmp_path / "valkey", port)
     a_store, b_store = connect(url, tmp_path, "acme"), connect(url, tmp_path, "acme")
-    a, b = CacheManager(a_store).start(), CacheManager(b_store).start()
+    a, b = CacheManager(a_store, l2=False), CacheManager(b_store, l2=False)
+    load = Counted("v1")
     try:
-        a.set("k", "v1")
-        warm(b, "k", "v1")
+        b.fetch("k", load)
         proc.kill()  # at once: a server shutting down still accepts (and b would resync)
         proc.wait(10)
-        assert b.get("k") == "v1"  # L1 still serves while Redis is down
-        assert b.get("other") is None
-        assert b.get_stats().l2.errors == 1
-        with pytest.raises(StoreUnavailable):
-            a.set("k", "v2")
+        assert eventually(lambda: not b.peek("k")[0])  # cut off: L1 is not served
         proc = start_server(tmp_path / "valkey", port)
-        # b resubscribes and clears its L1, then hears of new changes again.
-        assert eventually(lambda: b.get_stats().l1.size == 0, timeout_s=5)
-        assert b.get("k") == "v1"  # back from L2 (the AOF kept it)
-        a.set("k", "v3")
-        assert eventually(lambda: b.get("k") == "v3")
+        # b resubscribes (clearing its L1) and serves L1 again...
+        assert eventually(lambda: b.fetch("k", load) == "v1" and b.peek("k")[0], timeout_s=5)
+        load.value = "v2"
+        a.invalidate("k")  # ...and hears of changes again
+        assert b.fetch("k", load) == "v2"
         assert b.running
     finally:
         a.close()

@@ -92,7 +92,7 @@ def test_an_invalidation_elsewhere_is_seen_as_soon_as_it_returns(
     assert reader.fetch("k", source.load) == "v1"
     assert reader.fetch("k", source.load) == "v1"  # from L1
     source.write("v2")
-    writer.invalidate_key("k")  # returns once the reader's listener dropped its copy
+    writer.invalidate("k")  # returns once the reader's listener dropped its copy
     assert reader.fetch("k", source.load) == "v2"
 
 
@@ -104,7 +104,7 @@ def test_a_fill_racing_an_invalidation_never_reaches_l2(managers: list[CacheMana
     def load_then_change() -> str | None:
         value = source.load()  # "old", read before the change below
         source.write("new")
-        writer.invalidate_key("k")
+        writer.invalidate("k")
         return value
 
     assert slow.fetch("k", load_then_change) == "old"  # what it read, but kept nowhere
@@ -121,7 +121,7 @@ def test_invalidate_key_drops_that_key_only(managers: list[CacheManager]) -> Non
     assert reader.fetch("ab", plain.load) == "p1"
     star.write("s2")
     plain.write("p2")
-    writer.invalidate_key("a*")
+    writer.invalidate("a*")
     assert reader.fetch("a*", star.load) == "s2"
     assert reader.fetch("ab", plain.load) == "p1"  # "a*" is a name here, not a pattern
 
@@ -135,7 +135,7 @@ def test_a_listener_that_never_acknowledges_delays_a_change_by_the_ack_timeout_o
     assert eventually(lambda: deaf.get_message(timeout=0.1) is not None)
     try:
         with caplog.at_level(logging.WARNING, logger="cluster.cache"):
-            writer.invalidate_key("k")
+            writer.invalidate("k")
         assert "0 of 1 listeners acknowledged a change within 0.2s" in caplog.text
     finally:
         deaf.close()
