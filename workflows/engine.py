@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.errors import Conflict, DafnckError, ErrorInfo, InputInvalid, QuotaExceeded
+from cluster.errors import Conflict, DafnckError, ErrorInfo, QuotaExceeded
 from cluster.quotas import Quotas
+from workflows.control import Control
 from workflows.dispatch import Dispatcher, StepFailed, StepOutcome, StepRequest, step_error
 from workflows.execution import (
     ApprovalDecision,
@@ -32,7 +32,6 @@ from workflows.execution import (
 from workflows.expressions import EvalLimits, render_async
 from workflows.run import Recorder, Run, new_event
 from workflows.spec import WorkflowSpec
-from workflows.spec_waits import SIGNAL
 from workflows.steps import StepRunner
 from workflows.store import ExecutionStore
 from workflows.triggers import decide
@@ -42,14 +41,11 @@ from workflows.writer import Writer
 
 log = logging.getLogger(__name__)
 
-#: Signals an execution keeps for steps that have not taken them yet.
-MAX_KEPT_SIGNALS = 1000
-
 
 SpecLoader = Callable[[str, int | None], tuple[int, WorkflowSpec]]
 
 
-class WorkflowEngine:
+class WorkflowEngine(Control):
     """Executes workflows; one instance per supervisor (per tenant)."""
 
     def __init__(
@@ -240,34 +236,6 @@ class WorkflowEngine:
         )
         return run.execution
 
-    async def signal(self, execution_id: str, name: str, payload: Any = None) -> Execution:
-        """Send signal `name` to a running execution: a step waiting for it takes it (its
-        payload becomes the step's output); otherwise it is kept for the first that will.
-
-        Raises: InputInvalid (a bad name), Conflict (not running or too many kept),
-        NotFound.
-        """
-        if not re.match(SIGNAL, name):
-            raise InputInvalid(
-                "signal", [f"name {name!r} must be a lowercase word like 'approved'"]
-            )
-        run = self._live(
-            execution_id,
-            ExecutionStatus.RUNNING,
-            ExecutionStatus.PAUSED,
-            ExecutionStatus.WAITING_APPROVAL,
-        )
-        if len(run.execution.signals) >= MAX_KEPT_SIGNALS:
-            raise Conflict(
-                f"execution {execution_id} keeps {MAX_KEPT_SIGNALS} signals no step took; "
-                "send more once its wait steps take them"
-            )
-        run.execution.signals.append({"name": name, "payload": payload, "at": self.clock.now()})
-        event = new_event(run.execution, "execution.signalled", data={"signal": name})
-        await self.recorder.commit(run, event)
-        run.deliver(name)
-        return run.execution
-
     async def decide(
         self, execution_id: str, step_id: str, approved: bool, by: str, reason: str = ""
     ) -> Execution:
@@ -354,6 +322,8 @@ class WorkflowEngine:
         while run.ready:
             step = run.step(run.ready.pop(0))
             run.unfinished.pop(step.id, None)
+            if run.state(step.id).status.done:
+                continue  # cancelled or skipped by a person before it could start
             go, why = decide(step.trigger_rule, run.upstream(step.id))
             if not go:
                 self.recorder.step_done(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cluster.errors import Conflict
 from cluster.store import Store
 from tests.unit.workflows.test_engine import make, spec
 from workflows.engine import WorkflowEngine
@@ -212,3 +213,58 @@ async def test_pause_holds_a_retry(store: Store, tmp_path: Path, paused: bool) -
         await engine.resume(execution.id)
     done = await engine.wait(execution.id, 10)
     assert done.status == ExecutionStatus.SUCCEEDED and calls == 2
+
+
+async def test_wcp19_cancelling_one_step_stops_its_work_and_the_rest_goes_on(
+    store: Store, tmp_path: Path
+) -> None:
+    items = Items(free={1})
+    engine, dispatcher, defs = make(store, tmp_path, {"items": items})
+    defs.define(spec({"name": "branches", "steps": [
+        {"id": "a", "uses": "items", "with": {"x": 1}},
+        {"id": "b", "uses": "items", "with": {"x": 2}},
+        {"id": "c", "uses": "items", "needs": ["a", "b"], "trigger_rule": "all_done",
+         "with": {"x": 1}},
+        {"id": "d", "uses": "items", "needs": ["b"], "with": {"x": 1}},
+    ]}))  # fmt: skip
+    execution = await engine.execute("branches")
+    await until(lambda: 2 in items.started, "b to run")
+    await engine.cancel_step(execution.id, "b", by="ops", reason="not needed")
+    done = await engine.wait(execution.id, 10)
+    assert done.status == ExecutionStatus.SUCCEEDED
+    assert dispatcher.cancelled == ["b"]
+    assert {k: s.status for k, s in done.steps.items()} == {
+        "a": StepStatus.SUCCEEDED, "b": StepStatus.CANCELLED,
+        "c": StepStatus.SUCCEEDED, "d": StepStatus.SKIPPED,
+    }  # fmt: skip
+    with pytest.raises(Conflict, match="is succeeded; it is not running"):
+        await engine.cancel_step(execution.id, "b")
+
+
+async def test_skipping_a_step_that_has_not_started_skips_it_and_its_dependents(
+    store: Store, tmp_path: Path
+) -> None:
+    items = Items(free={2})
+    engine, dispatcher, defs = make(store, tmp_path, {"items": items})
+    defs.define(spec({"name": "chain", "steps": [
+        {"id": "a", "uses": "items", "with": {"x": 1}},
+        {"id": "b", "uses": "items", "needs": "a", "with": {"x": 2}},
+        {"id": "c", "uses": "items", "needs": "b", "with": {"x": 2}},
+        {"id": "d", "uses": "items", "needs": "b", "trigger_rule": "none_failed",
+         "with": {"x": 2}},
+    ]}))  # fmt: skip
+    execution = await engine.execute("chain")
+    await until(lambda: 1 in items.started, "a to run")
+    with pytest.raises(Conflict, match="no step 'zz'"):
+        await engine.skip_step(execution.id, "zz")
+    await engine.skip_step(execution.id, "b", by="ops")
+    with pytest.raises(Conflict, match=r"'b' of execution \w+ is skipped"):
+        await engine.cancel_step(execution.id, "b")
+    items.release(1)
+    done = await engine.wait(execution.id, 10)
+    assert done.status == ExecutionStatus.SUCCEEDED
+    assert {k: s.status for k, s in done.steps.items()} == {
+        "a": StepStatus.SUCCEEDED, "b": StepStatus.SKIPPED,
+        "c": StepStatus.SKIPPED, "d": StepStatus.SUCCEEDED,
+    }  # fmt: skip
+    assert [r.step_id for r in dispatcher.requests] == ["a", "d"]
