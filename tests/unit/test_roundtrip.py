@@ -157,6 +157,7 @@ ERRORS: dict[type[errors.DafnckError], errors.DafnckError] = {
     errors.QueueFull: errors.QueueFull("agent 'a@1.0.0' has 3 tasks in flight"),
     errors.ReplicaDied: errors.ReplicaDied("replica r died"),
     errors.TaskTimeout: errors.TaskTimeout("task t timed out after 3s"),
+    errors.TaskCancelled: errors.TaskCancelled("task t was cancelled before it answered"),
     errors.TaskFailed: errors.TaskFailed("boom", "KeyError", True),
     errors.ClusterUnavailable: errors.ClusterUnavailable("cannot join the Ray cluster"),
     errors.Unauthorized: errors.Unauthorized("the token expired"),
