@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.contract import CancelExecution, DecideStep, ExecuteWorkflow, ExecutionRef
@@ -76,6 +77,14 @@ class EventsResponse(BaseModel):
     next_cursor: str | None
 
 
+def _answer(
+    execution: Execution, status_code: int = 200, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The execution's view, sent as built: FastAPI would validate it again against
+    `Execution` (the documented `response_model`), costing as much again for a large one."""
+    return JSONResponse(execution_json(execution), status_code, headers)
+
+
 def execution_json(execution: Execution) -> dict[str, Any]:
     """The execution as the API shows it: each Arrow table in its outputs summarised
     (`{"$table": {rows, columns, stored_at}}`, see `workflows.tables`), never sent whole."""
@@ -90,11 +99,10 @@ def execution_json(execution: Execution) -> dict[str, Any]:
 )
 async def start_execution(
     request: ExecutionRequest,
-    response: Response,
     wait: bool = Query(default=False, description="Wait for the execution to end"),
     timeout_s: float = Query(default=60.0, gt=0, le=3600),
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
-) -> dict[str, Any]:
+) -> Response:
     """Start the workflow; 202 with the execution (200 once ended, with `?wait=true`).
 
     Raises: NotFound (no such workflow or version), InputInvalid (inputs of the wrong type),
@@ -113,12 +121,10 @@ async def start_execution(
                 execution_id=execution_id,
             )
         )  # fmt: skip
-    response.headers["Location"] = f"/v1/executions/{execution.id}"
+    location = {"Location": f"/v1/executions/{execution.id}"}
     if wait:
         execution = await _wait(caller, execution.id, timeout_s)
-        if execution.status.terminal:
-            response.status_code = 200
-    return execution_json(execution)
+    return _answer(execution, 200 if wait and execution.status.terminal else 202, location)
 
 
 async def _wait(caller: Caller, execution_id: str, timeout_s: float) -> Execution:
@@ -217,43 +223,43 @@ async def list_executions(
     status: ExecutionStatus | None = None,
     limit: int = Query(default=50, ge=1, le=1000),
     caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
-) -> dict[str, Any]:
+) -> Response:
     """The newest executions first (without their per-step state)."""
     executions = caller.tenant_services.executions
     found = await asyncio.to_thread(executions.list_executions, limit, status)
-    return {"executions": [execution_json(e) for e in found]}
+    return JSONResponse({"executions": [execution_json(e) for e in found]})
 
 
 @router.get("/{execution_id}", response_model=Execution)
 async def get_execution(
     execution_id: str = ExecutionId,
     caller: Caller = Depends(allowed(Action.EXECUTIONS_READ)),  # noqa: B008
-) -> dict[str, Any]:
+) -> Response:
     """The execution with every step's state. Raises: NotFound."""
     ref = ExecutionRef(execution_id=execution_id)
-    return execution_json(await caller.gateway.get_execution_status(ref))
+    return _answer(await caller.gateway.get_execution_status(ref))
 
 
 @router.post("/{execution_id}/pause", response_model=Execution)
 async def pause_execution(
     execution_id: str = ExecutionId,
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
-) -> dict[str, Any]:
+) -> Response:
     """No new step starts; running ones finish. Raises: NotFound, Conflict (not running)."""
     async with caller.audit(Action.EXECUTIONS_CONTROL, obj=execution_id):
         done = await caller.gateway.pause_workflow(ExecutionRef(execution_id=execution_id))
-    return execution_json(done)
+    return _answer(done)
 
 
 @router.post("/{execution_id}/resume", response_model=Execution)
 async def resume_execution(
     execution_id: str = ExecutionId,
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
-) -> dict[str, Any]:
+) -> Response:
     """Raises: NotFound, Conflict (not paused)."""
     async with caller.audit(Action.EXECUTIONS_CONTROL, obj=execution_id):
         done = await caller.gateway.resume_workflow(ExecutionRef(execution_id=execution_id))
-    return execution_json(done)
+    return _answer(done)
 
 
 @router.post("/{execution_id}/cancel", response_model=Execution)
@@ -261,27 +267,27 @@ async def cancel_execution(
     execution_id: str = ExecutionId,
     body: DecisionRequest | None = Body(default=None),  # noqa: B008
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
-) -> dict[str, Any]:
+) -> Response:
     """Cancel running steps and end the execution. Raises: NotFound, Conflict (ended)."""
     cancel = CancelExecution(
         execution_id=execution_id, by=caller.principal.subject, reason=body.reason if body else ""
     )
     async with caller.audit(Action.EXECUTIONS_CONTROL, obj=execution_id):
-        return execution_json(await caller.gateway.cancel_workflow(cancel))
+        return _answer(await caller.gateway.cancel_workflow(cancel))
 
 
 @router.post("/{execution_id}/retry", response_model=Execution)
 async def retry_execution(
     execution_id: str = ExecutionId,
     caller: Caller = Depends(allowed(Action.EXECUTIONS_CONTROL)),  # noqa: B008
-) -> dict[str, Any]:
+) -> Response:
     """Run a failed or cancelled execution again from the steps that did not succeed.
 
     Raises: NotFound, Conflict (neither failed nor cancelled).
     """
     async with caller.audit(Action.EXECUTIONS_CONTROL, obj=execution_id):
         done = await caller.gateway.retry_workflow(ExecutionRef(execution_id=execution_id))
-    return execution_json(done)
+    return _answer(done)
 
 
 @router.post("/{execution_id}/steps/{step}/approve", response_model=Execution)
@@ -290,7 +296,7 @@ async def approve_step(
     step: str = StepKey,
     body: DecisionRequest | None = Body(default=None),  # noqa: B008
     caller: Caller = Depends(allowed(Action.EXECUTIONS_APPROVE)),  # noqa: B008
-) -> dict[str, Any]:
+) -> Response:
     """Let a gated step run; the caller's subject and the reason are recorded.
 
     Raises: NotFound, Conflict (the step is not waiting for approval).
@@ -304,20 +310,20 @@ async def reject_step(
     step: str = StepKey,
     body: DecisionRequest | None = Body(default=None),  # noqa: B008
     caller: Caller = Depends(allowed(Action.EXECUTIONS_APPROVE)),  # noqa: B008
-) -> dict[str, Any]:
+) -> Response:
     """Refuse a gated step. Raises: NotFound, Conflict (not waiting for approval)."""
     return await _decide(caller, execution_id, step, False, body)
 
 
 async def _decide(
     caller: Caller, execution_id: str, step: str, approve: bool, body: DecisionRequest | None
-) -> dict[str, Any]:
+) -> Response:
     decision = DecideStep(
         execution_id=execution_id, step=step, approved=approve, by=caller.principal.subject,
         reason=body.reason if body else "",
     )  # fmt: skip
     async with caller.audit(Action.EXECUTIONS_APPROVE, obj=f"{execution_id}/{step}"):
-        return execution_json(await caller.gateway.decide_step(decision))
+        return _answer(await caller.gateway.decide_step(decision))
 
 
 @router.get("/{execution_id}/events", response_model=EventsResponse)
