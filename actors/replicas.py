@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import RayActorError
 
 from cluster.errors import ReplicaDied
 
@@ -17,15 +17,6 @@ class RayReplicaCalls:
 
     def send(self, replica: Any, task: dict[str, Any]) -> Any:
         return replica.run.remote(task)
-
-    def wait(self, ref: Any, timeout_s: float) -> dict[str, Any]:
-        """Raises: ReplicaDied, TimeoutError."""
-        try:
-            return dict(ray.get(ref, timeout=timeout_s))
-        except GetTimeoutError:
-            raise TimeoutError(f"no answer in {timeout_s}s") from None
-        except RayActorError as exc:
-            raise ReplicaDied(f"replica died: {type(exc).__name__}") from None
 
     async def wait_async(self, ref: Any, timeout_s: float) -> dict[str, Any]:
         """Raises: ReplicaDied, TimeoutError."""

@@ -13,16 +13,18 @@ without Ray and without sleeping.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from actors.models import RetryPolicy, Task, TaskResult
+from actors.models import Task, TaskResult
 from actors.observe import TaskMeter
+from actors.pools import Clock, PoolSource, PoolView, ReplicaCalls, capped
 from cluster.errors import (
     DafnckError,
     InputInvalid,
@@ -37,62 +39,6 @@ _GRACE_S = 5.0
 #: How often a retry looks for a replacement when every replica it knew has died.
 _REPLACEMENT_POLL_S = 0.2
 
-Clock = Callable[[], float]
-
-
-class ReplicaCalls(Protocol):
-    """How the router reaches replicas: Ray in production, a fake in unit tests."""
-
-    def send(self, replica: Any, task: dict[str, Any]) -> Any:
-        """Start `task` on `replica` (a handle from a `PoolView`); returns the call's handle
-        at once."""
-        ...
-
-    def wait(self, ref: Any, timeout_s: float) -> dict[str, Any]:
-        """The call's `TaskResult` as a dict. Raises: ReplicaDied, TimeoutError."""
-        ...
-
-    async def wait_async(self, ref: Any, timeout_s: float) -> dict[str, Any]:
-        """`wait` on an event loop. Raises: ReplicaDied, TimeoutError."""
-        ...
-
-    def cancel(self, ref: Any) -> None:
-        """Stop the call on its replica (an async skill sees CancelledError); a no-op once
-        the call has answered."""
-        ...
-
-
-@dataclass
-class PoolView:
-    """What a caller needs to route to one agent's pool."""
-
-    agent_id: str
-    replicas: dict[str, Any]  # replica name -> handle (an ActorHandle under Ray)
-    schemas: dict[str, dict[str, Any]]  # capability -> JSON schema of the input
-    max_concurrency: int
-    max_queued: int
-    timeout_s: float
-    retry: RetryPolicy
-    #: When this caller fetched the view, on its own clock (the supervisor's may differ).
-    fetched_at: float = field(default_factory=time.monotonic)
-    #: The pool may be scaled to zero: a task waits for the replica its arrival wakes.
-    waking: bool = False
-
-    @property
-    def capacity(self) -> int:
-        return len(self.replicas) * (self.max_concurrency + self.max_queued)
-
-
-def capped(task: Task, pool: PoolView) -> Task:
-    """The task with its timeout at most the agent's: a caller cannot hold a slot longer."""
-    if task.timeout_s is None or task.timeout_s <= pool.timeout_s:
-        return task
-    return task.model_copy(update={"timeout_s": pool.timeout_s})
-
-
-#: (capability, agent selector or None) -> the pool to use. Raises AgentNotFound.
-PoolSource = Callable[[str, str | None], PoolView]
-
 
 @dataclass(eq=False)
 class Call:
@@ -103,15 +49,18 @@ class Call:
     pool: PoolView
     replica: str
     ref: Any
-    #: The attempt holds one of the router's in-flight slots on `replica`.
-    holding: bool = True
-    #: A final result was returned, or the call was cancelled or abandoned.
+    #: The router's own wait on the call (`PoolRouter._drive`): an asyncio task, or a
+    #: future of it on the router's loop for blocking callers.
+    outcome: asyncio.Future[TaskResult] | concurrent.futures.Future[TaskResult] | None = None
+    #: A final result was reached, or the call was cancelled or abandoned.
     finished: bool = False
     cancelled: bool = False
 
 
 class PoolRouter:
-    """Routes tasks to replicas; safe to use from one thread or one event loop."""
+    """Routes tasks to replicas and owns each call until it ends: a call whose replica died
+    is sent again at once, whether or not anyone is reading it. Safe to use from threads
+    (blocking callers) or from one event loop."""
 
     def __init__(
         self,
@@ -135,7 +84,13 @@ class PoolRouter:
         self._blocking = blocking_source
         self._ttl_s = ttl_s
         self._pools: dict[tuple[str, str | None], PoolView] = {}
-        self._in_flight: dict[str, int] = {}
+        #: replica -> this router's open calls on it, oldest first (their count is what
+        #: power-of-two-choices compares).
+        self._open: dict[str, dict[Call, None]] = {}
+        #: dead replica -> the calls that had started on it when its death was first seen.
+        self._began: dict[str, set[Call]] = {}
+        self._lock = threading.RLock()
+        self._drivers: set[asyncio.Future[TaskResult]] = set()
         self._validators: dict[tuple[str, str], Draft202012Validator] = {}
         #: Handles seen dead: the supervisor may list them until its next reconcile.
         self._dead: set[Any] = set()
@@ -143,8 +98,8 @@ class PoolRouter:
         self._meter = TaskMeter()
 
     def in_flight(self, replica: str) -> int:
-        """Calls this router has open on `replica` (what power-of-two-choices compares)."""
-        return self._in_flight.get(replica, 0)
+        """Calls this router has open on `replica`."""
+        return len(self._open.get(replica, ()))
 
     # -- sending -------------------------------------------------------------------------
 
@@ -162,7 +117,10 @@ class PoolRouter:
             while not pool.replicas and self._clock() < deadline:
                 time.sleep(_REPLACEMENT_POLL_S)  # each look tells the supervisor we wait
                 pool = self._pool(task.capability, task.agent, refresh=True)
-        return self._send(task, pool)
+        call = self._send(task, pool)
+        call.outcome = asyncio.run_coroutine_threadsafe(self._drive(call), _router_loop())
+        call.outcome.add_done_callback(lambda _: self._abandon(call))  # cancelled unstarted
+        return call
 
     async def submit_async(self, task: Task) -> Call:
         """`submit` for callers on an event loop: a stale pool view (a blocking call to the
@@ -177,20 +135,27 @@ class PoolRouter:
             while not pool.replicas and self._clock() < deadline:
                 await asyncio.sleep(_REPLACEMENT_POLL_S)
                 pool = await self._fetch_async(task.capability, task.agent)
-        return self._send(task, pool)
+        call = self._send(task, pool)
+        call.outcome = asyncio.ensure_future(self._drive(call))
+        # A driver cancelled before its first step never runs its `finally`.
+        call.outcome.add_done_callback(lambda _: self._abandon(call))
+        return call
 
     def _send(self, task: Task, pool: PoolView) -> Call:
+        call = Call(task, pool, "", None)
+        self._place(call, pool)
+        return call
+
+    def _place(self, call: Call, pool: PoolView) -> None:
+        """Send the call's task to the replica power-of-two-choices picks."""
         if not pool.replicas:
-            pool = self._pool(task.capability, task.agent, refresh=True)
-        name = self._pick(pool)
-        task = self._meter.begin(task)
-        self._in_flight[name] = self._in_flight.get(name, 0) + 1
-        try:
-            ref = self._calls.send(pool.replicas[name], task.model_dump())
-        except BaseException:
-            self._in_flight[name] -= 1
-            raise
-        return Call(task, pool, name, ref)
+            pool = self._pool(call.task.capability, call.task.agent, refresh=True)
+        with self._lock:
+            name = self._pick(pool)
+            call.task = self._meter.begin(call.task)  # the first send starts its clock
+            call.ref = self._calls.send(pool.replicas[name], call.task.model_dump())
+            call.pool, call.replica = pool, name
+            self._open.setdefault(name, {})[call] = None
 
     def _pick(self, pool: PoolView) -> str:
         """Power of two choices: of two replicas drawn at random, the one with fewer calls."""
@@ -243,38 +208,23 @@ class PoolRouter:
     # -- receiving -----------------------------------------------------------------------
 
     def result(self, call: Call) -> TaskResult:
-        """Wait for the call, retrying on another replica when one dies. A waiter that
-        leaves early (an error, an interrupt) cancels the task and gives back its slot.
+        """Wait for the call's final result (retries included). Interrupted (Ctrl-C), the
+        task is cancelled on its replica.
 
         Raises:
             TaskCancelled: the call was cancelled.
         """
+        outcome = call.outcome
+        if not isinstance(outcome, concurrent.futures.Future):
+            raise TypeError("a call submitted with submit_async is read with result_async")
         try:
-            while True:
-                self._check(call)
-                raw: dict[str, Any] | BaseException
-                try:
-                    raw = self._calls.wait(call.ref, self._wait_s(call))
-                except (ReplicaDied, TimeoutError) as exc:
-                    raw = exc
-                except Exception:
-                    self._check(call)  # cancelled while waiting: say so, not how Ray put it
-                    raise
-                self._check(call)
-                outcome = raw if isinstance(raw, BaseException) else TaskResult.model_validate(raw)
-                retry = self._settle(call, outcome)
-                if isinstance(retry, TaskResult):
-                    return retry
-                time.sleep(call.pool.retry.backoff_s)
-                self._check(call)
-                deadline = self._clock() + self._wait_s(call)
-                pool = self._live_pool(retry, call.pool)
-                while not pool.replicas and self._clock() < deadline:
-                    time.sleep(_REPLACEMENT_POLL_S)  # the supervisor is starting a replacement
-                    pool = self._live_pool(retry, pool)
-                self._resend(call, retry, pool)
-        finally:
-            self._abandon(call)
+            return outcome.result()
+        except concurrent.futures.CancelledError:
+            raise TaskCancelled(f"task {call.task.id} was cancelled") from None
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self.cancel(call)
+            raise
 
     async def result_async(self, call: Call) -> TaskResult:
         """`result` for callers on an event loop. A waiter cancelled by asyncio (a step
@@ -283,33 +233,16 @@ class PoolRouter:
         Raises:
             TaskCancelled: the call was cancelled.
         """
+        outcome = call.outcome
+        assert outcome is not None
+        waited = outcome if isinstance(outcome, asyncio.Future) else asyncio.wrap_future(outcome)
         try:
-            while True:
-                self._check(call)
-                raw: dict[str, Any] | BaseException
-                try:
-                    raw = await self._calls.wait_async(call.ref, self._wait_s(call))
-                except (ReplicaDied, TimeoutError) as exc:
-                    raw = exc
-                except Exception:
-                    self._check(call)
-                    raise
-                self._check(call)
-                outcome = raw if isinstance(raw, BaseException) else TaskResult.model_validate(raw)
-                retry = self._settle(call, outcome)
-                if isinstance(retry, TaskResult):
-                    return retry
-                await asyncio.sleep(call.pool.retry.backoff_s)
-                self._check(call)
-                deadline = self._clock() + self._wait_s(call)
-                pool = call.pool
-                while not pool.replicas and self._clock() < deadline:
-                    pool = await self._fetch_async(retry.capability, retry.agent)
-                    if not pool.replicas:
-                        await asyncio.sleep(_REPLACEMENT_POLL_S)
-                self._resend(call, retry, pool)
-        finally:
-            self._abandon(call)
+            return await waited
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if call.cancelled and not (me and me.cancelling()):
+                raise TaskCancelled(f"task {call.task.id} was cancelled") from None
+            raise
 
     def run(self, task: Task) -> TaskResult:
         return self.result(self.submit(task))
@@ -324,7 +257,57 @@ class PoolRouter:
             return False
         call.cancelled = True
         self._abandon(call)
+        outcome = call.outcome
+        if isinstance(outcome, asyncio.Future):
+            outcome.get_loop().call_soon_threadsafe(outcome.cancel)
+        elif outcome is not None:
+            outcome.cancel()
         return True
+
+    async def _drive(self, call: Call) -> TaskResult:
+        """The router's own wait on a call, from its first send to its final result: a
+        retry is sent as soon as a replica dies, whether or not anyone reads the call."""
+        me = asyncio.current_task()
+        assert me is not None
+        self._drivers.add(me)  # a loop keeps only weak references to its tasks
+        try:
+            while True:
+                outcome = await self._answer(call)
+                retry = self._settle(call, outcome)
+                if isinstance(retry, TaskResult):
+                    return retry
+                if retry.context.attempt > call.task.context.attempt:  # it ran: back off
+                    await asyncio.sleep(call.pool.retry.backoff_s)
+                call.task = retry
+                await self._replace(call)
+        finally:
+            self._drivers.discard(me)
+            self._abandon(call)
+
+    async def _answer(self, call: Call) -> TaskResult | ReplicaDied | TimeoutError:
+        self._check(call)
+        try:
+            raw = await self._calls.wait_async(call.ref, self._wait_s(call))
+        except (ReplicaDied, TimeoutError) as exc:
+            return exc
+        except Exception:
+            self._check(call)  # cancelled while waiting: say so, not how Ray put it
+            raise
+        self._check(call)
+        return TaskResult.model_validate(raw)
+
+    async def _replace(self, call: Call) -> None:
+        """Send the call's next attempt, waiting while the supervisor replaces the pool's
+        last replica."""
+        deadline = self._clock() + self._wait_s(call)
+        pool = call.pool
+        while not pool.replicas and self._clock() < deadline:
+            self._check(call)
+            pool = await self._fetch_async(call.task.capability, call.task.agent)
+            if not pool.replicas:
+                await asyncio.sleep(_REPLACEMENT_POLL_S)
+        self._check(call)
+        self._place(call, pool)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -333,42 +316,53 @@ class PoolRouter:
             raise TaskCancelled(f"task {call.task.id} was cancelled")
 
     def _release(self, call: Call) -> None:
-        if call.holding:
-            call.holding = False
-            self._in_flight[call.replica] -= 1
+        with self._lock:
+            calls = self._open.get(call.replica, {})
+            calls.pop(call, None)
+            if not calls and call.replica in self._began:
+                del self._began[call.replica]  # every call it had is settled
 
     def _abandon(self, call: Call) -> None:
         """Every way out of a call that did not return its result: the remote task is
         stopped, the slot given back, the meter closed."""
-        if call.finished:
-            return
-        call.finished = True
-        if call.holding:
-            self._calls.cancel(call.ref)
+        with self._lock:
+            if call.finished:
+                return
+            call.finished = True
+            holding = call in self._open.get(call.replica, {})
             self._release(call)
+        if holding:
+            self._calls.cancel(call.ref)
         error = TaskCancelled(f"task {call.task.id} was cancelled or abandoned by its caller")
         self._meter.end(call.task, self._failed(call, error))
 
-    def _resend(self, call: Call, task: Task, pool: PoolView) -> None:
-        attempt = self._send(task, pool)
-        call.task, call.pool, call.replica, call.ref = task, pool, attempt.replica, attempt.ref
-        call.holding = True
-
-    def _live_pool(self, task: Task, pool: PoolView) -> PoolView:
-        """The pool to retry on: `pool` while it has a live replica, else a fresh view."""
-        return pool if pool.replicas else self._pool(task.capability, task.agent, refresh=True)
+    def _had_started(self, call: Call) -> bool:
+        """Whether the call had started on its replica, which just died. Known only to the
+        replica, so estimated at the first news of the death: a replica runs
+        `max_concurrency` calls at once and takes them in order, so this router's oldest
+        that many calls on it had started and the rest were queued."""
+        with self._lock:
+            began = self._began.get(call.replica)
+            if began is None:
+                oldest = list(self._open.get(call.replica, {}))[: call.pool.max_concurrency]
+                began = self._began[call.replica] = set(oldest)
+            return call in began
 
     def _wait_s(self, call: Call) -> float:
         return (call.task.timeout_s or call.pool.timeout_s) + _GRACE_S
 
     def _settle(self, call: Call, outcome: TaskResult | BaseException) -> TaskResult | Task:
-        """The final result, or the next attempt's task when a retry is due."""
+        """The final result, or the next attempt's task when a retry is due (the same
+        attempt again when the replica died before the task started)."""
+        started = not isinstance(outcome, ReplicaDied) or self._had_started(call)
         self._release(call)
         task = call.task
         if isinstance(outcome, TaskResult):
             result = outcome
         else:
             result = self._failed(call, self._failure(call, outcome))
+            if not started:
+                return task
         attempt = task.context.attempt
         if (
             result.ok
@@ -397,3 +391,20 @@ class PoolRouter:
         return TaskTimeout(
             f"task {call.task.id} got no answer from {call.replica} in {self._wait_s(call)}s"
         )
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _router_loop() -> asyncio.AbstractEventLoop:
+    """The event loop (in a daemon thread) on which blocking callers' calls are driven."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="dafnck-router", daemon=True).start()
+        return _loop
+
+
+__all__ = ["Call", "PoolRouter", "PoolSource", "PoolView", "ReplicaCalls", "capped"]

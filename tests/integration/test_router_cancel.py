@@ -42,8 +42,12 @@ def test_cancelled_waiters_beyond_capacity_leave_the_pool_usable(client: Client)
 
     asyncio.run(cancel_waiters(5))  # five times the pool's one slot
     (replica,) = client.health()["pools"][record.agent_id]["replicas"]
-    health = lambda: replica_health(replica)  # noqa: E731
-    wait_until(lambda: health()["in_flight"] + health()["queued"] == 0, 10, "the replica to stop")
+
+    def busy() -> tuple[int, int]:
+        health = replica_health(replica)
+        return health["in_flight"], health["queued"]
+
+    wait_until(lambda: busy() == (0, 0) or None, 10, "the replica to stop")
     # a 60 s sleep still running on the one-slot replica would hold this one back
     result = tasks.run("test.slow", {"seconds": 0.01}, timeout_s=20)
     assert result.ok, result.error

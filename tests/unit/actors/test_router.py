@@ -6,7 +6,10 @@ counts, QueueFull at capacity, views refreshed by age, every slot given back on 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,49 +32,57 @@ class FakeReplica:
     name: str
 
 
+Answer = dict[str, Any] | BaseException
+
+
 @dataclass(eq=False)
 class FakeRef:
     """One call sent to a replica; the test answers it (a result or a Ray-like failure)."""
 
     replica: str
     task: dict[str, Any]
-    answer: dict[str, Any] | BaseException | None = None
     cancelled: bool = False
-    answered: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set from the test's thread, awaited on the router's loop (a thread of its own for
+    #: blocking callers).
+    answer: concurrent.futures.Future[Answer] = field(default_factory=concurrent.futures.Future)
 
-    def reply(self, answer: dict[str, Any] | BaseException | None = None) -> None:
-        self.answer = answer if answer is not None else ok(self.task, self.replica)
-        self.answered.set()
+    def reply(self, answer: Answer | None = None) -> None:
+        self.answer.set_result(answer if answer is not None else ok(self.task, self.replica))
 
 
 class FakeCalls:
-    """`ReplicaCalls` in memory: what was sent where, and what was cancelled."""
+    """`ReplicaCalls` in memory: what was sent where, and what was cancelled. `auto`, when
+    set, answers each call as it is sent."""
 
     def __init__(self) -> None:
         self.sent: list[FakeRef] = []
+        self.auto: Callable[[FakeRef], Answer | None] | None = None
+        self._sends = threading.Condition()
 
     def send(self, replica: FakeReplica, task: dict[str, Any]) -> FakeRef:
         ref = FakeRef(replica.name, task)
-        self.sent.append(ref)
+        with self._sends:
+            self.sent.append(ref)
+            self._sends.notify_all()
+        answer = self.auto(ref) if self.auto else None
+        if answer is not None:
+            ref.reply(answer)
         return ref
 
-    def wait(self, ref: FakeRef, timeout_s: float) -> dict[str, Any]:
-        if ref.answer is None:
-            raise TimeoutError(f"no answer in {timeout_s}s")
-        return self._outcome(ref)
+    def wait_for_sends(self, count: int) -> list[FakeRef]:
+        """Block until `count` calls were sent (the router's loop sends retries)."""
+        with self._sends:
+            assert self._sends.wait_for(lambda: len(self.sent) >= count, timeout=10)
+            return list(self.sent)
 
     async def wait_async(self, ref: FakeRef, timeout_s: float) -> dict[str, Any]:
-        await ref.answered.wait()
-        return self._outcome(ref)
+        answer = await asyncio.wrap_future(ref.answer)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
     def cancel(self, ref: FakeRef) -> None:
         ref.cancelled = True
-
-    def _outcome(self, ref: FakeRef) -> dict[str, Any]:
-        if isinstance(ref.answer, BaseException):
-            raise ref.answer
-        assert ref.answer is not None
-        return ref.answer
 
     def per_replica(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -328,18 +339,12 @@ def test_a_waiter_that_fails_gives_back_its_slot() -> None:
 def test_a_task_whose_replica_died_runs_on_another_and_the_view_forgets_the_dead() -> None:
     source = FakeSource(replicas=2, max_concurrency=1, max_queued=0)
     router, calls, _ = router_for(source)
+    calls.auto = lambda ref: (
+        ReplicaDied("gone") if len(calls.sent) == 1 else ok(ref.task, ref.replica)
+    )
     call = router.submit(task())
     first = calls.sent[0]
-    first.reply(ReplicaDied("gone"))
     other = "r2" if first.replica == "r1" else "r1"
-    original_wait = calls.wait
-
-    def wait(ref: FakeRef, timeout_s: float) -> dict[str, Any]:
-        if ref is not first and ref.answer is None:
-            ref.reply()
-        return original_wait(ref, timeout_s)
-
-    calls.wait = wait  # type: ignore[method-assign]
     result = router.result(call)
     assert (result.ok, result.replica, result.attempts) == (True, other, 2)
     assert call.replica == other  # the call moved to the attempt that ran
@@ -348,12 +353,40 @@ def test_a_task_whose_replica_died_runs_on_another_and_the_view_forgets_the_dead
     assert later.replica == other  # the dead replica is not picked again
 
 
+def test_a_call_whose_replica_died_is_sent_again_before_anyone_reads_it() -> None:
+    source = FakeSource(replicas=2, max_concurrency=1, max_queued=0)
+    router, calls, _ = router_for(source)
+    call = router.submit(task())
+    calls.sent[0].reply(ReplicaDied("gone"))
+    first, again = calls.wait_for_sends(2)  # nobody has called result() yet
+    assert again.replica != first.replica
+    assert router.in_flight(first.replica) == 0 and router.in_flight(again.replica) == 1
+    again.reply()
+    assert router.result(call).ok
+
+
+async def test_a_replicas_death_costs_an_attempt_only_to_the_calls_that_had_started() -> None:
+    source = FakeSource(replicas=1, max_concurrency=1, max_queued=3)
+    router, calls, _ = router_for(source)
+    placed = [await router.submit_async(task(str(i))) for i in range(4)]
+    source.replicas = {"r2": FakeReplica("r2")}  # the supervisor's replacement
+    calls.auto = lambda ref: ok(ref.task, ref.replica)
+    for ref in reversed(calls.sent[:4]):  # the news arrives in any order
+        ref.reply(ReplicaDied("gone"))
+    results = [await router.result_async(c) for c in placed]
+    assert [(r.ok, r.replica) for r in results] == [(True, "r2")] * 4
+    # one slot: only the oldest call had started on r1; the three queued behind it lose nothing
+    assert [r.attempts for r in results] == [2, 1, 1, 1]
+    assert router.in_flight("r1") == router.in_flight("r2") == 0
+
+
 def test_a_call_without_an_answer_is_cancelled_on_its_replica_and_retried() -> None:
     source = FakeSource(replicas=1, max_concurrency=1, max_queued=0)
     source.retry = RetryPolicy(max_attempts=2, backoff_s=0)
     router, calls, _ = router_for(source)
+    calls.auto = lambda ref: TimeoutError("no answer")  # every attempt times out
     call = router.submit(task())
-    result = router.result(call)  # the fake's wait times out on every attempt
+    result = router.result(call)
     assert not result.ok and result.error is not None
     assert result.error.type == "TaskTimeout"
     assert result.attempts == 2
