@@ -69,8 +69,11 @@ def server() -> Iterator[Server]:
 
 def test_sigkill_after_10000_acknowledged_writes_loses_none(server: Server) -> None:
     store = server.store()
-    for i in range(10_000):
-        store.redis.set(store.key("ack", str(i)), str(i))  # each returns only once written
+    for start in range(0, 10_000, 500):  # pipelined: every reply is read before the kill
+        pipe = store.redis.pipeline(transaction=False)
+        for i in range(start, start + 500):
+            pipe.set(store.key("ack", str(i)), str(i))
+        assert pipe.execute() == [True] * 500  # each True is Valkey's acknowledgement
     server.kill()
     server.start()
     again = server.store()
@@ -85,6 +88,9 @@ class Echo:
     async def run(self, request: StepRequest) -> StepOutcome:
         await asyncio.sleep(0.2)
         return StepOutcome(ok=True, output=request.input.get("n", 0) + 1)
+
+    async def cancel(self, request: StepRequest) -> None:
+        """Nothing to cut short: a step ends by itself within 0.2 s."""
 
 
 async def test_an_outage_of_ten_seconds_gives_a_retryable_error_and_heals(server: Server) -> None:
@@ -125,8 +131,9 @@ async def test_an_outage_of_ten_seconds_gives_a_retryable_error_and_heals(server
     assert recovered is not None, "the store did not work again within 5 s of its return"
     done = await engine.wait(execution.id, 30)
     assert done.status == ExecutionStatus.SUCCEEDED
-    await asyncio.sleep(1)  # the writer flushes what waited
-    stored = executions.load(execution.id)
-    assert stored.status == ExecutionStatus.SUCCEEDED
+    flushed_by = time.monotonic() + 10  # the writer flushes what waited
+    while executions.load(execution.id).status != ExecutionStatus.SUCCEEDED:
+        assert time.monotonic() < flushed_by, "the succeeded execution never reached the store"
+        await asyncio.sleep(0.05)
     kinds = [e.type for _, e in executions.events(execution.id)]
     assert kinds.count("step.succeeded") == 8 and kinds[-1] == "execution.succeeded"
