@@ -9,7 +9,7 @@ import asyncio
 import concurrent.futures
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,9 +134,23 @@ class FakeSource:
         )
 
 
+_FAKES: list[FakeCalls] = []
+
+
+@pytest.fixture(autouse=True)
+def _answer_the_rest() -> Iterator[None]:
+    """Calls a test left unanswered are answered after it, so their drivers end."""
+    yield
+    while _FAKES:
+        for ref in _FAKES.pop().sent:
+            if not ref.answer.done():
+                ref.reply()
+
+
 def router_for(source: FakeSource, ttl_s: float = 2.0) -> tuple[PoolRouter, FakeCalls, FakeClock]:
     calls, clock = FakeCalls(), FakeClock()
     router = PoolRouter(source, ttl_s, calls=calls, clock=clock, rng=random.Random(7))
+    _FAKES.append(calls)
     return router, calls, clock
 
 
@@ -240,11 +254,13 @@ def test_view_age_is_read_on_the_callers_clock_not_the_supervisors() -> None:
 async def test_submit_async_fetches_a_stale_view_and_sends() -> None:
     source = FakeSource(max_concurrency=100)
     router, calls, clock = router_for(source)
-    await router.submit_async(task("a"))
-    await router.submit_async(task("b"))
+    placed = [await router.submit_async(task("a")), await router.submit_async(task("b"))]
     clock.now += 5
-    await router.submit_async(task("c"))
+    placed.append(await router.submit_async(task("c")))
     assert (source.fetches, len(calls.sent)) == (2, 3)
+    for ref in calls.sent:
+        ref.reply()
+    assert all([(await router.result_async(call)).ok for call in placed])
 
 
 # -- receiving: every exit gives the slot back ---------------------------------------------
