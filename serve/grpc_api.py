@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -35,6 +35,7 @@ from cluster.errors import DafnckError, InputInvalid, RateLimited, Unauthorized
 from serve.api_agents import ScaleRequest
 from serve.api_executions import DecisionRequest, ExecutionRequest
 from serve.api_streams import STREAM_ID, execution_frames
+from serve.api_streams import _lease as stream_lease
 from serve.api_tasks import start_task
 from serve.deps import Caller, authenticate, authorized, header_credential, services_of
 from serve.patterns import ID, STEP_KEY, TASK_ID, check, check_agent_ref
@@ -308,11 +309,14 @@ class GrpcApi:
 
     async def WatchExecution(
         self, request: pb.WatchExecutionRequest, grpc_context: Any
-    ) -> AsyncIterator[pb.ExecutionEvent]:
+    ) -> AsyncGenerator[pb.ExecutionEvent, None]:
         """The execution's events after `cursor`, ending once it has ended.
 
-        An error before the first event sets the status and raises `RpcFailed`: Serve
-        carries a status set on the context of a stream only with an exception.
+        The stream holds a lease in its key's and tenant's open streams as REST's SSE and
+        WebSocket streams do (RESOURCE_EXHAUSTED past `streams_per_key`/`_per_tenant`),
+        given back however it ends. An error before the first event sets the status and
+        raises `RpcFailed`: Serve carries a status set on the context of a stream only
+        with an exception.
         """
         try:
             who = await self._caller(grpc_context, Action.EXECUTIONS_READ)
@@ -322,12 +326,16 @@ class GrpcApi:
                 raise InputInvalid("cursor", [f"{after!r} is not a stream id like '17-0'"])
             executions = who.tenant_services.executions
             await asyncio.to_thread(executions.load, request.id)  # NotFound before streaming
-            async for frame in execution_frames(who, request.id, after):
-                if frame is not None:
-                    event_id, event = frame
-                    yield pb.ExecutionEvent(
-                        id=event_id, type=str(event.get("type", "")), event=to_struct(event)
-                    )
+            lease = await stream_lease(who)  # as REST's streams take theirs
+            try:
+                async for frame in execution_frames(who, request.id, after):
+                    await lease.renew()
+                    if frame is not None:
+                        event_id, event = frame
+                        kind = str(event.get("type", ""))
+                        yield pb.ExecutionEvent(id=event_id, type=kind, event=to_struct(event))
+            finally:  # ended, failed, or the client went away
+                await lease.release()
         except DafnckError as exc:
             _fail(grpc_context, exc)
             raise RpcFailed(exc.message) from None

@@ -8,14 +8,16 @@ from types import SimpleNamespace
 from typing import Any, TypeAlias
 
 import grpc
+import pytest
 from google.protobuf import json_format
 
 from actors.contract import CancelExecution, DecideStep, ExecuteWorkflow, Request, ScaleAgent
 from actors.models import AgentSpec
 from cluster.auth.models import Role
-from serve.grpc_api import GrpcApi
+from serve.grpc_api import GrpcApi, RpcFailed
 from serve.protos import dafnck_pb2 as pb
 from tests.unit.serve.conftest import Api
+from workflows.run import new_event
 from workflows.spec import StepSpec, WorkflowSpec
 
 Code: TypeAlias = grpc.StatusCode
@@ -153,3 +155,25 @@ async def test_start_execution_and_scale_agent_send_the_contracts_requests(api: 
     assert context.code is None and len(scaled.agents) == 2
     calls = [c for c in api.supervisors["acme"].calls if isinstance(c, ScaleAgent)]
     assert sorted((c.agent_id, c.replicas) for c in calls) == [("echo@1.0.0", 3), ("echo@1.1.0", 3)]
+
+
+async def test_a_watch_holds_a_stream_lease_as_rest_streams_do(api: Api) -> None:
+    settings = api.services.settings
+    quotas = settings.quotas.model_copy(update={"streams_per_key": 1})
+    api.services.settings = settings.model_copy(update={"quotas": quotas})
+    rpc, eid = _grpc(api), await _gated(api)
+    fake = api.supervisors["acme"]
+    fake.executions.commit(fake.runs[eid], events=[new_event(fake.runs[eid], "execution.started")])
+    watch, viewer = pb.WatchExecutionRequest(id=eid), api.headers(Role.VIEWER)
+
+    first = rpc.WatchExecution(watch, Context(viewer))
+    assert (await anext(first)).type == "execution.started"  # streaming: its lease is held
+    refused = Context(viewer)
+    with pytest.raises(RpcFailed):
+        await anext(rpc.WatchExecution(watch, refused))
+    assert refused.code == Code.RESOURCE_EXHAUSTED and "streams_per_key" in refused.details
+
+    await first.aclose()  # the client went away: the lease is given back
+    again = rpc.WatchExecution(watch, Context(viewer))
+    assert (await anext(again)).type == "execution.started"
+    await again.aclose()
