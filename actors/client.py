@@ -26,6 +26,8 @@ from actors.contract import (
     MonitorHealth,
     ScaleAgent,
     SetAgentStatus,
+    SignalExecution,
+    StepAction,
     WaitExecution,
 )
 from actors.gateway import BlockingSupervisor, SupervisorGateway
@@ -216,6 +218,25 @@ class Workflows:
             DecideStep(execution_id=execution_id, step=step, approved=approved, by=by,
                        reason=reason)
         )  # fmt: skip
+
+    def signal(self, execution_id: str, name: str, payload: Any = None) -> Execution:
+        """Send signal `name` (its payload becomes the output of the step waiting for it)."""
+        request = SignalExecution(execution_id=execution_id, name=name, payload=payload)
+        return self._supervisor.signal_execution(request)
+
+    def cancel_step(
+        self, execution_id: str, step: str, by: str = "cli", reason: str = ""
+    ) -> Execution:
+        """Cancel one step (its running work stops); the rest of the execution goes on."""
+        request = StepAction(execution_id=execution_id, step=step, by=by, reason=reason)
+        return self._supervisor.cancel_step(request)
+
+    def skip_step(
+        self, execution_id: str, step: str, by: str = "cli", reason: str = ""
+    ) -> Execution:
+        """Skip one step, as if its `when` were false."""
+        request = StepAction(execution_id=execution_id, step=step, by=by, reason=reason)
+        return self._supervisor.skip_step(request)
 
     def events(
         self, execution_id: str, after: str = "0-0", block_ms: int | None = None

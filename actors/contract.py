@@ -130,6 +130,22 @@ class DecideStep(ExecutionRef):
     reason: str = ""
 
 
+class SignalExecution(ExecutionRef):
+    """Send signal `name` to an execution: a step waiting for it takes `payload` as its
+    output (kept for the first step that will, if none waits yet)."""
+
+    name: str
+    payload: Any = None
+
+
+class StepAction(ExecutionRef):
+    """Cancel or skip one step of a live execution (its running work is cancelled)."""
+
+    step: str
+    by: str = ""
+    reason: str = ""
+
+
 class ListExecutions(Request):
     limit: int = Field(default=50, ge=1, le=1000)
     status: ExecutionStatus | None = None
@@ -156,3 +172,6 @@ class SupervisorApi(Protocol):
     async def retry_workflow(self, request: ExecutionRef) -> Execution: ...
     async def cancel_workflow(self, request: CancelExecution) -> Execution: ...
     async def decide_step(self, request: DecideStep) -> Execution: ...
+    async def signal_execution(self, request: SignalExecution) -> Execution: ...
+    async def cancel_step(self, request: StepAction) -> Execution: ...
+    async def skip_step(self, request: StepAction) -> Execution: ...

@@ -38,6 +38,8 @@ from actors.contract import (
     Request,
     ScaleAgent,
     SetAgentStatus,
+    SignalExecution,
+    StepAction,
     WaitExecution,
     WorkflowDefined,
 )
@@ -129,6 +131,15 @@ class SupervisorGateway:
     async def decide_step(self, request: DecideStep) -> Execution:
         return await self._call("decide_step", request, Execution)
 
+    async def signal_execution(self, request: SignalExecution) -> Execution:
+        return await self._call("signal_execution", request, Execution)
+
+    async def cancel_step(self, request: StepAction) -> Execution:
+        return await self._call("cancel_step", request, Execution)
+
+    async def skip_step(self, request: StepAction) -> Execution:
+        return await self._call("skip_step", request, Execution)
+
 
 class BlockingSupervisor:
     """`SupervisorGateway`'s operations as blocking calls (notebooks, scripts, the CLI)."""
@@ -189,6 +200,15 @@ class BlockingSupervisor:
 
     def decide_step(self, r: DecideStep) -> Execution:
         return blocking(self.gateway.decide_step(r))
+
+    def signal_execution(self, r: SignalExecution) -> Execution:
+        return blocking(self.gateway.signal_execution(r))
+
+    def cancel_step(self, r: StepAction) -> Execution:
+        return blocking(self.gateway.cancel_step(r))
+
+    def skip_step(self, r: StepAction) -> Execution:
+        return blocking(self.gateway.skip_step(r))
 
 
 _loop: asyncio.AbstractEventLoop | None = None

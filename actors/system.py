@@ -36,6 +36,8 @@ from actors.contract import (
     Request,
     ScaleAgent,
     SetAgentStatus,
+    SignalExecution,
+    StepAction,
     WaitExecution,
     WorkflowDefined,
 )
@@ -278,6 +280,22 @@ class SupervisorActor:
         """Approve or reject a step waiting at its approval gate."""
         return await self._engine.decide(
             request.execution_id, request.step, request.approved, request.by, request.reason
+        )
+
+    @operation
+    async def signal_execution(self, request: SignalExecution) -> Execution:
+        return await self._engine.signal(request.execution_id, request.name, request.payload)
+
+    @operation
+    async def cancel_step(self, request: StepAction) -> Execution:
+        return await self._engine.cancel_step(
+            request.execution_id, request.step, request.by, request.reason
+        )
+
+    @operation
+    async def skip_step(self, request: StepAction) -> Execution:
+        return await self._engine.skip_step(
+            request.execution_id, request.step, request.by, request.reason
         )
 
     def __repr__(self) -> str:
