@@ -26,7 +26,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, MutableMapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -74,9 +74,6 @@ class CacheStats:
 
     l1: LevelStats
     l2: LevelStats
-
-    def as_dict(self) -> dict[str, dict[str, int | None]]:
-        return asdict(self)
 
 
 class _NoL1(dict[str, Entry]):
@@ -357,12 +354,6 @@ class CacheManager:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-
-    def __enter__(self) -> CacheManager:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _subscribe(self) -> Any:
         pubsub = self.store.redis.pubsub()
