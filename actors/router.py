@@ -325,16 +325,16 @@ class PoolRouter:
     def _abandon(self, call: Call) -> None:
         """Every way out of a call that did not return its result: the remote task is
         stopped, the slot given back, the meter closed."""
+        error = TaskCancelled(f"task {call.task.id} was cancelled or abandoned by its caller")
         with self._lock:
             if call.finished:
                 return
             call.finished = True
             holding = call in self._open.get(call.replica, {})
             self._release(call)
+            self._meter.end(call.task, self._failed(call, error))
         if holding:
             self._calls.cancel(call.ref)
-        error = TaskCancelled(f"task {call.task.id} was cancelled or abandoned by its caller")
-        self._meter.end(call.task, self._failed(call, error))
 
     def _had_started(self, call: Call) -> bool:
         """Whether the call had started on its replica, which just died. Known only to the
@@ -354,13 +354,16 @@ class PoolRouter:
     def _settle(self, call: Call, outcome: TaskResult | BaseException) -> TaskResult | Task:
         """The final result, or the next attempt's task when a retry is due (the same
         attempt again when the replica died before the task started)."""
-        started = not isinstance(outcome, ReplicaDied) or self._had_started(call)
-        self._release(call)
         task = call.task
+        with self._lock:  # blocking callers send from their own thread meanwhile
+            started = not isinstance(outcome, ReplicaDied) or self._had_started(call)
+            self._release(call)
+            failure = None if isinstance(outcome, TaskResult) else self._failure(call, outcome)
         if isinstance(outcome, TaskResult):
             result = outcome
         else:
-            result = self._failed(call, self._failure(call, outcome))
+            assert failure is not None
+            result = self._failed(call, failure)
             if not started:
                 return task
         attempt = task.context.attempt
@@ -369,8 +372,9 @@ class PoolRouter:
             or not (result.error and result.error.retryable)
             or attempt >= call.pool.retry.max_attempts
         ):
-            call.finished = True
-            self._meter.end(task, result)
+            with self._lock:
+                call.finished = True
+                self._meter.end(task, result)
             return result
         return task.model_copy(
             update={"context": task.context.model_copy(update={"attempt": attempt + 1})}

@@ -58,7 +58,7 @@ def test_a_cancelled_task_never_writes_its_side_effect(client: Client, tmp_path:
     router, tasks = client.tasks.router, client.tasks
     started, marker = tmp_path / "started", tmp_path / "marker"
     call = tasks.submit(
-        "test.marker", {"started": str(started), "marker": str(marker), "seconds": 3}
+        "test.marker", {"started": str(started), "marker": str(marker), "seconds": 10}
     )
     wait_until(started.exists, 30, "the skill to start")
     assert router.cancel(call)
@@ -69,7 +69,7 @@ def test_a_cancelled_task_never_writes_its_side_effect(client: Client, tmp_path:
     twin_started, twin_marker = tmp_path / "twin_started", tmp_path / "twin_marker"
     twin = tasks.run(
         "test.marker",
-        {"started": str(twin_started), "marker": str(twin_marker), "seconds": 3},
+        {"started": str(twin_started), "marker": str(twin_marker), "seconds": 10},
     )
     assert twin.ok and twin_marker.exists()
     assert not marker.exists()

@@ -33,7 +33,12 @@ def test_tasks_on_a_killed_replica_run_again_before_anyone_reads_them(
     calls = [
         client.tasks.submit(
             "test.marker",
-            {"started": str(tmp_path / f"s{i}"), "marker": str(tmp_path / f"m{i}"), "seconds": 2},
+            # the first runs long enough to be still running when its replica is killed
+            {
+                "started": str(tmp_path / f"s{i}"),
+                "marker": str(tmp_path / f"m{i}"),
+                "seconds": 10 if i == 0 else 1,
+            },
         )
         for i in range(6)
     ]
