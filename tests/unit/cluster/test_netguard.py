@@ -160,7 +160,8 @@ def listener() -> Iterator[int]:
     """An HTTP server on a free port of 127.0.0.1 that records every request."""
     _Hits.hits = []
     server = HTTPServer(("127.0.0.1", 0), _Hits)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for the loop's next poll: 0.5 s by default, on every test.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield server.server_address[1]
     server.shutdown()

@@ -244,7 +244,7 @@ def test_spans_reach_an_otlp_http_collector(settings: Settings) -> None:
             pass
 
     server = HTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     tracing.shutdown()
     try:
         url = f"http://127.0.0.1:{server.server_port}/v1/traces"
