@@ -210,6 +210,10 @@ class TracedDispatcher:
         log.info("step %s attempt %d cancelled", request.step_id, request.attempt)
         await self.inner.cancel(request)
 
+    async def pin(self, kind: str, target: str) -> str | None:
+        pin = getattr(self.inner, "pin", None)
+        return None if pin is None else await pin(kind, target)  # type: ignore[no-any-return]
+
     def _span(self, request: Any) -> Span:
         """The attempt's span, child of the execution's (none when the execution has none)."""
         parent = self.observer.execution_span(request.execution_id)

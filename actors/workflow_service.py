@@ -12,7 +12,9 @@ import asyncio
 import functools
 from typing import Any
 
-from actors.models import Task, TaskContext
+from packaging.version import Version
+
+from actors.models import AgentStatus, DiscoveryCriteria, Task, TaskContext
 from actors.registry import AgentRegistry
 from actors.router import Call, PoolRouter
 from cluster.errors import DafnckError, QueueFull, SpecInvalid
@@ -64,10 +66,26 @@ class AgentDispatcher:
         if call is not None:
             self.router.cancel(call)
 
+    async def pin(self, kind: str, target: str) -> str | None:
+        """The newest active agent version (`name@version`) a step's target routes to."""
+        return await asyncio.to_thread(self._newest, kind, target)
+
+    def _newest(self, kind: str, target: str) -> str | None:
+        name, _, version = target.partition("@") if kind == "agent" else ("", "", "")
+        criteria = DiscoveryCriteria(
+            capability=target if kind == "capability" else None,
+            name=name or None,
+            version=version or None,
+            status=AgentStatus.ACTIVE,
+        )
+        found = self.registry.discover_agents(criteria)
+        newest = max(found, key=lambda r: Version(r.spec.version), default=None)
+        return newest.agent_id if newest else None
+
     def _task(self, request: StepRequest) -> Task:
-        capability, agent = request.target, None
+        capability, agent = request.target, request.pinned
         if request.kind == "agent":
-            agent = request.target
+            agent = request.pinned or request.target
             capabilities = {c for r in self.registry.resolve(agent) for c in r.spec.capabilities}
             if len(capabilities) != 1:
                 raise SpecInvalid(

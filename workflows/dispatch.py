@@ -8,7 +8,7 @@ the step's record keeps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cluster.errors import DafnckError, ErrorInfo
 
@@ -31,6 +31,9 @@ class StepRequest:
     #: The workflow's model budget (a `WorkflowBudget`), unless a person waived it here.
     budget: Any = None
     budget_waived: bool = False
+    #: The agent version (`name@version`) the execution resolved `target` to at its
+    #: start; None routes to the newest active one.
+    pinned: str | None = None
 
 
 @dataclass
@@ -49,6 +52,15 @@ class Dispatcher(Protocol):
         """Stop the work of `request` wherever it runs (the engine calls it when an attempt
         is cut short: its timeout, a cancelled execution, a fan-out whose join is met); a
         no-op when it has ended."""
+        ...
+
+
+@runtime_checkable
+class Pinning(Protocol):
+    """A dispatcher that can say which agent version a target routes to now."""
+
+    async def pin(self, kind: str, target: str) -> str | None:
+        """`name@version` of the newest active agent serving `target`; None if none."""
         ...
 
 
@@ -78,4 +90,4 @@ def step_error(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(type=type(exc).__name__, message=str(exc))
 
 
-__all__ = ["Dispatcher", "StepFailed", "StepOutcome", "StepRequest", "step_error"]
+__all__ = ["Dispatcher", "Pinning", "StepFailed", "StepOutcome", "StepRequest", "step_error"]

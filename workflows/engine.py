@@ -30,6 +30,7 @@ from workflows.execution import (
     StepStatus,
 )
 from workflows.expressions import EvalLimits, render_async
+from workflows.pins import resolve_pins
 from workflows.run import Recorder, Run, new_event
 from workflows.spec import WorkflowSpec
 from workflows.steps import StepRunner
@@ -108,6 +109,7 @@ class WorkflowEngine(Control):
             execution.id = execution_id
         if spec.timeout_s:
             execution.deadline = self.clock.now() + spec.timeout_s
+        execution.pins = await resolve_pins(self.dispatcher, spec)
         execution.steps = {s.id: StepState() for s in spec.steps}
         started = new_event(
             execution, "execution.started", data={"version": version, "parent": parent}

@@ -98,6 +98,9 @@ class Execution(Record):
     updated_at: float = Field(default_factory=time.time)
     #: When the workflow's `timeout_s` runs out (from the start, or from a retry).
     deadline: float | None = None
+    #: The agent version (`name@version`) each step target resolved to for this
+    #: execution (workflows with `agent_versions: pinned`, the default).
+    pins: dict[str, str] = {}
     #: Signals sent and not yet taken by a waiting step: `{"name", "payload", "at"}` each.
     signals: list[dict[str, Any]] = []
 

@@ -302,6 +302,10 @@ class WorkflowSpec(Contract):
     #: What one execution may spend on models (LLM agents check it before each call);
     #: `on_exceed: approval` holds the step that ran out at an approval gate.
     budget: WorkflowBudget | None = None
+    #: `pinned`: each execution routes every step to the agent version that was newest
+    #: when it started (or when the step first ran); `latest`: to the newest at each
+    #: dispatch.
+    agent_versions: Literal["pinned", "latest"] = "pinned"
     #: The longest one execution may run (paused time included); then it fails with
     #: WorkflowTimeout and its running steps are cancelled.
     timeout_s: float | None = Field(default=None, gt=0)

@@ -20,6 +20,7 @@ from workflows.execution import ApprovalDecision, Execution, ExecutionStatus, St
 from workflows.expressions import EvalLimits, compile_expr, render_async
 from workflows.fanout import FanOut
 from workflows.loops import Loops
+from workflows.pins import pin_for
 from workflows.run import OpenGate, Recorder, Run
 from workflows.spec import Approval as Gate
 from workflows.spec import StepSpec
@@ -263,10 +264,12 @@ class StepRunner(FanOut, Loops, Waits):
         state = run.state(key)
         state.attempts += 1
         state.started_at = state.started_at or time.time()
+        pinned = await pin_for(run, step, self._engine.dispatcher, self._rec)
         self._rec.change(
             run, key, StepStatus.RUNNING, "step.started", data={"attempt": state.attempts}
         )
         request = StepRequest(
+            pinned=pinned,
             execution_id=run.execution.id,
             step_id=key,
             kind=step.kind,
