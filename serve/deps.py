@@ -19,7 +19,6 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 
@@ -105,11 +104,6 @@ class Caller:
         """The caller's tenant's supervisor operations."""
         return self.tenant_services.gateway
 
-    @property
-    def client(self) -> TenantServices:
-        """The old name of `tenant_services` (gRPC reads `.gateway`, `.store`, `.registry`)."""
-        return self.tenant_services
-
     @contextlib.asynccontextmanager
     async def audit(self, action: Action, obj: str = "") -> AsyncIterator[None]:
         """`async with caller.audit(...):` around a mutating call: authorized, then one
@@ -125,12 +119,6 @@ class Caller:
             await gate.record(self.principal, action, obj, self.request_id, "failed", detail)
             raise
         await gate.record(self.principal, action, obj, self.request_id, "ok")
-
-    def audited(self, action: Action, obj: str = "") -> Any:
-        """The blocking `audit`, for code off the event loop (gRPC's, until it awaits)."""
-        return self.services.security.audited(
-            self.principal, action, obj=obj, request_id=self.request_id
-        )
 
 
 async def deny(who: Caller, action: Action, obj: str = "") -> None:
@@ -199,22 +187,6 @@ def is_stream(request: Request) -> bool:
         return True
     answer = getattr(request.scope.get("route"), "response_class", None)
     return getattr(answer, "media_type", None) == "text/event-stream"
-
-
-def authenticated(svc: Services, token: str | None, request_id: str, source: str = "") -> Caller:
-    """The blocking `authenticate` (for code off the event loop).
-
-    Raises: Unauthorized, RateLimited, StoreUnavailable.
-    """
-    try:
-        if token is None:
-            raise Unauthorized("no credential: send 'Authorization: Bearer <token or API key>'")
-        principal = svc.security.authenticate(token)
-    except Unauthorized:
-        svc.security.audit.record_failed_authentication(token, source)
-        raise
-    svc.security.check_rate(principal)
-    return Caller(principal, request_id, svc)
 
 
 async def authenticate(
