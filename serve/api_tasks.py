@@ -3,7 +3,8 @@ and `Location`); get; cancel.
 
 An asynchronous task is recorded in Redis (`actors.task_records`) and run by this replica
 in an asyncio task; its result is written to the record when it ends. Cancelling marks the
-record: the result, if it still arrives, is dropped (the agent's work is not interrupted).
+record and stops the work wherever it runs (`serve.task_runs`): the router cancels it on the
+agent's replica and gives back its slot.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from actors.task_records import TaskRecords, TaskStatus
 from cluster.auth.models import Action
 from cluster.errors import DafnckError
 from serve.deps import Caller, allowed
+from serve.task_runs import cancel_here, run_cancellable
 from serve.tenants import TenantServices
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,11 @@ _RUNNING: set[asyncio.Task[None]] = set()
 async def _run_recorded(tenant: TenantServices, records: TaskRecords, task: Task) -> None:
     try:
         await records.set_running(task.id)
-        result = await tenant.router.run_async(task)
+        result = await run_cancellable(
+            (records.store.tenant, "task", task.id),
+            tenant.router.run_async(task),
+            lambda: _cancelled(records, task.id),
+        )
     except DafnckError as exc:
         result = TaskResult(task_id=task.id, status="failed", error=exc.info())
     except Exception as exc:
@@ -126,4 +132,13 @@ async def cancel_task(
     """Cancel a pending or running task (409 once it has ended)."""
     records = TaskRecords(who.services.store.for_tenant(who.tenant))
     async with who.audit(Action.TASKS_RUN, obj=f"task:{task_id}"):
-        return await records.cancel(task_id)
+        record = await records.cancel(task_id)
+    cancel_here((who.tenant, "task", task_id))  # elsewhere: its replica sees the record
+    return record
+
+
+async def _cancelled(records: TaskRecords, task_id: str) -> bool:
+    try:
+        return (await records.get(task_id))["status"] == "cancelled"
+    except DafnckError:  # the record expired or was deleted: nobody waits for it
+        return True

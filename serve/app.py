@@ -27,6 +27,7 @@ ROUTER_MODULES = [
     "serve.api_metrics",
     "serve.api_workflows",
     "serve.api_executions",
+    "serve.api_execution_controls",
     "serve.api_usage",
     "serve.api_streams",
     "serve.api_messages",

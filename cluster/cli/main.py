@@ -18,6 +18,7 @@ import typer
 from rich.markup import escape
 
 from cluster.cli import cluster as cli_cluster
+from cluster.cli import execution_controls  # noqa: F401  (its commands join `executions`)
 from cluster.cli import executions as cli_executions
 from cluster.cli.agents import agents_app, task_app
 from cluster.cli.auth import auth_app
