@@ -125,6 +125,11 @@ class Tasks:
     def result(self, pending: Call) -> TaskResult:
         return self.router.result(pending)
 
+    def cancel(self, pending: Call) -> bool:
+        """Stop the task on its replica (`ray.cancel`) and give back its slot; a reader of
+        its result gets `TaskCancelled`. False when it had already ended."""
+        return self.router.cancel(pending)
+
     def run(
         self, capability: str, input: dict[str, Any] | None = None, **fields: Any
     ) -> TaskResult:

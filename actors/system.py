@@ -46,6 +46,7 @@ from actors.health import components, overall
 from actors.hub import CommunicationHub
 from actors.launcher import RayLauncher
 from actors.models import AgentRecord, TaskResult
+from actors.names import supervisor_name
 from actors.observe import PoolGauges, TracedDispatcher, WorkflowObserver
 from actors.registry import AgentRegistry
 from actors.router import PoolView
@@ -66,10 +67,6 @@ from workflows.run import Run
 from workflows.store import BlobStore, ExecutionStore
 
 log = logging.getLogger(__name__)
-
-
-def supervisor_name(tenant: str) -> str:
-    return f"supervisor-{tenant}"
 
 
 @dataclass(frozen=True)

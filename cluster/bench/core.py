@@ -32,7 +32,7 @@ from ray.exceptions import RayError
 from actors.client import Client, connect
 from actors.launcher import RayLauncher
 from actors.models import AgentSpec, TaskResult
-from actors.system import supervisor_name
+from actors.names import supervisor_name
 from cluster.bench.common import (
     CAPABILITY,
     CONCURRENCY,

@@ -15,7 +15,7 @@ import ray
 
 from actors.client import Client
 from actors.models import AgentSpec
-from actors.system import supervisor_name
+from actors.names import supervisor_name
 from cluster.bench.common import result
 from cluster.settings import RAY_NAMESPACE
 from workflows.execution import ExecutionStatus

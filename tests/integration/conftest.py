@@ -12,7 +12,7 @@ import pytest
 import ray
 
 from actors.client import Client, connect
-from actors.system import supervisor_name
+from actors.names import supervisor_name
 from cluster.settings import RAY_NAMESPACE, Settings, load_settings
 from tests.conftest import METRICS_TOKEN
 

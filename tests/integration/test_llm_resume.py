@@ -15,7 +15,7 @@ import ray
 from actors.client import Client
 from actors.llm_journal import execution_tool_calls
 from actors.models import AgentSpec
-from actors.system import supervisor_name
+from actors.names import supervisor_name
 from cluster.llm.usage import UsageLedger, WorkflowBudget
 from cluster.settings import RAY_NAMESPACE
 from tests.fixtures.fake_llm import FakeLLM

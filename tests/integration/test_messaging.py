@@ -97,7 +97,7 @@ def test_topic_subscribers_receive_published_messages(
 def test_a_topic_trigger_fires_once_per_message_across_a_supervisor_restart(
     client: Client, hub: CommunicationHub
 ) -> None:
-    from actors.system import supervisor_name
+    from actors.names import supervisor_name
     from workflows.spec import WorkflowSpec
 
     client.agents.apply(

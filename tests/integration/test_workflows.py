@@ -13,7 +13,7 @@ import ray
 from actors.client import Client, load_agent_specs
 from actors.examples.review import review_specs
 from actors.models import AgentSpec
-from actors.system import supervisor_name
+from actors.names import supervisor_name
 from cluster.errors import Conflict, InputInvalid, SpecInvalid
 from cluster.settings import RAY_NAMESPACE
 from tests.integration.helpers import REPO_ROOT, wait_until
