@@ -17,6 +17,7 @@ store without an async client (agent records, an execution's record) run in a th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -41,6 +42,7 @@ from serve.deps import Caller, authenticate, authorized, header_credential, serv
 from serve.patterns import ID, STEP_KEY, TASK_ID, check, check_agent_ref
 from serve.protos import dafnck_pb2 as pb
 from workflows.execution import Execution
+from workflows.spec_waits import SIGNAL
 from workflows.tables import execution_view
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,19 @@ def _fields(message: Message, what: str) -> dict[str, Any]:
     except (json_format.Error, ValueError):  # protobuf raises a bare ValueError for these
         problem = f"{what}: every number must be finite (no NaN or Infinity)"
         raise InputInvalid(what, [problem]) from None
+
+
+def _json_payload(text: str, most: int) -> Any:
+    """A signal's payload from its JSON text (empty: None). Raises: InputInvalid."""
+    if not text:
+        return None
+    if len(text.encode()) > most:
+        raise InputInvalid("signal", [f"payload_json: larger than {most} bytes"])
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise InputInvalid("signal", [f"payload_json: not JSON at {where}: {exc.msg}"]) from None
 
 
 def _execution(execution: Execution) -> pb.ExecutionReply:
@@ -294,6 +309,49 @@ class GrpcApi:
             who, ref = await self._control(grpc_context, request.id, "retry request")
             async with who.audit(Action.EXECUTIONS_CONTROL, obj=ref.execution_id):
                 return _execution(await who.gateway.retry_workflow(ref))
+
+        return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def SignalExecution(
+        self, request: pb.SignalExecutionRequest, grpc_context: Any
+    ) -> pb.ExecutionReply:
+        """`signal_execution`, as REST's POST .../signals/{name} (payload: JSON text)."""
+
+        async def work() -> pb.ExecutionReply:
+            who, ref = await self._control(grpc_context, request.execution_id, "signal")
+            name = check(request.name, SIGNAL, "name", "signal")
+            payload = _json_payload(request.payload_json, who.services.settings.max_body_bytes)
+            signal = op.SignalExecution(execution_id=ref.execution_id, name=name, payload=payload)
+            obj = f"{ref.execution_id}/signal:{name}"
+            async with who.audit(Action.EXECUTIONS_CONTROL, obj=obj):
+                return _execution(await who.gateway.signal_execution(signal))
+
+        return await self._answer(grpc_context, pb.ExecutionReply(), work)
+
+    async def CancelStep(
+        self, request: pb.StepActionRequest, grpc_context: Any
+    ) -> pb.ExecutionReply:
+        return await self._step_action(grpc_context, request, "cancel")
+
+    async def SkipStep(self, request: pb.StepActionRequest, grpc_context: Any) -> pb.ExecutionReply:
+        return await self._step_action(grpc_context, request, "skip")
+
+    async def _step_action(
+        self, grpc_context: Any, request: pb.StepActionRequest, verb: str
+    ) -> pb.ExecutionReply:
+        """`cancel_step` or `skip_step`, as REST's POST .../steps/{step}/cancel|skip."""
+
+        async def work() -> pb.ExecutionReply:
+            who, ref = await self._control(grpc_context, request.execution_id, f"{verb} step")
+            body = _contract(DecisionRequest, f"{verb} step", reason=request.reason)
+            action = op.StepAction(
+                execution_id=ref.execution_id, step=check(request.step, STEP_KEY, "step", verb),
+                by=who.principal.subject, reason=body.reason,
+            )  # fmt: skip
+            call = who.gateway.skip_step if verb == "skip" else who.gateway.cancel_step
+            obj = f"{action.execution_id}/{action.step}:{verb}"
+            async with who.audit(Action.EXECUTIONS_CONTROL, obj=obj):
+                return _execution(await call(action))
 
         return await self._answer(grpc_context, pb.ExecutionReply(), work)
 

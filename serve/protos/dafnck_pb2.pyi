@@ -105,6 +105,26 @@ class RetryExecutionRequest(_message.Message):
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
+class SignalExecutionRequest(_message.Message):
+    __slots__ = ("execution_id", "name", "payload_json")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    name: str
+    payload_json: str
+    def __init__(self, execution_id: _Optional[str] = ..., name: _Optional[str] = ..., payload_json: _Optional[str] = ...) -> None: ...
+
+class StepActionRequest(_message.Message):
+    __slots__ = ("execution_id", "step", "reason")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    step: str
+    reason: str
+    def __init__(self, execution_id: _Optional[str] = ..., step: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ExecutionReply(_message.Message):
     __slots__ = ("id", "status", "execution")
     ID_FIELD_NUMBER: _ClassVar[int]

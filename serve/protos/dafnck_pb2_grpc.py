@@ -271,6 +271,21 @@ class WorkflowsStub:
                 request_serializer=serve_dot_protos_dot_dafnck__pb2.RetryExecutionRequest.SerializeToString,
                 response_deserializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
                 _registered_method=True)
+        self.SignalExecution = channel.unary_unary(
+                '/dafnck.v1.Workflows/SignalExecution',
+                request_serializer=serve_dot_protos_dot_dafnck__pb2.SignalExecutionRequest.SerializeToString,
+                response_deserializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+                _registered_method=True)
+        self.CancelStep = channel.unary_unary(
+                '/dafnck.v1.Workflows/CancelStep',
+                request_serializer=serve_dot_protos_dot_dafnck__pb2.StepActionRequest.SerializeToString,
+                response_deserializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+                _registered_method=True)
+        self.SkipStep = channel.unary_unary(
+                '/dafnck.v1.Workflows/SkipStep',
+                request_serializer=serve_dot_protos_dot_dafnck__pb2.StepActionRequest.SerializeToString,
+                response_deserializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+                _registered_method=True)
         self.WatchExecution = channel.unary_stream(
                 '/dafnck.v1.Workflows/WatchExecution',
                 request_serializer=serve_dot_protos_dot_dafnck__pb2.WatchExecutionRequest.SerializeToString,
@@ -327,6 +342,28 @@ class WorkflowsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignalExecution(self, request, context):
+        """Send signal name: a step waiting for it takes payload (JSON text; empty: null) as its
+        output. INVALID_ARGUMENT for a bad name or payload, FAILED_PRECONDITION once ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelStep(self, request, context):
+        """Cancel one step (its running work too); the rest goes on. FAILED_PRECONDITION if ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SkipStep(self, request, context):
+        """Skip one step, as if its when were false. FAILED_PRECONDITION if it has ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchExecution(self, request, context):
         """The execution's events after cursor, ending once the execution has ended.
         """
@@ -370,6 +407,21 @@ def add_WorkflowsServicer_to_server(servicer, server):
             'RetryExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryExecution,
                     request_deserializer=serve_dot_protos_dot_dafnck__pb2.RetryExecutionRequest.FromString,
+                    response_serializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.SerializeToString,
+            ),
+            'SignalExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalExecution,
+                    request_deserializer=serve_dot_protos_dot_dafnck__pb2.SignalExecutionRequest.FromString,
+                    response_serializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.SerializeToString,
+            ),
+            'CancelStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelStep,
+                    request_deserializer=serve_dot_protos_dot_dafnck__pb2.StepActionRequest.FromString,
+                    response_serializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.SerializeToString,
+            ),
+            'SkipStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.SkipStep,
+                    request_deserializer=serve_dot_protos_dot_dafnck__pb2.StepActionRequest.FromString,
                     response_serializer=serve_dot_protos_dot_dafnck__pb2.ExecutionReply.SerializeToString,
             ),
             'WatchExecution': grpc.unary_stream_rpc_method_handler(
@@ -566,6 +618,87 @@ class Workflows:
             target,
             '/dafnck.v1.Workflows/RetryExecution',
             serve_dot_protos_dot_dafnck__pb2.RetryExecutionRequest.SerializeToString,
+            serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dafnck.v1.Workflows/SignalExecution',
+            serve_dot_protos_dot_dafnck__pb2.SignalExecutionRequest.SerializeToString,
+            serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dafnck.v1.Workflows/CancelStep',
+            serve_dot_protos_dot_dafnck__pb2.StepActionRequest.SerializeToString,
+            serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SkipStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dafnck.v1.Workflows/SkipStep',
+            serve_dot_protos_dot_dafnck__pb2.StepActionRequest.SerializeToString,
             serve_dot_protos_dot_dafnck__pb2.ExecutionReply.FromString,
             options,
             channel_credentials,
