@@ -18,7 +18,13 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actors.contract import CancelExecution, DecideStep, ExecuteWorkflow, ExecutionRef
+from actors.contract import (
+    CancelExecution,
+    DecideStep,
+    ExecuteWorkflow,
+    ExecutionRef,
+    WaitExecution,
+)
 from actors.models import new_id
 from actors.webhooks import WebhookSpec, check_webhook, register_webhook
 from cluster.auth.models import Action
@@ -33,8 +39,6 @@ from workflows.tables import execution_view
 
 router = APIRouter(prefix="/v1/executions", tags=["executions"])
 
-#: How often `?wait=true` looks at the execution's state.
-WAIT_POLL_S = 0.1
 
 ExecutionId = Path(min_length=1, max_length=64, pattern=ID)
 _EXECUTION_ID = re.compile(ID)
@@ -129,13 +133,9 @@ async def start_execution(
 
 async def _wait(caller: Caller, execution_id: str, timeout_s: float) -> Execution:
     """The execution once it ended, or as it is when `timeout_s` has passed."""
-    deadline = time.monotonic() + timeout_s
-    ref = ExecutionRef(execution_id=execution_id)
-    while True:
-        execution = await caller.gateway.get_execution_status(ref)
-        if execution.status.terminal or time.monotonic() >= deadline:
-            return execution
-        await asyncio.sleep(WAIT_POLL_S)
+    return await caller.gateway.wait_execution(
+        WaitExecution(execution_id=execution_id, timeout_s=timeout_s)
+    )
 
 
 class PurgeRequest(BaseModel):

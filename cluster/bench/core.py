@@ -276,7 +276,7 @@ def _memory(client: Client, raw: Any) -> list[Result]:
     if not replicas:
         raise ReplicaDied(f"the bench replica {prefix!r}... is gone; run the bench again")
     replica = next(iter(replicas.values()))
-    ours = uss_mb(ray.get(replica.health.remote())["pid"])
+    ours = uss_mb(ray.get(replica.health.remote()).pid)
     theirs = uss_mb(ray.get(raw.pid.remote()))
     if ours is None:  # the replica runs on another node: nothing to measure here
         return []
