@@ -15,6 +15,7 @@ from typing import Any
 
 from a2a.helpers import new_task, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
@@ -46,6 +47,7 @@ from cluster.auth.models import Action
 from cluster.errors import DafnckError, InputInvalid
 from serve.a2a_tasks import RedisTaskStore
 from serve.deps import Caller, allowed
+from serve.task_runs import cancel_here, run_cancellable
 from serve.tenants import TenantServices
 
 router = APIRouter(tags=["a2a"])
@@ -140,7 +142,8 @@ class PlatformExecutor(AgentExecutor):
         """The routed task's result; errors before it runs are a failed result too."""
         try:
             task = self._task(context, task_id)
-            return await self.tenant.router.run_async(task)
+            work = self.tenant.router.run_async(task)
+            return await run_cancellable(self._key(task_id), work, lambda: self._cancelled(task_id))
         except DafnckError as exc:
             return TaskResult(task_id=task_id, status="failed", error=exc.info())
 
@@ -169,9 +172,19 @@ class PlatformExecutor(AgentExecutor):
             raise InputInvalid("A2A task", [str(e["msg"]) for e in exc.errors()]) from None
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        """A routed task is not interrupted; the A2A task is marked cancelled."""
+        """The A2A task is marked cancelled and its routed task stopped: here at once, on
+        another replica when it reads the record (`serve.task_runs`)."""
         updater = TaskUpdater(event_queue, context.task_id or "", context.context_id or "")
         await updater.cancel()
+        cancel_here(self._key(context.task_id or ""))
+
+    def _key(self, task_id: str) -> tuple[str, str, str]:
+        return (self.tenant.settings.tenant, f"a2a:{self.record.spec.name}", task_id)
+
+    async def _cancelled(self, task_id: str) -> bool:
+        store = RedisTaskStore(self.tenant.store, self.record.spec.name)
+        found = await store.get(task_id, ServerCallContext())
+        return found is not None and found.status.state == TaskState.TASK_STATE_CANCELED
 
 
 def _dispatcher(request: Request, who: Caller, tenant: TenantServices, record: AgentRecord) -> Any:

@@ -4,6 +4,7 @@ work stops on the agent's replica (its marker never lands), and bad calls get th
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,55 @@ def test_a_cancelled_http_task_never_writes_its_marker(
     assert done.status_code == 200 and done.json()["status"] == "succeeded", done.text
     assert not marker.exists()
     assert http.get(location, headers=agent).json()["status"] == "cancelled"
+
+
+async def _a2a_cancel(url: str, key: str, files: dict[str, Any]) -> tuple[Any, Any]:
+    """Stream a message to the marker agent, cancel its task once it has started; the
+    cancel's answer and the task as GetTask then shows it."""
+    from a2a.client import ClientConfig, ClientFactory
+    from a2a.helpers import new_data_part, new_message
+    from a2a.types.a2a_pb2 import CancelTaskRequest, GetTaskRequest, SendMessageRequest
+    from a2a.types.a2a_pb2 import Role as A2ARole
+
+    message = new_message([new_data_part(files)], role=A2ARole.ROLE_USER)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as h:
+        client = await ClientFactory(ClientConfig(httpx_client=h, streaming=True)).create_from_url(
+            url
+        )
+        stream = client.send_message(SendMessageRequest(message=message))
+        first = await anext(stream)
+        task_id = first.task.id
+        deadline = asyncio.get_running_loop().time() + 60
+        while not Path(files["started"]).exists():
+            assert asyncio.get_running_loop().time() < deadline, "the A2A task never started"
+            await asyncio.sleep(0.1)
+        cancelled = await client.cancel_task(CancelTaskRequest(id=task_id))
+        async for _ in stream:  # the stream ends with the cancel
+            pass
+        return cancelled, await client.get_task(GetTaskRequest(id=task_id))
+
+
+def test_an_a2a_cancel_stops_the_routed_task(
+    api_url: str, tenants: tuple[Tenant, Tenant], marker_agent: None, tmp_path: Path
+) -> None:
+    from a2a.types.a2a_pb2 import TaskState
+
+    agent = tenants[0].headers(Role.AGENT)
+    files = {"started": str(tmp_path / "started"), "marker": str(tmp_path / "marker"),
+             "seconds": 5}  # fmt: skip
+    key = tenants[0].keys[Role.AGENT]
+    cancelled, got = asyncio.run(_a2a_cancel(f"{api_url}/a2a/{MARKER['name']}", key, files))
+    assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+    assert got.status.state == TaskState.TASK_STATE_CANCELED
+    after = {
+        "capability": "test.marker",
+        "input": {  # as in the HTTP test: outlasts the first
+            "started": str(tmp_path / "s2"),
+            "marker": str(tmp_path / "m2"),
+            "seconds": 6,
+        },
+    }
+    done = httpx.post(f"{api_url}/v1/tasks", params={"wait": "true"}, json=after, headers=agent,
+                      timeout=60)  # fmt: skip
+    assert done.status_code == 200 and done.json()["status"] == "succeeded", done.text
+    assert not (tmp_path / "marker").exists()
