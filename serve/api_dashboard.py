@@ -127,6 +127,7 @@ async def workflow_graph(
             "when": step.when,
             "for_each": step.for_each is not None,
             "approval": step.approval.model_dump(mode="json") if step.approval else None,
+            "wait": step.wait.model_dump(mode="json") if step.wait else None,  # its signals
         }
         for step in spec.steps
     ]

@@ -5,6 +5,7 @@ import { api, session } from "./api.js";
 import { h, table, badge, section, when, every, actionButton, notify, alertError } from "./ui.js";
 import { drawGraph } from "./graph.js";
 import { liveExecution, timeline, stepDetails, eventItem, outputView } from "./execution_parts.js";
+import { stepControls } from "./step_controls.js";
 
 const REFRESH_MS = 2000;
 const TIMELINE_MS = 1500;
@@ -124,6 +125,7 @@ export async function executionPage(main, id) {
   const reason = h("input", { id: "reason", name: "reason", placeholder: "why (kept in the record)", maxlength: 2000 });
   const controlBox = h("div");
   const approvalBox = h("div", { "aria-live": "polite" });
+  const stepBox = h("div", { id: "step-controls" });
   const detailBox = h("div");
   const timelineBox = h("div");
   const outputsBox = h("div", { id: "execution-outputs" });
@@ -145,6 +147,7 @@ export async function executionPage(main, id) {
     paint(execution.steps, selected);
     controlBox.replaceChildren(controls(execution, reason, apply));
     approvalBox.replaceChildren(approvals(execution, graph, reason, apply));
+    stepBox.replaceChildren(stepControls(execution, graph, reason, apply));
     outputsBox.replaceChildren(outputView(execution.outputs, "outputs"));
     const step = graph.steps.find((s) => s.id === selected);
     detailBox.replaceChildren(step ? stepDetails(step, execution.steps[step.id], execution)
@@ -157,7 +160,8 @@ export async function executionPage(main, id) {
     h("div", { class: "grid wide" },
       section("Steps", h("div", { class: "graph-wrap" }, svg), h("div", { class: "legend", "aria-hidden": "true" },
         ["pending", "queued", "running", "waiting_approval", "succeeded", "failed", "skipped", "cancelled"].map(badge))),
-      section("Control", h("label", { for: "reason" }, "Reason"), reason, controlBox, h("h3", {}, "Approvals"), approvalBox),
+      section("Control", h("label", { for: "reason" }, "Reason"), reason, controlBox, h("h3", {}, "Approvals"), approvalBox,
+        h("h3", {}, "Step controls"), stepBox),
       section("Step", detailBox),
       section("Outputs", outputsBox),
       section("Timeline", timelineBox),

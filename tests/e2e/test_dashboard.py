@@ -212,7 +212,7 @@ def test_an_operator_runs_the_platform_from_the_dashboard(
     page.get_by_role("button", name="Retry").click()
     page.get_by_role("button", name="Approve ship").wait_for()
     page.get_by_label("Reason").fill("changed my mind")
-    page.get_by_role("button", name="Cancel").click()
+    page.get_by_role("button", name="Cancel", exact=True).click()
     page.locator("#execution-status[data-status=cancelled]").wait_for()
     record = site["http"].get(f"/v1/executions/{refused}").json()
     assert record["error"]["message"] == "changed my mind", record
