@@ -42,3 +42,17 @@ def tenant_settings(ray_session: None, valkey_url: str, state_dir: Path) -> Iter
 def client(tenant_settings: Settings) -> Client:
     """A connected client for a fresh tenant: no agents yet, a running supervisor."""
     return connect(settings=tenant_settings)
+
+
+@pytest.fixture(scope="module")
+def shared_client(ray_session: None, valkey_url: str, state_dir: Path) -> Iterator[Client]:
+    """One tenant and supervisor shared by a whole module (a supervisor starts in seconds):
+    for tests that need no empty tenant, no restart, no tenant settings of their own and no
+    counts across the tenant. Their agent and workflow names must not clash."""
+    tenant = f"t{uuid.uuid4().hex[:10]}"
+    settings = load_settings(
+        redis_url=valkey_url, state_dir=str(state_dir), tenant=tenant, reconcile_interval_s=0.5,
+        metrics_token=METRICS_TOKEN,
+    )  # fmt: skip
+    yield connect(settings=settings)
+    kill_tenant(tenant)

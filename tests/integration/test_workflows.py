@@ -57,7 +57,16 @@ def succeeded_per_step(client: Client, execution_id: str) -> Counter[str]:
     )
 
 
-def test_review_workflow_end_to_end(client: Client, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def stepper(shared_client: Client) -> Client:
+    """The module's one tenant with the step agent applied: its tests name their workflows
+    apart, so they share one supervisor and pool instead of starting one each."""
+    shared_client.agents.apply(step_agent(replicas=2))
+    return shared_client
+
+
+def test_review_workflow_end_to_end(shared_client: Client, tmp_path: Path) -> None:
+    client = shared_client
     report = tmp_path / "review.md"
     specs = load_agent_specs(REPO_ROOT / "configs/agents/review.yaml")
     client.agents.apply(review_specs(specs, REPO_ROOT / "cluster", report))
@@ -70,98 +79,94 @@ def test_review_workflow_end_to_end(client: Client, tmp_path: Path) -> None:
     assert len(done.steps["analyse"].output or []) == len(files)
 
 
-def test_a_workflow_with_unknown_capabilities_is_refused_with_every_problem(client: Client) -> None:
-    client.agents.apply(step_agent(replicas=1))
+def test_a_workflow_with_unknown_capabilities_is_refused_with_every_problem(
+    stepper: Client,
+) -> None:
     bad = WorkflowSpec.model_validate({"name": "bad", "steps": [
         {"id": "a", "uses": "test.stepp"},
         {"id": "b", "uses": "test.step", "needs": ["zz"]},
     ]})  # fmt: skip
     with pytest.raises(SpecInvalid) as caught:
-        client.workflows.define(bad)
+        stepper.workflows.define(bad)
     text = str(caught.value)
     assert "test.stepp" in text and "zz" in text
 
 
-def test_inputs_of_the_wrong_type_are_refused_with_the_field(client: Client) -> None:
-    client.agents.apply(step_agent(replicas=1))
-    client.workflows.define(WorkflowSpec.model_validate({
+def test_inputs_of_the_wrong_type_are_refused_with_the_field(stepper: Client) -> None:
+    stepper.workflows.define(WorkflowSpec.model_validate({
         "name": "typed", "inputs": {"n": {"type": "integer"}},
         "steps": [{"id": "a", "uses": "test.step", "with": {"value": "${{ inputs.n }}"}}],
     }))  # fmt: skip
     with pytest.raises(InputInvalid, match="'n'"):
-        client.workflows.run("typed", {"n": "seven"})
+        stepper.workflows.run("typed", {"n": "seven"})
 
 
-def test_fan_out_of_200_items(client: Client) -> None:
-    client.agents.apply(step_agent(replicas=2))
-    client.workflows.define(WorkflowSpec.model_validate({
+def test_fan_out_of_200_items(stepper: Client) -> None:
+    stepper.workflows.define(WorkflowSpec.model_validate({
         "name": "wide", "outputs": {"all": "${{ steps.each.output }}"},
         "steps": [{"id": "each", "uses": "test.step", "with": {"value": "${{ item }}"},
                    "for_each": {"items": "inputs.n", "max_parallel": 50}}],
         "inputs": {"n": {"type": "array"}},
     }))  # fmt: skip
-    done = client.workflows.run("wide", {"n": list(range(200))}, timeout_s=120)
+    done = stepper.workflows.run("wide", {"n": list(range(200))}, timeout_s=120)
     assert done.status == ExecutionStatus.SUCCEEDED
     assert done.outputs == {"all": [i + 1 for i in range(200)]}
 
 
-def test_sub_workflow_runs_as_a_step(client: Client) -> None:
-    client.agents.apply(step_agent(replicas=1))
-    client.workflows.define(chain("inner", length=3))
-    client.workflows.define(WorkflowSpec.model_validate({
+def test_sub_workflow_runs_as_a_step(stepper: Client) -> None:
+    stepper.workflows.define(chain("inner", length=3))
+    stepper.workflows.define(WorkflowSpec.model_validate({
         "name": "outer", "outputs": {"inner": "${{ steps.sub.output.last }}"},
         "steps": [{"id": "sub", "uses": "workflow:inner"}],
     }))  # fmt: skip
-    done = client.workflows.run("outer", timeout_s=60)
+    done = stepper.workflows.run("outer", timeout_s=60)
     assert done.status == ExecutionStatus.SUCCEEDED and done.outputs == {"inner": 3}
 
 
-def test_a_running_execution_keeps_its_version_when_the_definition_changes(client: Client) -> None:
-    client.agents.apply(step_agent(replicas=1))
-    assert client.workflows.define(chain("moving", length=3, seconds=0.5))[0]["version"] == 1
-    first = client.workflows.run("moving", wait=False)
-    assert client.workflows.define(chain("moving", length=2))[0]["version"] == 2
-    second = client.workflows.run("moving", timeout_s=60)
-    done = client.workflows.wait(first.id, 60)
+def test_a_running_execution_keeps_its_version_when_the_definition_changes(stepper: Client) -> None:
+    assert stepper.workflows.define(chain("moving", length=3, seconds=0.5))[0]["version"] == 1
+    first = stepper.workflows.run("moving", wait=False)
+    assert stepper.workflows.define(chain("moving", length=2))[0]["version"] == 2
+    second = stepper.workflows.run("moving", timeout_s=60)
+    done = stepper.workflows.wait(first.id, 60)
     assert (done.version, done.outputs) == (1, {"last": 3})
     assert (second.version, second.outputs) == (2, {"last": 2})
 
 
-def test_pause_resume_cancel_and_approval_through_the_supervisor(client: Client) -> None:
-    client.agents.apply(step_agent(replicas=1))
-    client.workflows.define(chain("pausable", length=3, seconds=0.5))
-    execution = client.workflows.run("pausable", wait=False)
+def test_pause_resume_cancel_and_approval_through_the_supervisor(stepper: Client) -> None:
+    stepper.workflows.define(chain("pausable", length=3, seconds=0.5))
+    execution = stepper.workflows.run("pausable", wait=False)
     time.sleep(0.2)
-    assert client.workflows.pause(execution.id).status == ExecutionStatus.PAUSED
+    assert stepper.workflows.pause(execution.id).status == ExecutionStatus.PAUSED
     with pytest.raises(Conflict):
-        client.workflows.pause(execution.id)
+        stepper.workflows.pause(execution.id)
     wait_until(
-        lambda: client.workflows.status(execution.id).steps["s0"].status == StepStatus.SUCCEEDED,
+        lambda: stepper.workflows.status(execution.id).steps["s0"].status == StepStatus.SUCCEEDED,
         10,
         "s0 to finish",
     )
     time.sleep(0.3)
-    assert client.workflows.status(execution.id).steps["s1"].status == StepStatus.PENDING
-    client.workflows.resume(execution.id)
-    assert client.workflows.wait(execution.id, 30).status == ExecutionStatus.SUCCEEDED
+    assert stepper.workflows.status(execution.id).steps["s1"].status == StepStatus.PENDING
+    stepper.workflows.resume(execution.id)
+    assert stepper.workflows.wait(execution.id, 30).status == ExecutionStatus.SUCCEEDED
 
-    cancelled = client.workflows.run("pausable", wait=False)
+    cancelled = stepper.workflows.run("pausable", wait=False)
     time.sleep(0.2)
-    client.workflows.cancel(cancelled.id, by="test", reason="enough")
-    done = client.workflows.wait(cancelled.id, 30)
+    stepper.workflows.cancel(cancelled.id, by="test", reason="enough")
+    done = stepper.workflows.wait(cancelled.id, 30)
     assert done.status == ExecutionStatus.CANCELLED
     assert done.steps["s0"].status == StepStatus.CANCELLED
 
-    client.workflows.define(WorkflowSpec.model_validate({"name": "gated", "steps": [
+    stepper.workflows.define(WorkflowSpec.model_validate({"name": "gated", "steps": [
         {"id": "go", "uses": "test.step", "approval": {"prompt": "go?"}}]}))  # fmt: skip
-    gated = client.workflows.run("gated", wait=False)
+    gated = stepper.workflows.run("gated", wait=False)
     wait_until(
-        lambda: client.workflows.status(gated.id).status == ExecutionStatus.WAITING_APPROVAL,
+        lambda: stepper.workflows.status(gated.id).status == ExecutionStatus.WAITING_APPROVAL,
         10,
         "the gate",
     )
-    client.workflows.approve(gated.id, "go", by="test", reason="fine")
-    done = client.workflows.wait(gated.id, 30)
+    stepper.workflows.approve(gated.id, "go", by="test", reason="fine")
+    done = stepper.workflows.wait(gated.id, 30)
     assert done.status == ExecutionStatus.SUCCEEDED and done.steps["go"].approval.by == "test"  # type: ignore[union-attr]
 
 
