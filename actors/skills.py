@@ -3,7 +3,8 @@
 A function is one skill. A class's methods marked with `@skill("capability")` are its
 skills; one instance lives per replica, so it keeps state across tasks. A skill's input
 schema comes from its signature: keyword parameters with type hints, or one parameter
-typed as a pydantic model.
+typed as a pydantic model. A parameter typed `SkillContext` is not input: it receives the
+task's ids and its cancellation flag (see `SkillContext`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from actors.models import AgentSpec, SkillInfo, Task
+from actors.models import AgentSpec, SkillInfo, Task, new_id
 from cluster import extras
 from cluster.allowlist import CodePolicy, CodeSetting
 from cluster.errors import InputInvalid, SpecInvalid
@@ -39,6 +41,64 @@ def skill(
 
 
 @dataclass(frozen=True)
+class SkillContext:
+    """What a skill knows of the task it runs, like Temporal's `activity.info()` with
+    `activity.is_cancelled()`: declare a parameter typed `SkillContext` to receive it. It
+    is never part of the input schema, and a caller cannot send it.
+
+    `idempotency_key` is the same on every attempt of the same work: a workflow step's is
+    `<execution_id>/<step_id>` (re-dispatched after a supervisor restart with the same
+    key), a task's is the key its caller sent, or else the task id (the router keeps it on
+    retries after a replica died).
+    """
+
+    task_id: str
+    idempotency_key: str
+    attempt: int = 1
+    tenant: str = "default"
+    workflow_id: str | None = None
+    execution_id: str | None = None
+    step_id: str | None = None
+    #: The workflow engine's attempt of the step (`attempt` also counts router retries).
+    step_attempt: int | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, task: Task) -> SkillContext:
+        ctx = task.context
+        return cls(
+            task_id=task.id,
+            idempotency_key=task.idempotency_key or task.id,
+            attempt=ctx.attempt,
+            tenant=ctx.tenant,
+            workflow_id=ctx.workflow_id,
+            execution_id=ctx.execution_id,
+            step_id=ctx.step_id,
+            step_attempt=ctx.step_attempt,
+        )
+
+    @classmethod
+    def detached(cls) -> SkillContext:
+        """The context of a skill called directly, outside any task."""
+        task_id = new_id()
+        return cls(task_id=task_id, idempotency_key=task_id)
+
+    @property
+    def cancelled(self) -> bool:
+        """The task was cancelled (or timed out): a sync skill polls this and stops."""
+        return self._cancel.is_set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block up to `timeout` seconds for a cancellation; True once cancelled. A sync
+        skill's interruptible sleep."""
+        return self._cancel.wait(timeout)
+
+    def cancel(self) -> None:
+        """Set the flag (the runtime does, when the task's coroutine is cancelled)."""
+        self._cancel.set()
+
+
+@dataclass(frozen=True)
 class Skill:
     """One callable skill with the model that validates its input."""
 
@@ -49,6 +109,11 @@ class Skill:
     #: The parameter that takes the whole input model, or None for keyword arguments.
     model_param: str | None
     description: str = ""
+    #: The parameter typed `SkillContext`, if any: given the task's context, never input.
+    context_param: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context_param", _context_param(self.fn))
 
     @property
     def info(self) -> SkillInfo:
@@ -61,10 +126,12 @@ class Skill:
 
     async def run(self, task: Task) -> Any:
         """Run the skill on a task's input (an llm skill also reads the task's ids)."""
-        return await self(task.input)
+        return await self(task.input, SkillContext.of(task))
 
-    async def __call__(self, data: dict[str, Any]) -> Any:
-        """Validate `data` and run the skill; sync skills run in a worker thread.
+    async def __call__(self, data: dict[str, Any], context: SkillContext | None = None) -> Any:
+        """Validate `data` and run the skill; sync skills run in a worker thread. Cancelled
+        (Ray's cancel, a timeout), the context's flag is set: an async skill also sees
+        `CancelledError`, a thread cannot be interrupted and polls `context.cancelled`.
 
         Raises:
             InputInvalid: `data` does not match the skill's signature.
@@ -77,9 +144,29 @@ class Skill:
             args: dict[str, Any] = {self.model_param: parsed}
         else:
             args = {name: getattr(parsed, name) for name in self.input_model.model_fields}
-        if inspect.iscoroutinefunction(self.fn):
-            return await self.fn(**args)
-        return await asyncio.to_thread(self.fn, **args)
+        context = context or SkillContext.detached()
+        if self.context_param:
+            args[self.context_param] = context
+        try:
+            if inspect.iscoroutinefunction(self.fn):
+                return await self.fn(**args)
+            return await asyncio.to_thread(self.fn, **args)
+        except asyncio.CancelledError:
+            context.cancel()
+            raise
+
+
+def _is_context(hint: Any) -> bool:
+    return inspect.isclass(hint) and issubclass(hint, SkillContext)
+
+
+def _context_param(fn: Callable[..., Any]) -> str | None:
+    """The name of `fn`'s parameter typed `SkillContext`, if it has one."""
+    try:
+        hints = get_type_hints(fn)
+    except Exception:  # unresolvable hints are reported by `_input_model`
+        return None
+    return next((name for name, hint in hints.items() if _is_context(hint)), None)
 
 
 def _problems(exc: ValidationError) -> list[str]:
@@ -94,7 +181,7 @@ def _input_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel], st
         raise ValueError(f"type hints of {name!r} cannot be resolved: {exc}") from None
     params = [
         p for p in inspect.signature(fn).parameters.values()
-        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and not _is_context(hints.get(p.name))
     ]  # fmt: skip
     if len(params) == 1:
         hint = hints.get(params[0].name)
