@@ -14,7 +14,6 @@ from actors.client import Client
 from actors.models import AgentSpec
 from cluster.cli.executions import exec_app
 from cluster.errors import Conflict
-from cluster.settings import Settings
 from tests.integration.helpers import wait_until
 from workflows.execution import ExecutionStatus, StepStatus
 from workflows.spec import WorkflowSpec
@@ -34,20 +33,28 @@ GATED = WorkflowSpec.model_validate(
 Cli = Callable[..., Result]
 
 
-@pytest.fixture
-def cli(client: Client, tenant_settings: Settings) -> Cli:
-    """`dafnck executions ...` in this tenant, with the echo agent and GATED defined."""
+@pytest.fixture(scope="module")
+def cli(shared_client: Client) -> Cli:
+    """`dafnck executions ...` in the module's tenant, with the echo agent and GATED defined
+    once: each test runs and decides executions of its own, so they share one supervisor."""
     echo = AgentSpec(
         name="echo", capabilities=["test.echo"], entrypoint="tests.fixtures.agents:echo"
     )
-    client.agents.apply(echo)
-    client.workflows.define(GATED)
+    shared_client.agents.apply(echo)
+    shared_client.workflows.define(GATED)
+    settings = shared_client.settings
     env = {
-        "DAFNCK_REDIS_URL": str(tenant_settings.redis_url),
-        "DAFNCK_STATE_DIR": str(tenant_settings.state_dir),
-        "DAFNCK_TENANT": tenant_settings.tenant,
+        "DAFNCK_REDIS_URL": str(settings.redis_url),
+        "DAFNCK_STATE_DIR": str(settings.state_dir),
+        "DAFNCK_TENANT": settings.tenant,
     }
     return lambda *args: CliRunner().invoke(exec_app, list(args), env=env)
+
+
+@pytest.fixture
+def client(shared_client: Client) -> Client:
+    """The module's shared tenant (not a fresh one per test)."""
+    return shared_client
 
 
 def _at_the_gate(client: Client, execution_id: str | None = None) -> str:
