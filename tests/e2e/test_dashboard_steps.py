@@ -69,6 +69,7 @@ def test_an_operator_cancels_a_step_and_signals_another(site: dict[str, Any], br
     page.get_by_label("Payload for go").fill('{"said": "from the page"}')
     page.get_by_role("button", name="Send signal to go").click()
     done = wait_until(lambda: _ended(http, eid), 60, "the execution to end")
+    assert done is not None
     assert done["status"] == "succeeded", done
     expect(page.locator("#execution-status")).to_have_attribute("data-status", "succeeded")
     assert done["outputs"] == {"said": "from the page"}

@@ -76,7 +76,7 @@ def test_a_signal_over_http_becomes_the_waiting_steps_output(
     assert sent.status_code == 200, sent.text
     done = _ended(http, op, eid)
     assert done["status"] == "succeeded" and done["outputs"] == {"said": "yes"}, done
-    query = {"action": "executions:control", "since": since}
+    query: dict[str, Any] = {"action": "executions:control", "since": since}
     audit = http.get("/v1/audit", params=query, headers=a.headers(Role.ADMIN)).json()
     assert any(e["object"] == f"{eid}/signal:go" for e in audit["entries"]), audit
 
@@ -137,7 +137,7 @@ def test_a_cancelled_http_task_never_writes_its_marker(
 ) -> None:
     agent = tenants[0].headers(Role.AGENT)
     started, marker = tmp_path / "started", tmp_path / "marker"
-    task = {"capability": "test.marker",
+    task: dict[str, Any] = {"capability": "test.marker",
             "input": {"started": str(started), "marker": str(marker), "seconds": 5}}  # fmt: skip
     accepted = http.post("/v1/tasks", json=task, headers=agent)
     assert accepted.status_code == 202, accepted.text

@@ -3,7 +3,6 @@ the same operations as REST's, with errors as status codes."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,10 +17,11 @@ from serve.deployment import APP_NAME
 from serve.protos import dafnck_pb2 as pb
 from serve.protos import dafnck_pb2_grpc as rpc
 from tests.e2e.conftest import Tenant
+from tests.integration.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
-WAITS = {
+WAITS: dict[str, Any] = {
     "name": "grpc-waits",
     "steps": [{"id": "go", "wait": {"signal": "go"}}, {"id": "more", "wait": {"signal": "more"}},
               {"id": "last", "wait": {"signal": "last"}}],
@@ -88,10 +88,11 @@ def test_signal_cancel_and_skip_steps_over_grpc(
         "skipped"
     )
 
-    deadline = time.monotonic() + 60
-    while (
-        reply := workflows.GetExecution(pb.GetExecutionRequest(id=eid), metadata=meta)
-    ).status not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    def ended() -> pb.ExecutionReply | None:
+        reply = workflows.GetExecution(pb.GetExecutionRequest(id=eid), metadata=meta)
+        return reply if reply.status in ("succeeded", "failed", "cancelled") else None
+
+    reply = wait_until(ended, 60, f"execution {eid} to end")
+    assert reply is not None
     assert reply.status == "succeeded", reply
     assert _execution(reply)["outputs"] == {"said": "hi"}
