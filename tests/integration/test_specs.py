@@ -65,17 +65,19 @@ def test_entrypoint_that_does_not_serve_its_capabilities_is_refused(client: Clie
     )
 
 
-def test_function_without_type_hints_is_refused(client: Client) -> None:
+# The two below refuse a spec and look at nothing else in the tenant, so they share one; the
+# two above check that the tenant stays empty and keep a fresh one each.
+def test_function_without_type_hints_is_refused(shared_client: Client) -> None:
     spec = AgentSpec(
         name="untyped", capabilities=["test.untyped"], entrypoint="tests.fixtures.agents:untyped"
     )
     with pytest.raises(SpecInvalid, match="parameter 'text' of 'untyped' needs a type hint"):
-        client.agents.apply(spec)
+        shared_client.agents.apply(spec)
 
 
-def test_missing_module_is_refused(client: Client) -> None:
+def test_missing_module_is_refused(shared_client: Client) -> None:
     spec = AgentSpec(
         name="ghost", capabilities=["test.echo"], entrypoint="tests.fixtures.ghost:echo"
     )
     with pytest.raises(SpecInvalid, match=r"cannot import module 'tests\.fixtures\.ghost'"):
-        client.agents.apply(spec)
+        shared_client.agents.apply(spec)
