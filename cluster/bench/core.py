@@ -292,7 +292,7 @@ def _replica_start(client: Client, spec: AgentSpec, plan: Plan) -> Result:
     def ours() -> float:
         started = time.perf_counter()
         handle = launcher.start(spec, f"{client.settings.tenant}/start/{next(counter)}")
-        pid = ray.get(handle.health.remote(), timeout=120)["pid"]
+        pid = ray.get(handle.health.remote(), timeout=120).pid
         elapsed = time.perf_counter() - started
         launcher.stop(handle)
         _await_exit(pid)
