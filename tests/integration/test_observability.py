@@ -227,10 +227,17 @@ def ray_export() -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def test_ray_exports_the_actors_metrics_with_bounded_labels(client: Client) -> None:
-    client.agents.apply([OBS_AGENT])
-    client.workflows.define(TWO_STEPS)
-    assert client.workflows.run("obs", {}).outputs == {"b": 3}
+@pytest.fixture(scope="module")
+def observed(shared_client: Client) -> Client:
+    """The module's shared tenant with OBS_AGENT applied and TWO_STEPS defined once: the two
+    tests below look only at their own execution's metrics and log lines."""
+    shared_client.agents.apply([OBS_AGENT])
+    shared_client.workflows.define(TWO_STEPS)
+    return shared_client
+
+
+def test_ray_exports_the_actors_metrics_with_bounded_labels(observed: Client) -> None:
+    assert observed.workflows.run("obs", {}).outputs == {"b": 3}
     agent = {"agent": OBS_AGENT.agent_id}
     wanted = {"ray_dafnck_pool_replicas_running": agent,  # the supervisor's reconcile
               "ray_dafnck_executions_total": {"workflow": "obs", "outcome": "succeeded"},
@@ -249,10 +256,8 @@ def test_ray_exports_the_actors_metrics_with_bounded_labels(client: Client) -> N
             assert set(labels) - RAY_LABELS <= metrics.ALLOWED_LABELS, (name, labels)
 
 
-def test_log_lines_carry_the_ids_and_no_secret(client: Client) -> None:
-    client.agents.apply([OBS_AGENT])
-    client.workflows.define(TWO_STEPS)
-    execution = client.workflows.run("obs", {})
+def test_log_lines_carry_the_ids_and_no_secret(observed: Client) -> None:
+    execution = observed.workflows.run("obs", {})
     assert execution.outputs == {"b": 3}
 
     def lines() -> list[dict[str, Any]]:
@@ -268,7 +273,7 @@ def test_log_lines_carry_the_ids_and_no_secret(client: Client) -> None:
         assert "hunter2" not in json.dumps(record)
     replica = [r for r in records if r.get("agent")]
     for record in replica:
-        assert record["tenant"] == client.settings.tenant
+        assert record["tenant"] == observed.settings.tenant
         assert record["agent"] == OBS_AGENT.agent_id and record["step_id"] in ("a", "b")
         assert record["task_id"] and "password=***" in record["message"]
     supervisor = [r["message"] for r in records if not r.get("agent")]
