@@ -19,7 +19,7 @@ from cluster.yamlfile import parse_models
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "configs" / "llm.yaml"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "configs" / "llm.yaml"
 #: Unset limits mean "no limit"; the platform's own defaults when no file says otherwise.
 _DEFAULT_RPM = 600
 _DEFAULT_TPM = 1_000_000
