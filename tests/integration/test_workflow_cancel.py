@@ -96,10 +96,10 @@ def test_many_cancelled_executions_leave_a_one_slot_pool_usable(
 ) -> None:
     client.agents.apply(marker_agent(max_concurrency=1))
     client.workflows.define(fan("one", "all"))
-    for i in range(30):
+    for i in range(120):  # more cancels than the pool has slots and queue places
         slow = item(tmp_path, f"slow{i}", 60)
         execution = client.workflows.run("one", {"items": [slow]}, wait=False)
-        if i % 10 == 0:  # some of them are surely running on the replica when cancelled
+        if i % 20 == 0:  # some of them are surely running on the replica when cancelled
             wait_until(Path(slow["started"]).exists, 60, "the step to start")
         client.workflows.cancel(execution.id, by="test")
     wait_until(lambda: in_flight(client) == 0, 20, "the replica to drop every cancelled task")
